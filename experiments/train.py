@@ -1,0 +1,85 @@
+"""Trains the autoencoder on MNIST + CIFAR-10 mean images and writes results into --workdir.
+
+    python experiments/train.py --data_dir=../shared/tensorflow_datasets --workdir=runs/original
+
+Writes metrics.json, loss_curve.png, reconstructions.png and checkpoints/ (one per epoch).
+Running the same command again resumes from the newest good checkpoint.
+"""
+
+from absl import app, flags
+
+from jaxae import cli
+from jaxae.config import Config
+from jaxae.experiment import RunError, check_workdir, run_settings, train_and_evaluate
+from jaxae.models import CONV_TRANSPOSE_IMPLS
+from jaxae.train import OPTIMIZERS
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("data_dir", None, "tfds data directory holding mnist and cifar10 "
+                    "(default: $TFDS_DATA_DIR or ~/tensorflow_datasets).")
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and figures go.")
+flags.DEFINE_integer("epochs", 50, "Training epochs.")
+flags.DEFINE_integer("batch_size", 32, "Minibatch size (ignored with --full_batch).")
+flags.DEFINE_float("learning_rate", 1e-3, "Optimizer learning rate.")
+flags.DEFINE_enum("optimizer", "adam", sorted(OPTIMIZERS), "Optimizer.")
+flags.DEFINE_integer("seed", 0, "Seed of the initialization and of every epoch's shuffle.")
+flags.DEFINE_integer("train_limit", 0, "Use the first N training pairs (0 = all).")
+flags.DEFINE_integer("test_limit", 0, "Use the first N test pairs (0 = all).")
+flags.DEFINE_bool("full_batch", False, "The original's procedure: one optimizer step on the "
+                  "whole training set per epoch.")
+flags.DEFINE_enum("conv_transpose", "phases", sorted(CONV_TRANSPOSE_IMPLS),
+                  "ConvTranspose formulation (same function; 'phases' is the fast one).")
+flags.DEFINE_bool("overwrite", False, "Replace a run with different settings (or unreadable "
+                  "checkpoints) in --workdir instead of refusing.")
+flags.DEFINE_integer("eval_batch_size", 500, "Batch size of evaluation.")
+flags.DEFINE_integer("keep_checkpoints", 3, "How many of the newest checkpoints to keep.")
+
+
+def validate_flags() -> Config:
+  if not FLAGS.workdir:
+    cli.fail("--workdir is required.")
+  if FLAGS.epochs <= 0:
+    cli.fail(f"--epochs must be positive, got {FLAGS.epochs}.")
+  if FLAGS.batch_size <= 0:
+    cli.fail(f"--batch_size must be positive, got {FLAGS.batch_size}.")
+  if not FLAGS.learning_rate > 0:
+    cli.fail(f"--learning_rate must be positive, got {FLAGS.learning_rate}.")
+  for name in ("train_limit", "test_limit"):
+    if FLAGS[name].value < 0:
+      cli.fail(f"--{name} must be 0 (all) or positive, got {FLAGS[name].value}.")
+  if FLAGS.eval_batch_size <= 0 or FLAGS.keep_checkpoints <= 0:
+    cli.fail("--eval_batch_size and --keep_checkpoints must be positive.")
+  cli.check_writable(FLAGS.workdir)
+  cli.check_data_dir(FLAGS.data_dir)
+  return Config(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+                learning_rate=FLAGS.learning_rate, optimizer=FLAGS.optimizer, seed=FLAGS.seed,
+                full_batch=FLAGS.full_batch, conv_transpose=FLAGS.conv_transpose)
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.quiet_logs()
+  config = validate_flags()
+  import pathlib  # pylint: disable=g-import-not-at-top
+  try:
+    # Refuse a mismatched workdir before spending time on the data.
+    check_workdir(pathlib.Path(FLAGS.workdir),
+                  run_settings(config, FLAGS.train_limit, FLAGS.test_limit), FLAGS.overwrite)
+  except RunError as e:
+    cli.fail(str(e), e.exit_code)
+  train, test = cli.load_data(FLAGS.data_dir, config, FLAGS.train_limit, FLAGS.test_limit)
+  if not config.full_batch and config.batch_size > len(train):
+    cli.fail(f"--batch_size={config.batch_size} is larger than the training set "
+             f"({len(train):,} pairs).")
+  try:
+    train_and_evaluate(config, train, test, FLAGS.workdir, train_limit=FLAGS.train_limit,
+                       test_limit=FLAGS.test_limit, overwrite=FLAGS.overwrite,
+                       keep_checkpoints=FLAGS.keep_checkpoints,
+                       eval_batch_size=FLAGS.eval_batch_size)
+  except RunError as e:
+    cli.fail(str(e), e.exit_code)
+
+
+if __name__ == "__main__":
+  app.run(main)

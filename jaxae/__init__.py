@@ -1,0 +1,17 @@
+"""jaxae: the MNIST + CIFAR-10 mean-image autoencoder experiment in pure-functional JAX."""
+
+from jaxae.config import CIFAR_NORMALIZATION, MNIST_NORMALIZATION, Config, Normalization
+from jaxae.data import DatasetNotFoundError, load_split, load_splits
+from jaxae.dataset import MixedSplit, load_mixed, mix
+from jaxae.metrics import image_quality, psnr, ssim
+from jaxae.models import Autoencoder
+from jaxae.preprocess import mean_images, to_unit_range
+from jaxae.train import TrainState, create_train_state, eval_step, train_step
+
+__all__ = [
+    "Autoencoder", "CIFAR_NORMALIZATION", "Config", "DatasetNotFoundError", "MNIST_NORMALIZATION",
+    "MixedSplit", "Normalization", "TrainState", "create_train_state", "eval_step",
+    "image_quality", "load_mixed", "load_split", "load_splits", "mean_images", "mix", "psnr",
+    "ssim", "to_unit_range", "train_step",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,85 @@
+"""PNG figures: the loss curve and original/reconstruction grids (matplotlib, no display)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from jaxae.config import CIFAR_NORMALIZATION, MNIST_NORMALIZATION, Normalization
+from jaxae.preprocess import to_unit_range
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def loss_curve(history: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "") -> None:
+  plt = _pyplot()
+  epochs = [h["epoch"] for h in history]
+  fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+  ax.plot(epochs, [h["train_loss"] for h in history], marker=".", label="train")
+  ax.plot(epochs, [h["test_loss"] for h in history], marker=".", label="test")
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("MSE (normalized images)")
+  ax.set_yscale("log")
+  ax.set_title(title or "Loss per epoch")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def image_grid(rows: Sequence[tuple[str, np.ndarray]], path: str | os.PathLike,
+               title: str = "") -> None:
+  """One labelled row per (label, images [K, H, W, C] in [0, 1]); columns are examples."""
+  plt = _pyplot()
+  k = len(rows[0][1])
+  fig, axes = plt.subplots(len(rows), k, figsize=(1.1 * k + 1.2, 1.15 * len(rows) + 0.4), dpi=100,
+                           squeeze=False)
+  for r, (label, images) in enumerate(rows):
+    for c in range(k):
+      ax = axes[r, c]
+      image = np.clip(np.asarray(images[c], np.float32), 0, 1)
+      ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1,
+                interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if c == 0:
+        ax.set_ylabel(label, fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def display(images_BHWC, mnist_normalization: Normalization = MNIST_NORMALIZATION,
+            cifar_normalization: Normalization = CIFAR_NORMALIZATION) -> np.ndarray:
+  """Normalized mean images (or reconstructions) -> [0, 1] for showing."""
+  return np.asarray(to_unit_range(images_BHWC, mnist_normalization, cifar_normalization))
+
+
+def reconstructions(originals, reconstructed, path, *, count: int = 8, title: str = "",
+                    mnist_normalization: Normalization = MNIST_NORMALIZATION,
+                    cifar_normalization: Normalization = CIFAR_NORMALIZATION) -> None:
+  """Test mean images above their reconstructions."""
+  norms = dict(mnist_normalization=mnist_normalization, cifar_normalization=cifar_normalization)
+  image_grid([("mean image", display(originals[:count], **norms)),
+              ("reconstruction", display(reconstructed[:count], **norms))], path, title)
+
+
+def comparison(mnist_u8, cifar_u8, originals, reconstructed, path, *, count: int = 8,
+               title: str = "", mnist_normalization: Normalization = MNIST_NORMALIZATION,
+               cifar_normalization: Normalization = CIFAR_NORMALIZATION) -> None:
+  """Per pair: the MNIST source, the CIFAR-10 source, the mean image, the reconstruction."""
+  norms = dict(mnist_normalization=mnist_normalization, cifar_normalization=cifar_normalization)
+  image_grid([("MNIST", np.asarray(mnist_u8[:count]) / 255.0),
+              ("CIFAR-10", np.asarray(cifar_u8[:count]) / 255.0),
+              ("mean image", display(originals[:count], **norms)),
+              ("reconstruction", display(reconstructed[:count], **norms))], path, title)

@@ -1,0 +1,109 @@
+"""Pure training and evaluation steps. No globals, no hidden randomness, no side effects.
+
+    state = create_train_state(jax.random.key(0))
+    state, metrics = jax.jit(train_step)(state, images_BHWC)
+    metrics = jax.jit(eval_step)(state, images_BHWC)
+
+Each works under `jax.jit`, `jax.lax.scan` and inside a caller's own jitted code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from jaxae.config import Config
+from jaxae.models import model_from_config
+
+IMAGE_SHAPE = (32, 32, 3)
+TrainState = train_state.TrainState
+
+OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
+    "adam": optax.adam,
+    "adamw": optax.adamw,
+    "sgd": optax.sgd,
+    "rmsprop": optax.rmsprop,
+}
+
+
+def make_optimizer(config: Config) -> optax.GradientTransformation:
+  if config.optimizer not in OPTIMIZERS:
+    raise ValueError(f"Unknown optimizer {config.optimizer!r}; use one of {sorted(OPTIMIZERS)}.")
+  return OPTIMIZERS[config.optimizer](config.learning_rate)
+
+
+def create_train_state(rng: jax.Array, config: Config | None = None) -> TrainState:
+  """Model parameters and optimizer state; with no config, the original experiment's."""
+  config = config or Config()
+  model = model_from_config(config)
+  params = model.init(rng, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32))["params"]
+  return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
+
+
+def per_example_mse(apply_fn, params, images_BHWC):
+  """Returns (reconstructions [B,H,W,C], mean squared error per example [B])."""
+  reconstructions = apply_fn({"params": params}, images_BHWC)
+  return reconstructions, jnp.mean(jnp.square(reconstructions - images_BHWC), axis=(1, 2, 3))
+
+
+def masked_mean(values_B, mask_B=None):
+  """Mean over the examples where mask is 1 (all of them without a mask)."""
+  if mask_B is None:
+    return jnp.mean(values_B)
+  mask_B = mask_B.astype(values_B.dtype)
+  return jnp.sum(values_B * mask_B) / jnp.maximum(jnp.sum(mask_B), 1.0)
+
+
+def train_step(state: TrainState, images_BHWC: jax.Array,
+               mask_B: jax.Array | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on the MSE between images and their reconstructions.
+
+  Args:
+    state: the TrainState from `create_train_state`.
+    images_BHWC: float32 [B, 32, 32, 3] normalized images.
+    mask_B: optional [B] weights, 1 for real examples and 0 for padding, so a padded last batch
+      keeps the compiled shape and its padding contributes nothing.
+
+  Returns:
+    (new_state, {"loss": mean loss over the (unmasked) batch before the step}).
+  """
+  def loss_fn(params):
+    _, per_example = per_example_mse(state.apply_fn, params, images_BHWC)
+    return masked_mean(per_example, mask_B)
+
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  return state.apply_gradients(grads=grads), {"loss": loss}
+
+
+def eval_step(params_or_state: Any, images_BHWC: jax.Array, mask_B: jax.Array | None = None, *,
+              apply_fn: Callable[..., jax.Array] | None = None) -> dict[str, jax.Array]:
+  """Loss and reconstructions, without changing anything.
+
+  Args:
+    params_or_state: a TrainState, or a params tree (then `apply_fn`, default the default
+      Autoencoder's apply, computes the model).
+    images_BHWC: float32 [B, 32, 32, 3].
+    mask_B: optional [B] 0/1 weights for the loss, as in `train_step`.
+    apply_fn: the model's apply function when `params_or_state` is a bare params tree.
+
+  Returns:
+    {"loss": scalar, "per_example_loss": [B], "reconstructions": [B, 32, 32, 3]}.
+  """
+  if isinstance(params_or_state, TrainState):
+    params, apply_fn = params_or_state.params, params_or_state.apply_fn
+  else:
+    params = params_or_state
+    apply_fn = apply_fn or model_from_config(Config()).apply
+  reconstructions, per_example = per_example_mse(apply_fn, params, images_BHWC)
+  return {"loss": masked_mean(per_example, mask_B), "per_example_loss": per_example,
+          "reconstructions": reconstructions}
+
+
+def count_params(params) -> int:
+  return sum(x.size for x in jax.tree.leaves(params))
+
+
