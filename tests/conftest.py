@@ -1,0 +1,22 @@
+import os
+import pathlib
+
+import pytest
+
+# Tests run on CPU XLA, with the dataset cache kept out of the user's home.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "tensorflow_datasets"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+  os.environ["JAXAE_CACHE_DIR"] = str(tmp_path_factory.mktemp("jaxae_cache"))
+
+
+def shared_data_dir() -> pathlib.Path:
+  """The real datasets (present on project machines and in CI); tests needing them skip else."""
+  if not (SHARED_DATA / "mnist").is_dir() or not (SHARED_DATA / "cifar10").is_dir():
+    pytest.skip(f"real datasets not found in {SHARED_DATA}")
+  return SHARED_DATA

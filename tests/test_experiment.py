@@ -1,0 +1,118 @@
+"""End-to-end: the training run in a workdir (library), and the scripts as users run them."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, shared_data_dir
+from jaxae import Config, mix
+from jaxae.experiment import RunError, train_and_evaluate
+
+
+def _tiny_splits(n_train=40, n_test=12):
+  rng = np.random.default_rng(0)
+  def split(n):
+    mnist = (rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8), np.zeros(n, np.int64))
+    cifar = (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), np.zeros(n, np.int64))
+    return mix(mnist, cifar)
+  return split(n_train), split(n_test)
+
+
+def _losses(metrics):
+  return [(h["epoch"], h["train_loss"], h["test_loss"]) for h in metrics["history"]]
+
+
+def test_resumed_run_ends_with_the_uninterrupted_history(tmp_path):
+  train, test = _tiny_splits()
+  config = Config(epochs=3, batch_size=16)
+  quiet = lambda _: None
+  straight = train_and_evaluate(config, train, test, tmp_path / "a", log=quiet)
+  train_and_evaluate(config.replace(epochs=1), train, test, tmp_path / "b", log=quiet)
+  resumed = train_and_evaluate(config, train, test, tmp_path / "b", log=quiet)
+  assert _losses(resumed) == _losses(straight) and len(straight["history"]) == 3
+  assert resumed["final"] == straight["final"]
+  for name in ("metrics.json", "loss_curve.png", "reconstructions.png", "settings.json"):
+    assert (tmp_path / "b" / name).is_file()
+  final = straight["final"]
+  assert {"ssim_standard_mean", "psnr_original_std", "test_loss", "train_loss"} <= set(final)
+
+
+def test_workdir_with_different_settings_is_refused_unless_overwrite(tmp_path):
+  train, test = _tiny_splits()
+  quiet = lambda _: None
+  train_and_evaluate(Config(epochs=1, batch_size=16), train, test, tmp_path, log=quiet)
+  with pytest.raises(RunError, match="different settings.*batch_size"):
+    train_and_evaluate(Config(epochs=1, batch_size=8), train, test, tmp_path, log=quiet)
+  out = train_and_evaluate(Config(epochs=1, batch_size=8), train, test, tmp_path,
+                           overwrite=True, log=quiet)
+  assert out["config"]["batch_size"] == 8 and out["optimizer_steps"] == 5
+
+
+def test_diverging_run_stops_naming_epoch_and_step_and_keeps_checkpoints(tmp_path):
+  train, test = _tiny_splits()
+  quiet = lambda _: None
+  with pytest.raises(RunError, match=r"diverged.*epoch 1, step \d+ of 3") as e:
+    train_and_evaluate(Config(epochs=3, batch_size=16, learning_rate=1e6), train, test, tmp_path,
+                       log=quiet)
+  assert e.value.exit_code == 1
+  assert not (tmp_path / "checkpoints" / "1").exists()  # The bad epoch is never saved.
+  assert not (tmp_path / "metrics.json").exists()
+
+
+def _run(script, *args, timeout=600):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  return subprocess.run([sys.executable, str(REPO / "experiments" / script), *args],
+                        capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+def test_train_and_evaluate_scripts_on_real_data(tmp_path):
+  data_dir = shared_data_dir()
+  common = [f"--data_dir={data_dir}", "--train_limit=64", "--test_limit=16", "--batch_size=32"]
+  run = _run("train.py", *common, f"--workdir={tmp_path / 'run'}", "--epochs=2")
+  assert run.returncode == 0, run.stderr
+  assert "epoch   2/2" in run.stdout and "images/s" in run.stdout
+  metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+  assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+  assert metrics["final"]["num_test_images"] == 16 and metrics["optimizer_steps"] == 4
+  for name in ("loss_curve.png", "reconstructions.png"):
+    assert (tmp_path / "run" / name).stat().st_size > 1000
+  assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["1", "2"]
+
+  ev = _run("evaluate.py", f"--data_dir={data_dir}", f"--workdir={tmp_path / 'run'}",
+            "--test_limit=16")
+  assert ev.returncode == 0, ev.stderr
+  result = json.loads((tmp_path / "run" / "eval.json").read_text())
+  assert result["num_test_images"] == 16 and result["epoch"] == 2
+  assert result["ssim_original_mean"] == pytest.approx(metrics["final"]["ssim_original_mean"])
+  assert (tmp_path / "run" / "comparison.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("case", ["epochs", "batch", "limit", "data_dir", "workdir"])
+def test_bad_flags_get_one_line_exit_2_and_write_nothing(tmp_path, case):
+  (tmp_path / "a_file").write_text("")
+  workdir = tmp_path / "run"
+  good_data = f"--data_dir={REPO.parent / 'shared' / 'tensorflow_datasets'}"
+  args, message = {
+      "epochs": ([good_data, "--epochs=0"], "--epochs must be positive"),
+      "batch": ([good_data, "--batch_size=-1"], "--batch_size must be positive"),
+      "limit": ([good_data, "--train_limit=-5"], "--train_limit must be 0"),
+      "data_dir": ([f"--data_dir={tmp_path}/no_data"], "does not hold the prepared mnist"),
+  }.get(case, ([good_data], "cannot be written"))
+  if case == "workdir":
+    workdir = tmp_path / "a_file" / "run"  # A file where a folder must be.
+  run = _run("train.py", f"--workdir={workdir}", *args)
+  assert run.returncode == 2
+  assert message in run.stderr and "Traceback" not in run.stderr
+  assert len(run.stderr.strip().splitlines()) == 1
+  assert not workdir.exists()
+
+
+def test_evaluate_without_checkpoint_is_one_line(tmp_path):
+  run = _run("evaluate.py", f"--workdir={tmp_path}")
+  assert run.returncode == 2 and "holds no checkpoint" in run.stderr
+  assert "Traceback" not in run.stderr

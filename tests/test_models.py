@@ -1,0 +1,120 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxae import Autoencoder
+from jaxae.models import (TorchConv, TorchConvTranspose, conv_transpose_phases,
+                          conv_transpose_reference)
+
+
+def numpy_conv_transpose(x_nchw, w_torch, stride, padding):
+  """PyTorch ConvTranspose2d by its definition: scatter-add every input pixel times the kernel.
+
+  x [N, C, H, W]; w_torch [C_in, C_out, k, k] (PyTorch's layout). Returns [N, C_out, H', W'].
+  """
+  n, c, h, w = x_nchw.shape
+  _, o, k, _ = w_torch.shape
+  full = np.zeros((n, o, (h - 1) * stride + k, (w - 1) * stride + k))
+  for i in range(h):
+    for j in range(w):
+      for ci in range(c):
+        full[:, :, i * stride:i * stride + k, j * stride:j * stride + k] += (
+            x_nchw[:, ci, i, j][:, None, None, None] * w_torch[ci][None])
+  out_h, out_w = (h - 1) * stride + k - 2 * padding, (w - 1) * stride + k - 2 * padding
+  return full[:, :, padding:padding + out_h, padding:padding + out_w]
+
+
+def numpy_conv(x_nchw, w_torch, b, stride, padding):
+  """PyTorch Conv2d by its definition. w_torch [C_out, C_in, k, k]."""
+  x = np.pad(x_nchw, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+  o, _, k, _ = w_torch.shape
+  n, _, h, w = x.shape
+  oh, ow = (h - k) // stride + 1, (w - k) // stride + 1
+  out = np.zeros((n, o, oh, ow))
+  for i in range(oh):
+    for j in range(ow):
+      patch = x[:, :, i * stride:i * stride + k, j * stride:j * stride + k]
+      out[:, :, i, j] = np.einsum("nchw,ochw->no", patch, w_torch) + b
+  return out
+
+
+@pytest.mark.parametrize("impl", ["reference", "phases"])
+@pytest.mark.parametrize("n,c,o,h,w", [(2, 3, 5, 4, 4), (1, 4, 2, 5, 3), (3, 2, 3, 1, 1)])
+def test_conv_transpose_computes_pytorch_conv_transpose2d(impl, n, c, o, h, w):
+  rng = np.random.default_rng(h * 10 + c)
+  x = rng.normal(size=(n, c, h, w))
+  w_torch = rng.normal(size=(c, o, 4, 4))
+  bias = rng.normal(size=(o,))
+  expected = numpy_conv_transpose(x, w_torch, 2, 1) + bias[None, :, None, None]
+  layer = TorchConvTranspose(o, impl=impl)
+  params = {"params": {"kernel": jnp.asarray(w_torch.transpose(2, 3, 0, 1), jnp.float32),
+                       "bias": jnp.asarray(bias, jnp.float32)}}
+  got = layer.apply(params, jnp.asarray(x.transpose(0, 2, 3, 1), jnp.float32))
+  assert got.shape == (n, 2 * h, 2 * w, o)
+  np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2), expected, atol=1e-4)
+
+
+def test_conv_computes_pytorch_conv2d():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(2, 3, 8, 6))
+  w_torch = rng.normal(size=(5, 3, 4, 4))
+  b = rng.normal(size=(5,))
+  params = {"params": {"kernel": jnp.asarray(w_torch.transpose(2, 3, 1, 0), jnp.float32),
+                       "bias": jnp.asarray(b, jnp.float32)}}
+  got = TorchConv(5).apply(params, jnp.asarray(x.transpose(0, 2, 3, 1), jnp.float32))
+  np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2),
+                             numpy_conv(x, w_torch, b, 2, 1), atol=1e-4)
+
+
+def test_fast_and_reference_conv_transpose_have_equal_gradients():
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(4, 8, 8, 32)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(4, 4, 32, 16)) * 0.1, jnp.float32)
+  target = jnp.asarray(rng.normal(size=(4, 16, 16, 16)), jnp.float32)
+
+  def loss(fn):
+    return lambda x, w: jnp.mean((fn(x, w, 2, 1) - target) ** 2)
+
+  ref = jax.grad(loss(conv_transpose_reference), argnums=(0, 1))(x, w)
+  fast = jax.grad(loss(conv_transpose_phases), argnums=(0, 1))(x, w)
+  for r, f in zip(ref, fast):
+    np.testing.assert_allclose(f, r, rtol=1e-4, atol=1e-6)
+
+
+def test_default_model_is_the_original_architecture():
+  model = Autoencoder()
+  x = jnp.zeros((2, 32, 32, 3))
+  params = model.init(jax.random.key(0), x)["params"]
+  latent = model.apply({"params": params}, x, method=Autoencoder.encode)
+  assert latent.shape == (2, 4, 4, 64)
+  assert model.apply({"params": params}, x).shape == (2, 32, 32, 3)
+  # PyTorch's parameter count for the same layers: k*k*in*out + out for each.
+  widths = [(3, 16), (16, 32), (32, 64), (64, 32), (32, 16), (16, 3)]
+  expected = sum(16 * i * o + o for i, o in widths)
+  assert sum(p.size for p in jax.tree.leaves(params)) == expected
+  kernels = [params[f"enc{i}"]["kernel"].shape for i in range(3)] + [
+      params[f"dec{i}"]["kernel"].shape for i in range(3)]
+  assert kernels == [(4, 4, i, o) for i, o in widths]
+
+
+def test_initialization_follows_pytorch_bounds():
+  params = Autoencoder().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  # Conv: fan_in = in * k * k. ConvTranspose: PyTorch uses weight.shape[1] = out channels.
+  fan_ins = {"enc0": 3 * 16, "enc1": 16 * 16, "enc2": 32 * 16,
+             "dec0": 32 * 16, "dec1": 16 * 16, "dec2": 3 * 16}
+  for name, fan_in in fan_ins.items():
+    bound = 1 / np.sqrt(fan_in)
+    for leaf in params[name].values():
+      assert float(jnp.abs(leaf).max()) <= bound
+      assert float(jnp.abs(leaf).max()) > 0.5 * bound  # Uniform over the range, not tiny.
+
+
+def test_widths_and_activation_are_configurable():
+  model = Autoencoder(features=(8, 16), activation="relu")
+  x = jnp.ones((1, 32, 32, 3))
+  params = model.init(jax.random.key(0), x)
+  assert model.apply(params, x, method=Autoencoder.encode).shape == (1, 8, 8, 16)
+  assert model.apply(params, x).shape == (1, 32, 32, 3)
+  with pytest.raises(ValueError, match="Unknown activation"):
+    Autoencoder(activation="nope").init(jax.random.key(0), x)
