@@ -84,11 +84,12 @@ def _apply_mean_gradient(state: TrainState, loss_sum, grad_sum, n):
   return state, {"loss": loss_sum / n}
 
 
-def full_batch_step(state: TrainState, images_NHWC: jax.Array, chunk_size: int = 1000):
+def full_batch_step(state: TrainState, images_NHWC: jax.Array, chunk_size: int = 32):
   """One optimizer step on the mean loss over the whole set: the original's procedure.
 
   The gradient is summed over fixed-size chunks (the last one masked) so memory stays small; the
-  step uses the gradient of the mean over all N examples. A Python loop over the chunks, not
+  step uses the gradient of the mean over all N examples. Small chunks stay in cache: on 2 CPU
+  cores 32-image chunks ran 2x faster than 1000-image ones. A Python loop over the chunks, not
   `lax.scan`: XLA:CPU runs convolutions inside a while loop about 8x slower.
   """
   n = int(images_NHWC.shape[0])
