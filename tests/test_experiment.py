@@ -116,3 +116,40 @@ def test_evaluate_without_checkpoint_is_one_line(tmp_path):
   run = _run("evaluate.py", f"--workdir={tmp_path}")
   assert run.returncode == 2 and "holds no checkpoint" in run.stderr
   assert "Traceback" not in run.stderr
+
+
+def test_killed_run_resumes_to_the_uninterrupted_history(tmp_path):
+  data_dir = shared_data_dir()
+  args = [f"--data_dir={data_dir}", "--train_limit=96", "--test_limit=16", "--epochs=4",
+          "--batch_size=32"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  killed = subprocess.Popen([sys.executable, str(REPO / "experiments" / "train.py"), *args,
+                             f"--workdir={tmp_path / 'killed'}"], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  first = tmp_path / "killed" / "checkpoints" / "1"
+  import time
+  deadline = time.time() + 300
+  while not first.exists() and time.time() < deadline and killed.poll() is None:
+    time.sleep(0.05)
+  killed.kill()  # SIGKILL, mid-run.
+  killed.wait()
+  assert first.exists()
+  resumed = _run("train.py", *args, f"--workdir={tmp_path / 'killed'}")
+  assert resumed.returncode == 0, resumed.stderr
+  straight = _run("train.py", *args, f"--workdir={tmp_path / 'straight'}")
+  assert straight.returncode == 0, straight.stderr
+  a = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+  b = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+  assert _losses(a) == _losses(b) and len(a["history"]) == 4
+
+
+def test_benchmark_prints_json_lines(tmp_path):
+  out = tmp_path / "bench.jsonl"
+  run = _run("benchmark.py", "--num_images=96", "--epochs=1", "--batch_sizes=32",
+             f"--output={out}")
+  assert run.returncode == 0, run.stderr
+  records = [json.loads(line) for line in out.read_text().splitlines()]
+  metrics = {r["metric"] for r in records}
+  assert {"compile_s", "train_images_per_s", "eval_images_per_s", "metrics_s"} <= metrics
+  train = next(r for r in records if r["metric"] == "train_images_per_s")
+  assert train["batch_size"] == 32 and train["value"] > 0 and train["device"]
