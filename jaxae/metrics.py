@@ -7,11 +7,11 @@ original (the published numbers' convention): the normalized images as they are;
   scikit-image's `structural_similarity(a, b, channel_axis=-1, data_range=2)` (7x7 uniform window,
   sample covariance), PSNR with data_range = max - min of each original image.
 
-Why the two disagree for the same images: the normalized mean images span about 4.4 units per
-channel, not the 2 the original's SSIM assumed, so its stabilizing constants (k * data_range)^2 are
-~5x too small relative to the signal and the 7x7 window's sample statistics are noisier; and its
-PSNR divides by each image's own range, which moves with image content. The standard convention
-measures every image on the same [0, 1] scale with the reference Gaussian window.
+Why the two disagree for the same images: the normalized mean images can span about 3.2 units
+per channel, not the 2 the original's SSIM assumed, so its stabilizing constants (k * data_range)^2
+are ~2.6x too small for the signal, and its 7x7 uniform window weighs pixels differently from the
+11x11 Gaussian; its PSNR divides by each image's own range, which moves with image content. The
+standard convention measures every image on one fixed [0, 1] scale with the reference window.
 """
 
 from __future__ import annotations
