@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxae import cli
+from jaxae import cli, parallel
 from jaxae.config import Config
-from jaxae.loop import evaluate, train_epoch, train_on_indices, epoch_batches, epoch_key
+from jaxae.loop import epoch_batches, epoch_key, evaluate, sharded_train_step, train_epoch
 from jaxae.metrics import image_quality
 from jaxae.models import CONV_TRANSPOSE_IMPLS
 from jaxae.train import create_train_state
@@ -37,17 +37,22 @@ flags.DEFINE_string("output", None, "Also write the JSON lines to this file.")
 
 def emit(lines, **record):
   record["device"] = jax.devices()[0].device_kind
+  record["num_devices"] = jax.device_count()
   line = json.dumps(record)
   print(line, flush=True)
   lines.append(line)
 
 
 def time_training(images, batch_size, epochs, config, lines):
-  state = create_train_state(jax.random.key(0), config)
+  mesh = parallel.data_mesh()
+  state = parallel.replicate(create_train_state(jax.random.key(0), config), mesh)
+  images = parallel.replicate(images, mesh)
   # Compile time: lower + compile the step alone, before anything is cached.
-  idx, mask = epoch_batches(epoch_key(0, 0), images.shape[0], batch_size)
+  idx, mask = epoch_batches(epoch_key(0, 0), images.shape[0], batch_size,
+                            parallel.padded_batch_size(batch_size, mesh))
+  idx, mask = parallel.put((idx, mask), parallel.batch_sharded(mesh, batch_dim=1))
   start = time.perf_counter()
-  train_on_indices.lower(state, images, idx[0], mask[0]).compile()
+  sharded_train_step(mesh).lower(state, images, idx, mask, np.int32(0)).compile()
   emit(lines, metric="compile_s", value=round(time.perf_counter() - start, 3),
        batch_size=batch_size)
   state = train_epoch(state, images, seed=0, epoch=0, batch_size=batch_size).state  # Warm-up.

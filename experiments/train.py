@@ -4,11 +4,14 @@
 
 Writes metrics.json, loss_curve.png, reconstructions.png and checkpoints/ (one per epoch).
 Running the same command again resumes from the newest good checkpoint.
+
+Training is data-parallel over every device. For several processes (hosts), start one per host
+with the same --coordinator_address and --num_processes and its own --process_id; see README.
 """
 
 from absl import app, flags
 
-from jaxae import cli
+from jaxae import cli, parallel
 from jaxae.config import Config
 from jaxae.experiment import RunError, check_workdir, run_settings, train_and_evaluate
 from jaxae.models import CONV_TRANSPOSE_IMPLS
@@ -33,6 +36,10 @@ flags.DEFINE_bool("overwrite", False, "Replace a run with different settings (or
                   "checkpoints) in --workdir instead of refusing.")
 flags.DEFINE_integer("eval_batch_size", 500, "Batch size of evaluation.")
 flags.DEFINE_integer("keep_checkpoints", 3, "How many of the newest checkpoints to keep.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a multi-process "
+                    "run (jax.distributed); every process passes the same one.")
+flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process's index, 0 .. --num_processes - 1.")
 
 
 def validate_flags() -> Config:
@@ -49,6 +56,17 @@ def validate_flags() -> Config:
       cli.fail(f"--{name} must be 0 (all) or positive, got {FLAGS[name].value}.")
   if FLAGS.eval_batch_size <= 0 or FLAGS.keep_checkpoints <= 0:
     cli.fail("--eval_batch_size and --keep_checkpoints must be positive.")
+  distributed = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if any(v is not None for v in distributed):
+    if any(v is None for v in distributed):
+      cli.fail("a multi-process run needs all of --coordinator_address, --num_processes and "
+               "--process_id.")
+    if ":" not in FLAGS.coordinator_address:
+      cli.fail(f"--coordinator_address must be host:port, got {FLAGS.coordinator_address!r}.")
+    if FLAGS.num_processes < 1 or not 0 <= FLAGS.process_id < FLAGS.num_processes:
+      cli.fail(f"--process_id must be in 0..{FLAGS.num_processes - 1} and --num_processes "
+               f"positive, got --process_id={FLAGS.process_id} "
+               f"--num_processes={FLAGS.num_processes}.")
   cli.check_writable(FLAGS.workdir)
   cli.check_data_dir(FLAGS.data_dir)
   return Config(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
@@ -61,6 +79,13 @@ def main(argv):
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   cli.quiet_logs()
   config = validate_flags()
+  if FLAGS.coordinator_address:
+    try:
+      parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    except Exception as e:  # pylint: disable=broad-except
+      cli.fail(f"could not join the run at {FLAGS.coordinator_address} as process "
+               f"{FLAGS.process_id} of {FLAGS.num_processes}: {str(e).splitlines()[0]}")
+  log = print if parallel.is_primary() else (lambda _: None)
   import pathlib  # pylint: disable=g-import-not-at-top
   try:
     # Refuse a mismatched workdir before spending time on the data.
@@ -68,7 +93,8 @@ def main(argv):
                   run_settings(config, FLAGS.train_limit, FLAGS.test_limit), FLAGS.overwrite)
   except RunError as e:
     cli.fail(str(e), e.exit_code)
-  train, test = cli.load_data(FLAGS.data_dir, config, FLAGS.train_limit, FLAGS.test_limit)
+  train, test = cli.load_data(FLAGS.data_dir, config, FLAGS.train_limit, FLAGS.test_limit,
+                              log=log)
   if not config.full_batch and config.batch_size > len(train):
     cli.fail(f"--batch_size={config.batch_size} is larger than the training set "
              f"({len(train):,} pairs).")
@@ -76,7 +102,7 @@ def main(argv):
     train_and_evaluate(config, train, test, FLAGS.workdir, train_limit=FLAGS.train_limit,
                        test_limit=FLAGS.test_limit, overwrite=FLAGS.overwrite,
                        keep_checkpoints=FLAGS.keep_checkpoints,
-                       eval_batch_size=FLAGS.eval_batch_size)
+                       eval_batch_size=FLAGS.eval_batch_size, log=log)
   except RunError as e:
     cli.fail(str(e), e.exit_code)
 

@@ -13,7 +13,9 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from jaxae import plots
+from jax.sharding import Mesh
+
+from jaxae import parallel, plots
 from jaxae.checkpoints import Checkpointer, NoUsableCheckpointError
 from jaxae.config import Config
 from jaxae.dataset import MixedSplit
@@ -41,6 +43,7 @@ def write_json(path: pathlib.Path, obj: Any) -> None:
   """Writes atomically: a reader (or a killed writer) never sees half a file."""
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
   try:
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a results file should be readable.
     with os.fdopen(fd, "w") as f:
       json.dump(obj, f, indent=2)
       f.write("\n")
@@ -48,6 +51,12 @@ def write_json(path: pathlib.Path, obj: Any) -> None:
   except BaseException:
     os.unlink(tmp)
     raise
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
 
 
 def run_settings(config: Config, train_limit: int, test_limit: int) -> dict[str, Any]:
@@ -59,7 +68,10 @@ def run_settings(config: Config, train_limit: int, test_limit: int) -> dict[str,
 
 
 def check_workdir(workdir: pathlib.Path, settings: dict[str, Any], overwrite: bool) -> None:
-  """Refuses a workdir that holds a different run, unless `overwrite` (then clears the run)."""
+  """Refuses a workdir that holds a different run, unless `overwrite` (then clears the run).
+
+  In a multi-process run every process checks, and only process 0 clears.
+  """
   path = workdir / SETTINGS_FILE
   if not path.exists():
     return
@@ -74,7 +86,8 @@ def check_workdir(workdir: pathlib.Path, settings: dict[str, Any], overwrite: bo
                        if (existing or {}).get(k) != settings.get(k)) if existing else ["(unreadable)"]
     raise RunError(f"{workdir} holds a run with different settings ({', '.join(differing)}); "
                    "use another --workdir, or pass --overwrite to replace that run.")
-  clear_run(workdir)
+  if parallel.is_primary():
+    clear_run(workdir)
 
 
 def clear_run(workdir: pathlib.Path) -> None:
@@ -96,8 +109,13 @@ def _line(epoch: int, epochs: int, train_loss: float, test_loss: float, seconds:
 def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit, workdir: str | os.PathLike,
                        *, train_limit: int = 0, test_limit: int = 0, overwrite: bool = False,
                        keep_checkpoints: int = 3, eval_batch_size: int = 500,
-                       log: Callable[[str], None] = print) -> dict[str, Any]:
+                       log: Callable[[str], None] = print,
+                       mesh: Mesh | None = None) -> dict[str, Any]:
   """Trains (resuming from the newest good checkpoint), evaluates, writes the run's files.
+
+  Data-parallel over `mesh` (default: every device of every process). In a multi-process run
+  every process calls this with the same arguments; process 0 alone logs and writes files, and
+  all of them take part in the checkpoints.
 
   Returns the contents of metrics.json.
 
@@ -105,12 +123,18 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit, work
     RunError: unusable workdir or checkpoints (exit code 2), or a diverging run (exit code 1).
   """
   workdir = pathlib.Path(workdir)
+  mesh = mesh or parallel.data_mesh()
+  primary = parallel.is_primary()
+  log = log if primary else (lambda _: None)
   settings = run_settings(config, train_limit, test_limit)
   check_workdir(workdir, settings, overwrite)
-  workdir.mkdir(parents=True, exist_ok=True)
-  write_json(workdir / SETTINGS_FILE, settings)
+  if primary:
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_json(workdir / SETTINGS_FILE, settings)
+  parallel.sync("jaxae:workdir_ready")
 
-  state = create_train_state(jax.random.key(config.seed), config)
+  state = parallel.replicate(create_train_state(jax.random.key(config.seed), config), mesh)
+  train_images, test_images = parallel.replicate((train.images, test.images), mesh)
   checkpointer = Checkpointer(workdir / CHECKPOINT_DIR, max_to_keep=keep_checkpoints)
   try:
     restored = checkpointer.restore_latest(state)
@@ -118,7 +142,9 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit, work
     if not overwrite:
       raise RunError(f"{e} Pass --overwrite to start the run over.") from None
     checkpointer.close()
-    shutil.rmtree(workdir / CHECKPOINT_DIR)
+    if primary:
+      shutil.rmtree(workdir / CHECKPOINT_DIR)
+    parallel.sync("jaxae:checkpoints_cleared")
     checkpointer = Checkpointer(workdir / CHECKPOINT_DIR, max_to_keep=keep_checkpoints)
     restored = None
   history: list[dict[str, Any]] = []
@@ -126,17 +152,22 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit, work
     start_epoch, state, history = restored
     log(f"Resuming {workdir} after epoch {start_epoch}.")
   log(f"Training {count_params(state.params):,} parameters on {len(train):,} mean images "
-      f"(test {len(test):,}) on {jax.devices()[0].platform.upper()}, "
+      f"(test {len(test):,}) on {_devices(mesh)}, "
       + ("full batch (one step per epoch)" if config.full_batch else f"batch {config.batch_size}")
       + f", {config.epochs} epochs.")
+  padded = parallel.padded_batch_size(config.batch_size, mesh)
+  if not config.full_batch and padded != config.batch_size:
+    log(f"Each batch of {config.batch_size} is padded with {padded - config.batch_size} masked "
+        f"examples to split evenly over {parallel.mesh_size(mesh)} devices (same loss and "
+        "gradient, some idle compute); a multiple of the device count avoids that.")
 
   for epoch in range(len(history) + 1, config.epochs + 1):
     start = time.perf_counter()
     if config.full_batch:
-      result = train_full_batch_epoch(state, train.images)
+      result = train_full_batch_epoch(state, train_images, mesh=mesh)
     else:
-      result = train_epoch(state, train.images, seed=config.seed, epoch=epoch,
-                           batch_size=config.batch_size)
+      result = train_epoch(state, train_images, seed=config.seed, epoch=epoch,
+                           batch_size=config.batch_size, mesh=mesh)
     bad = np.flatnonzero(~np.isfinite(result.step_losses))
     if bad.size:
       step = int(bad[0]) + 1
@@ -146,8 +177,8 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit, work
           f"{step} of {len(result.step_losses)}. The last good checkpoint ({last}) is kept in "
           f"{workdir / CHECKPOINT_DIR}; lower --learning_rate and run again.", exit_code=1)
     state = result.state
-    test_loss = evaluate(state, test.images, batch_size=eval_batch_size,
-                         with_reconstructions=False)["loss"]
+    test_loss = evaluate(state, test_images, batch_size=eval_batch_size,
+                         with_reconstructions=False, mesh=mesh)["loss"]
     seconds = time.perf_counter() - start
     history.append({"epoch": epoch, "train_loss": result.loss, "test_loss": test_loss,
                     "seconds": seconds})
@@ -156,13 +187,16 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit, work
     log(_line(epoch, config.epochs, result.loss, test_loss, seconds, len(train), remaining))
   checkpointer.close()
 
-  final = final_metrics(state, test, eval_batch_size, config)
+  final = final_metrics(state, test, eval_batch_size, config, mesh=mesh)
   recons = final.pop("_reconstructions")
   if history:
     final["train_loss"] = history[-1]["train_loss"]
   metrics = {"config": config.to_dict(), "train_limit": train_limit, "test_limit": test_limit,
              "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
+             "num_devices": parallel.mesh_size(mesh), "num_processes": jax.process_count(),
              "optimizer_steps": int(state.step), "history": history, "final": final}
+  if not primary:
+    return metrics
   write_json(workdir / METRICS_FILE, metrics)
   if history:
     plots.loss_curve(history, workdir / "loss_curve.png",
@@ -178,17 +212,25 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit, work
 
 
 def final_metrics(state: TrainState, test: MixedSplit, eval_batch_size: int,
-                  config: Config) -> dict[str, Any]:
+                  config: Config, mesh: Mesh | None = None) -> dict[str, Any]:
   """Test loss and SSIM/PSNR (both conventions) over the test split.
 
   The returned dict carries the reconstructions under "_reconstructions" for the caller's figures.
   """
-  ev = evaluate(state, test.images, batch_size=eval_batch_size)
+  ev = evaluate(state, test.images, batch_size=eval_batch_size, mesh=mesh)
   quality = image_quality(test.images, ev["reconstructions"],
                           mnist_normalization=config.mnist_normalization,
                           cifar_normalization=config.cifar_normalization)
   return {"test_loss": ev["loss"], "num_test_images": len(test), **quality,
           "_reconstructions": ev["reconstructions"]}
+
+
+def _devices(mesh: Mesh) -> str:
+  d = parallel.mesh_size(mesh)
+  where = f"{d} {mesh.devices.flat[0].platform.upper()} device{'s' if d > 1 else ''}"
+  if jax.process_count() > 1:
+    where += f" in {jax.process_count()} processes"
+  return where
 
 
 def summary(final: dict[str, Any]) -> str:

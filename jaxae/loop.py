@@ -1,12 +1,18 @@
 """Epochs over a device-resident dataset with fixed shapes: nothing recompiles after epoch one.
 
-The whole split lives on the device; each step gathers its batch by index inside the jitted
+The whole split lives on every device; each step gathers its batch by index inside the jitted
 function. The last partial batch is padded with index 0 and masked out, so every example counts
 exactly once per epoch and every step has the same shape.
+
+Every function takes a `mesh` (default: `parallel.data_mesh()`, all devices): the batch is split
+along its data axis and the state replicated (see jaxae/parallel.py). A batch size that the device
+count does not divide is padded with masked examples to the next multiple, which leaves the loss
+and the gradient unchanged.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
@@ -14,8 +20,29 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
+from jaxae import parallel
 from jaxae.train import TrainState, eval_step, per_example_mse, train_step
+
+
+# How many jitted steps the Python loops may queue ahead of the device. Unbounded queues of
+# programs with collectives deadlock XLA:CPU's multi-device runtime (2 devices, ~100+ queued
+# steps: "Expected 2 threads to join the rendezvous"); a few steps keep any device busy.
+MAX_STEPS_IN_FLIGHT = 8
+
+
+class _InFlight:
+  """Waits for the output of the step `MAX_STEPS_IN_FLIGHT` back before queueing another."""
+
+  def __init__(self):
+    self._pending = collections.deque()
+    self._limit = MAX_STEPS_IN_FLIGHT
+
+  def add(self, output) -> None:
+    self._pending.append(output)
+    if len(self._pending) > self._limit:
+      jax.block_until_ready(self._pending.popleft())
 
 
 def epoch_key(seed: int, epoch: int) -> jax.Array:
@@ -23,22 +50,42 @@ def epoch_key(seed: int, epoch: int) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), epoch)
 
 
-@functools.partial(jax.jit, static_argnames=("num_examples", "batch_size"))
-def epoch_batches(key: jax.Array, num_examples: int, batch_size: int):
-  """A shuffled epoch as (indices [S, B] int32, mask [S, B] float32), S = ceil(N / B)."""
+@functools.partial(jax.jit, static_argnames=("num_examples", "batch_size", "width"))
+def epoch_batches(key: jax.Array, num_examples: int, batch_size: int, width: int | None = None):
+  """A shuffled epoch as (indices [S, W] int32, mask [S, W] float32), S = ceil(N / B).
+
+  Row s holds batch s: up to `batch_size` real examples (mask 1) and then masked padding up to
+  `width` (default `batch_size`) columns.
+  """
+  width = batch_size if width is None else width
   steps = math.ceil(num_examples / batch_size)
   pad = steps * batch_size - num_examples
   order = jax.random.permutation(key, num_examples).astype(jnp.int32)
-  indices = jnp.concatenate([order, jnp.zeros((pad,), jnp.int32)])
-  mask = jnp.concatenate([jnp.ones((num_examples,), jnp.float32), jnp.zeros((pad,), jnp.float32)])
-  return indices.reshape(steps, batch_size), mask.reshape(steps, batch_size)
+  indices = jnp.concatenate([order, jnp.zeros((pad,), jnp.int32)]).reshape(steps, batch_size)
+  mask = jnp.concatenate([jnp.ones((num_examples,), jnp.float32),
+                          jnp.zeros((pad,), jnp.float32)]).reshape(steps, batch_size)
+  extra = ((0, 0), (0, width - batch_size))
+  return jnp.pad(indices, extra), jnp.pad(mask, extra)
 
 
-@functools.partial(jax.jit, donate_argnums=0)
-def train_on_indices(state: TrainState, images_NHWC: jax.Array, indices_B: jax.Array,
-                     mask_B: jax.Array):
-  """`train_step` on the batch `images_NHWC[indices_B]` (gathered on the device)."""
-  return train_step(state, images_NHWC[indices_B], mask_B)
+@functools.cache
+def sharded_train_step(mesh: Mesh):
+  """`train_step` on batch `step` of an epoch, jitted for `mesh`; the state is donated.
+
+  (state, images_NHWC, indices_SW, mask_SW, step) -> (state, metrics). The images and state are
+  replicated; indices and mask are split by column, so each device gathers its slice of the batch.
+  """
+  replicated = parallel.replicated(mesh)
+  by_column = parallel.batch_sharded(mesh, batch_dim=1)
+
+  def step_fn(state, images_NHWC, indices_SW, mask_SW, step):
+    batch = jax.lax.with_sharding_constraint(images_NHWC[indices_SW[step]],
+                                             parallel.batch_sharded(mesh))
+    return train_step(state, batch, mask_SW[step])
+
+  return jax.jit(step_fn, donate_argnums=0,
+                 in_shardings=(replicated, replicated, by_column, by_column, replicated),
+                 out_shardings=(replicated, replicated))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,42 +96,61 @@ class EpochResult:
 
 
 def train_epoch(state: TrainState, images_NHWC: jax.Array, *, seed: int, epoch: int,
-                batch_size: int) -> EpochResult:
+                batch_size: int, mesh: Mesh | None = None) -> EpochResult:
   """One shuffled pass of minibatch steps. `state` is donated: use the returned one."""
+  mesh = mesh or parallel.data_mesh()
   n = int(images_NHWC.shape[0])
-  indices, mask = epoch_batches(epoch_key(seed, epoch), n, batch_size)
-  losses = []
-  for step in range(indices.shape[0]):
-    state, metrics = train_on_indices(state, images_NHWC, indices[step], mask[step])
-    losses.append(metrics["loss"])
-  # One transfer per epoch: the Python loop never waits for the device.
-  step_losses = np.asarray(jnp.stack(losses), np.float64)
+  state, images_NHWC = parallel.replicate((state, images_NHWC), mesh)
+  indices, mask = epoch_batches(epoch_key(seed, epoch), n, batch_size,
+                                parallel.padded_batch_size(batch_size, mesh))
   counts = np.asarray(mask.sum(axis=1), np.float64)
+  # Each process places only the columns (batch slices) of its own devices.
+  indices, mask = parallel.put((indices, mask), parallel.batch_sharded(mesh, batch_dim=1))
+  step_fn = sharded_train_step(mesh)
+  losses, in_flight = [], _InFlight()
+  for step in range(indices.shape[0]):
+    state, metrics = step_fn(state, images_NHWC, indices, mask, np.int32(step))
+    losses.append(metrics["loss"])
+    in_flight.add(metrics["loss"])
+  # One transfer per epoch; the loop itself stays a few steps ahead of the device.
+  step_losses = np.asarray(jnp.stack(losses), np.float64)
   return EpochResult(state, float(np.sum(step_losses * counts) / n), step_losses)
 
 
-@functools.partial(jax.jit, static_argnames=("chunk_size",))
-def _chunk_loss_and_grad_sums(state: TrainState, images_NHWC: jax.Array, start: jax.Array,
-                              loss_sum: jax.Array, grad_sum, chunk_size: int):
-  n = images_NHWC.shape[0]
-  idx = start + jnp.arange(chunk_size)
-  mask = (idx < n).astype(jnp.float32)
+@functools.cache
+def _chunk_loss_and_grad_sums(mesh: Mesh, chunk_size: int):
+  replicated = parallel.replicated(mesh)
 
-  def chunk_loss_sum(params):
-    _, per_example = per_example_mse(state.apply_fn, params, images_NHWC[jnp.minimum(idx, n - 1)])
-    return jnp.sum(per_example * mask)
+  def chunk_fn(state, images_NHWC, start, loss_sum, grad_sum):
+    n = images_NHWC.shape[0]
+    idx = jax.lax.with_sharding_constraint(start + jnp.arange(chunk_size),
+                                           parallel.batch_sharded(mesh))
+    mask = (idx < n).astype(jnp.float32)
 
-  loss, grads = jax.value_and_grad(chunk_loss_sum)(state.params)
-  return loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)
+    def chunk_loss_sum(params):
+      _, per_example = per_example_mse(state.apply_fn, params,
+                                       images_NHWC[jnp.minimum(idx, n - 1)])
+      return jnp.sum(per_example * mask)
+
+    loss, grads = jax.value_and_grad(chunk_loss_sum)(state.params)
+    return loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)
+
+  # No donation of the (small) sums: the dispatch loop waits on earlier ones.
+  return jax.jit(chunk_fn, in_shardings=replicated, out_shardings=replicated)
 
 
-@functools.partial(jax.jit, donate_argnums=0)
-def _apply_mean_gradient(state: TrainState, loss_sum, grad_sum, n):
-  state = state.apply_gradients(grads=jax.tree.map(lambda g: g / n, grad_sum))
-  return state, {"loss": loss_sum / n}
+@functools.cache
+def _apply_mean_gradient(mesh: Mesh):
+  def apply_fn(state, loss_sum, grad_sum, n):
+    state = state.apply_gradients(grads=jax.tree.map(lambda g: g / n, grad_sum))
+    return state, {"loss": loss_sum / n}
+
+  replicated = parallel.replicated(mesh)
+  return jax.jit(apply_fn, donate_argnums=0, in_shardings=replicated, out_shardings=replicated)
 
 
-def full_batch_step(state: TrainState, images_NHWC: jax.Array, chunk_size: int = 32):
+def full_batch_step(state: TrainState, images_NHWC: jax.Array, chunk_size: int = 32,
+                    mesh: Mesh | None = None):
   """One optimizer step on the mean loss over the whole set: the original's procedure.
 
   The gradient is summed over fixed-size chunks (the last one masked) so memory stays small; the
@@ -92,44 +158,65 @@ def full_batch_step(state: TrainState, images_NHWC: jax.Array, chunk_size: int =
   cores 32-image chunks ran 2x faster than 1000-image ones. A Python loop over the chunks, not
   `lax.scan`: XLA:CPU runs convolutions inside a while loop about 8x slower.
   """
+  mesh = mesh or parallel.data_mesh()
+  chunk_size = parallel.padded_batch_size(chunk_size, mesh)
   n = int(images_NHWC.shape[0])
-  loss_sum = jnp.zeros((), jnp.float32)
-  grad_sum = jax.tree.map(jnp.zeros_like, state.params)
+  state, images_NHWC = parallel.replicate((state, images_NHWC), mesh)
+  loss_sum, grad_sum = parallel.replicate(
+      (np.zeros((), np.float32), jax.tree.map(lambda p: np.zeros(p.shape, p.dtype), state.params)),
+      mesh)
+  chunk_fn = _chunk_loss_and_grad_sums(mesh, chunk_size)
+  in_flight = _InFlight()
   for start in range(0, n, chunk_size):
-    loss_sum, grad_sum = _chunk_loss_and_grad_sums(state, images_NHWC, jnp.int32(start),
-                                                   loss_sum, grad_sum, chunk_size)
-  return _apply_mean_gradient(state, loss_sum, grad_sum, jnp.float32(n))
+    loss_sum, grad_sum = chunk_fn(state, images_NHWC, np.int32(start), loss_sum, grad_sum)
+    in_flight.add(loss_sum)
+  return _apply_mean_gradient(mesh)(state, loss_sum, grad_sum, np.float32(n))
 
 
-def train_full_batch_epoch(state: TrainState, images_NHWC: jax.Array) -> EpochResult:
-  state, metrics = full_batch_step(state, images_NHWC)
+def train_full_batch_epoch(state: TrainState, images_NHWC: jax.Array,
+                           mesh: Mesh | None = None) -> EpochResult:
+  state, metrics = full_batch_step(state, images_NHWC, mesh=mesh)
   loss = float(metrics["loss"])
   return EpochResult(state, loss, np.array([loss]))
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size",))
-def _eval_batch(state: TrainState, images_NHWC: jax.Array, start: jax.Array, batch_size: int):
-  n = images_NHWC.shape[0]
-  idx = start + jnp.arange(batch_size)
-  return eval_step(state, images_NHWC[jnp.minimum(idx, n - 1)])
+@functools.cache
+def _eval_batch(mesh: Mesh, batch_size: int, with_reconstructions: bool):
+  def eval_fn(state, images_NHWC, start):
+    n = images_NHWC.shape[0]
+    idx = jax.lax.with_sharding_constraint(start + jnp.arange(batch_size),
+                                           parallel.batch_sharded(mesh))
+    out = eval_step(state, images_NHWC[jnp.minimum(idx, n - 1)])
+    if not with_reconstructions:  # Not gathered onto every device when nobody wants them.
+      return {"per_example_loss": out["per_example_loss"]}
+    return {"per_example_loss": out["per_example_loss"], "reconstructions": out["reconstructions"]}
+
+  # Replicated outputs: every process can read the whole batch's results.
+  replicated = parallel.replicated(mesh)
+  return jax.jit(eval_fn, in_shardings=replicated, out_shardings=replicated)
 
 
 def evaluate(state: TrainState, images_NHWC: jax.Array, *, batch_size: int = 500,
-             with_reconstructions: bool = True) -> dict[str, np.ndarray | float]:
+             with_reconstructions: bool = True,
+             mesh: Mesh | None = None) -> dict[str, np.ndarray | float]:
   """Loss over all N examples (the mean of per-example MSEs) and, optionally, reconstructions.
 
-  Fixed-shape batches; the padding of the last one is dropped before averaging.
+  Fixed-shape batches; the padding of the last one is dropped before averaging. Returns NumPy
+  arrays ("per_example_loss" [N], "reconstructions" [N, 32, 32, 3]), the same in every process.
   """
+  mesh = mesh or parallel.data_mesh()
+  batch_size = parallel.padded_batch_size(batch_size, mesh)
   n = int(images_NHWC.shape[0])
-  per_example, recons = [], []
+  state, images_NHWC = parallel.replicate((state, images_NHWC), mesh)
+  eval_fn = _eval_batch(mesh, batch_size, with_reconstructions)
+  outputs, in_flight = [], _InFlight()
   for start in range(0, n, batch_size):
-    out = _eval_batch(state, images_NHWC, jnp.int32(start), batch_size)
-    keep = min(batch_size, n - start)
-    per_example.append(out["per_example_loss"][:keep])
-    if with_reconstructions:
-      recons.append(out["reconstructions"][:keep])
-  per_example = np.asarray(jnp.concatenate(per_example), np.float64)
-  result = {"loss": float(per_example.mean()), "per_example_loss": per_example}
+    outputs.append(eval_fn(state, images_NHWC, np.int32(start)))
+    in_flight.add(outputs[-1])
+  per_example = np.concatenate([np.asarray(o["per_example_loss"]) for o in outputs])[:n]
+  result = {"loss": float(per_example.astype(np.float64).mean()),
+            "per_example_loss": per_example.astype(np.float64)}
   if with_reconstructions:
-    result["reconstructions"] = jnp.concatenate(recons)
+    result["reconstructions"] = np.concatenate([np.asarray(o["reconstructions"])
+                                                for o in outputs])[:n]
   return result

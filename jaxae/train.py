@@ -41,7 +41,9 @@ def create_train_state(rng: jax.Array, config: Config | None = None) -> TrainSta
   config = config or Config()
   model = model_from_config(config)
   params = model.init(rng, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32))["params"]
-  return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
+  state = TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
+  # An int32 array rather than Python's 0: the same type every step (no retrace) and checkpointable.
+  return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def per_example_mse(apply_fn, params, images_BHWC):

@@ -92,7 +92,8 @@ def test_train_and_evaluate_scripts_on_real_data(tmp_path):
   assert (tmp_path / "run" / "comparison.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("case", ["epochs", "batch", "limit", "data_dir", "workdir"])
+@pytest.mark.parametrize("case", ["epochs", "batch", "limit", "data_dir", "workdir",
+                                  "processes_incomplete", "process_id"])
 def test_bad_flags_get_one_line_exit_2_and_write_nothing(tmp_path, case):
   (tmp_path / "a_file").write_text("")
   workdir = tmp_path / "run"
@@ -102,6 +103,10 @@ def test_bad_flags_get_one_line_exit_2_and_write_nothing(tmp_path, case):
       "batch": ([good_data, "--batch_size=-1"], "--batch_size must be positive"),
       "limit": ([good_data, "--train_limit=-5"], "--train_limit must be 0"),
       "data_dir": ([f"--data_dir={tmp_path}/no_data"], "does not hold the prepared mnist"),
+      "processes_incomplete": ([good_data, "--coordinator_address=localhost:1234"],
+                               "needs all of --coordinator_address"),
+      "process_id": ([good_data, "--coordinator_address=localhost:1234", "--num_processes=2",
+                      "--process_id=2"], "--process_id must be in 0..1"),
   }.get(case, ([good_data], "cannot be written"))
   if case == "workdir":
     workdir = tmp_path / "a_file" / "run"  # A file where a folder must be.

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxae import Config, create_train_state, eval_step, train_step
-from jaxae import loop
+from jaxae import loop, parallel
 
 
 def _images(n, seed=0):
@@ -85,11 +85,13 @@ def test_no_recompilation_across_epochs_with_a_partial_last_batch():
   images = _images(40)  # 40 = 32 + a partial batch of 8.
   state = create_train_state(jax.random.key(0))
   state = loop.train_epoch(state, images, seed=0, epoch=1, batch_size=32).state
-  compiled = loop.train_on_indices._cache_size()
+  step_fn = loop.sharded_train_step(parallel.data_mesh())
+  compiled = step_fn._cache_size()
+  assert compiled == 1
   for epoch in (2, 3, 4):
     result = loop.train_epoch(state, images, seed=0, epoch=epoch, batch_size=32)
     state = result.state
-  assert loop.train_on_indices._cache_size() == compiled
+  assert step_fn._cache_size() == compiled
   assert int(state.step) == 4 * 2 and result.step_losses.shape == (2,)
 
 

@@ -1,0 +1,106 @@
+"""Runs data-parallel training in a subprocess for tests/test_parallel.py; prints one JSON line.
+
+    python tests/parallel_worker.py devices WORKDIR
+        (with XLA_FLAGS=--xla_force_host_platform_device_count=4) the same run on a mesh of one
+        device and on a mesh of all four, and where the batch of the four-device run lives.
+    python tests/parallel_worker.py process WORKDIR COORDINATOR NUM_PROCESSES PROCESS_ID
+        one process of a multi-process run (jax.distributed over gloo).
+"""
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+TRAIN, TEST, BATCH = 40, 12, 8
+
+
+def tiny_splits():
+  """The same small splits in every process (and in the test that compares with them)."""
+  from jaxae import mix  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+
+  def split(n):
+    mnist = (rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8), np.zeros(n, np.int64))
+    cifar = (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), np.zeros(n, np.int64))
+    return mix(mnist, cifar)
+
+  return split(TRAIN), split(TEST)
+
+
+def config(batch_size=BATCH):
+  from jaxae import Config  # pylint: disable=g-import-not-at-top
+  return Config(epochs=2, batch_size=batch_size)
+
+
+def history(metrics):
+  return [[h["train_loss"], h["test_loss"]] for h in metrics["history"]]
+
+
+def devices(workdir):
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxae import loop, parallel  # pylint: disable=g-import-not-at-top
+  from jaxae.experiment import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from jaxae.train import create_train_state  # pylint: disable=g-import-not-at-top
+
+  train, test = tiny_splits()
+  quiet = lambda _: None
+  out = {"num_devices": jax.device_count()}
+  one = train_and_evaluate(config(), train, test, f"{workdir}/one", log=quiet,
+                           mesh=parallel.data_mesh(jax.devices()[:1]))
+  four = train_and_evaluate(config(), train, test, f"{workdir}/four", log=quiet,
+                            mesh=parallel.data_mesh())
+  out.update(history_one=history(one), history_four=history(four),
+             ssim_one=one["final"]["ssim_standard_mean"],
+             ssim_four=four["final"]["ssim_standard_mean"])
+  # Batch 6, which four devices do not divide: padded to 8 with masked examples.
+  for name, mesh in (("one", parallel.data_mesh(jax.devices()[:1])), ("four", parallel.data_mesh())):
+    result = loop.train_epoch(create_train_state(jax.random.key(0)), train.images, seed=0,
+                              epoch=1, batch_size=6, mesh=mesh)
+    out[f"batch6_{name}"] = result.step_losses.tolist()
+
+  # A long epoch (200 steps): an unbounded queue of steps deadlocked XLA:CPU's collectives.
+  long = jax.numpy.tile(train.images, (20, 1, 1, 1))
+  result = loop.train_epoch(create_train_state(jax.random.key(0)), long, seed=0, epoch=1,
+                            batch_size=4, mesh=parallel.data_mesh())
+  out["long_epoch_losses"] = result.step_losses.tolist()
+
+  # Where the four-device training step puts the batch: the indices as train_epoch places them,
+  # and the per-device shape of the gathered images in the compiled step.
+  mesh = parallel.data_mesh()
+  state = parallel.replicate(create_train_state(jax.random.key(0)), mesh)
+  images = parallel.replicate(train.images, mesh)
+  indices, mask = loop.epoch_batches(loop.epoch_key(0, 1), TRAIN, BATCH, BATCH)
+  indices, mask = parallel.put((indices, mask), parallel.batch_sharded(mesh, batch_dim=1))
+  out["indices_spec"] = str(indices.sharding.spec)
+  out["indices_shards"] = sorted((s.device.id, list(s.data.shape), np.asarray(s.data).tolist())
+                                 for s in indices.addressable_shards)
+  out["indices"] = np.asarray(indices).tolist()
+  hlo = loop.sharded_train_step(mesh).lower(state, images, indices, mask,
+                                            np.int32(0)).compile().as_text()
+  out["gathers"] = [line.split("=")[1].split("gather(")[0].strip()
+                    for line in hlo.splitlines() if " gather(" in line]
+  out["has_all_reduce"] = "all-reduce(" in hlo
+  out["params_spec"] = str(state.params["enc0"]["kernel"].sharding.spec)
+  print(json.dumps(out))
+
+
+def process(workdir, coordinator, num_processes, process_id):
+  from jaxae import parallel  # pylint: disable=g-import-not-at-top
+  parallel.initialize(coordinator, int(num_processes), int(process_id), timeout_s=120)
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxae.experiment import train_and_evaluate  # pylint: disable=g-import-not-at-top
+
+  train, test = tiny_splits()
+  lines = []
+  metrics = train_and_evaluate(config(), train, test, workdir, log=lines.append)
+  print(json.dumps({"process_index": jax.process_index(), "process_count": jax.process_count(),
+                    "num_devices": jax.device_count(),
+                    "local_devices": jax.local_device_count(), "history": history(metrics),
+                    "logged": lines, "ssim": metrics["final"]["ssim_standard_mean"]}))
+
+
+if __name__ == "__main__":
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+  {"devices": devices, "process": process}[sys.argv[1]](*sys.argv[2:])
