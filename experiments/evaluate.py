@@ -16,7 +16,7 @@ import jax
 from jaxae import cli, plots
 from jaxae.checkpoints import Checkpointer, NoUsableCheckpointError
 from jaxae.config import Config
-from jaxae.experiment import CHECKPOINT_DIR, METRICS_FILE, final_metrics, summary, write_json
+from jaxae.experiment import CHECKPOINT_DIR, SETTINGS_FILE, final_metrics, summary, write_json
 from jaxae.train import create_train_state
 
 FLAGS = flags.FLAGS
@@ -39,13 +39,12 @@ def main(argv):
   if not checkpoints.is_dir() or not any(p.name.isdigit() for p in checkpoints.iterdir()):
     cli.fail(f"{workdir} holds no checkpoint; train first with experiments/train.py "
              f"--workdir={workdir}.")
+  # The run's settings (written when it started) say which model and normalization it used.
   try:
-    config = Config.from_dict(json.loads((workdir / METRICS_FILE).read_text())["config"])
-  except (OSError, ValueError, KeyError):
-    config = Config()  # A run killed before its first metrics.json used the defaults or not:
-    settings = workdir / "settings.json"  # its settings file says.
-    if settings.exists():
-      config = Config.from_dict(json.loads(settings.read_text()))
+    config = Config.from_dict(json.loads((workdir / SETTINGS_FILE).read_text()))
+  except (OSError, ValueError, TypeError) as e:
+    cli.fail(f"{workdir / SETTINGS_FILE} cannot be read ({type(e).__name__}); it is written when "
+             "experiments/train.py starts a run in this workdir.")
   cli.check_data_dir(FLAGS.data_dir)
 
   checkpointer = Checkpointer(checkpoints)
