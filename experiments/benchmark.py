@@ -19,7 +19,8 @@ import numpy as np
 
 from jaxae import cli, parallel
 from jaxae.config import Config
-from jaxae.loop import epoch_batches, epoch_key, evaluate, sharded_train_step, train_epoch
+from jaxae.loop import (EVAL_BATCH_SIZE, epoch_batches, epoch_key, evaluate,
+                        sharded_train_step, train_epoch)
 from jaxae.metrics import image_quality
 from jaxae.models import CONV_TRANSPOSE_IMPLS
 from jaxae.train import create_train_state
@@ -95,7 +96,7 @@ def main(argv):
   out = evaluate(state, test)
   jax.block_until_ready(out["reconstructions"])
   emit(lines, metric="eval_images_per_s", value=round(test.shape[0] / (time.perf_counter() - start), 1),
-       batch_size=500)
+       batch_size=EVAL_BATCH_SIZE)
   image_quality(test, out["reconstructions"])  # Compile.
   start = time.perf_counter()
   image_quality(test, out["reconstructions"])

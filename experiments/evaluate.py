@@ -16,6 +16,7 @@ import jax
 from jaxae import cli, plots
 from jaxae.checkpoints import Checkpointer, NoUsableCheckpointError
 from jaxae.config import Config
+from jaxae.loop import EVAL_BATCH_SIZE
 from jaxae.experiment import CHECKPOINT_DIR, SETTINGS_FILE, final_metrics, summary, write_json
 from jaxae.train import create_train_state
 
@@ -23,7 +24,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "tfds data directory holding mnist and cifar10.")
 flags.DEFINE_string("workdir", None, "A training run's workdir (holds checkpoints/).")
 flags.DEFINE_integer("test_limit", 0, "Evaluate the first N test pairs (0 = all).")
-flags.DEFINE_integer("eval_batch_size", 500, "Batch size of evaluation.")
+flags.DEFINE_integer("eval_batch_size", EVAL_BATCH_SIZE, "Batch size of evaluation.")
 
 
 def main(argv):

@@ -13,6 +13,7 @@ from absl import app, flags
 
 from jaxae import cli, parallel
 from jaxae.config import Config
+from jaxae.loop import EVAL_BATCH_SIZE
 from jaxae.experiment import RunError, check_workdir, run_settings, train_and_evaluate
 from jaxae.models import CONV_TRANSPOSE_IMPLS
 from jaxae.train import OPTIMIZERS
@@ -34,7 +35,7 @@ flags.DEFINE_enum("conv_transpose", "phases", sorted(CONV_TRANSPOSE_IMPLS),
                   "ConvTranspose formulation (same function; 'phases' is the fast one).")
 flags.DEFINE_bool("overwrite", False, "Replace a run with different settings (or unreadable "
                   "checkpoints) in --workdir instead of refusing.")
-flags.DEFINE_integer("eval_batch_size", 500, "Batch size of evaluation.")
+flags.DEFINE_integer("eval_batch_size", EVAL_BATCH_SIZE, "Batch size of evaluation.")
 flags.DEFINE_integer("keep_checkpoints", 3, "How many of the newest checkpoints to keep.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a multi-process "
                     "run (jax.distributed); every process passes the same one.")

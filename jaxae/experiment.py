@@ -19,7 +19,7 @@ from jaxae import parallel, plots
 from jaxae.checkpoints import Checkpointer, NoUsableCheckpointError
 from jaxae.config import Config
 from jaxae.dataset import MixedSplit
-from jaxae.loop import evaluate, train_epoch, train_full_batch_epoch
+from jaxae.loop import EVAL_BATCH_SIZE, evaluate, train_epoch, train_full_batch_epoch
 from jaxae.metrics import image_quality
 from jaxae.train import TrainState, count_params, create_train_state
 
@@ -108,7 +108,7 @@ def _line(epoch: int, epochs: int, train_loss: float, test_loss: float, seconds:
 
 def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit, workdir: str | os.PathLike,
                        *, train_limit: int = 0, test_limit: int = 0, overwrite: bool = False,
-                       keep_checkpoints: int = 3, eval_batch_size: int = 500,
+                       keep_checkpoints: int = 3, eval_batch_size: int = EVAL_BATCH_SIZE,
                        log: Callable[[str], None] = print,
                        mesh: Mesh | None = None) -> dict[str, Any]:
   """Trains (resuming from the newest good checkpoint), evaluates, writes the run's files.

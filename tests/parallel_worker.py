@@ -55,7 +55,8 @@ def devices(workdir):
              ssim_one=one["final"]["ssim_standard_mean"],
              ssim_four=four["final"]["ssim_standard_mean"])
   # Batch 6, which four devices do not divide: padded to 8 with masked examples.
-  for name, mesh in (("one", parallel.data_mesh(jax.devices()[:1])), ("four", parallel.data_mesh())):
+  meshes = (("one", parallel.data_mesh(jax.devices()[:1])), ("four", parallel.data_mesh()))
+  for name, mesh in meshes:
     result = loop.train_epoch(create_train_state(jax.random.key(0)), train.images, seed=0,
                               epoch=1, batch_size=6, mesh=mesh)
     out[f"batch6_{name}"] = result.step_losses.tolist()
