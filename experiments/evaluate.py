@@ -16,8 +16,8 @@ import jax
 from jaxae import cli, plots
 from jaxae.checkpoints import Checkpointer, NoUsableCheckpointError
 from jaxae.config import Config
-from jaxae.loop import EVAL_BATCH_SIZE
 from jaxae.experiment import CHECKPOINT_DIR, SETTINGS_FILE, final_metrics, summary, write_json
+from jaxae.loop import EVAL_BATCH_SIZE
 from jaxae.train import create_train_state
 
 FLAGS = flags.FLAGS

@@ -13,8 +13,8 @@ from absl import app, flags
 
 from jaxae import cli, parallel
 from jaxae.config import Config
-from jaxae.loop import EVAL_BATCH_SIZE
 from jaxae.experiment import RunError, check_workdir, run_settings, train_and_evaluate
+from jaxae.loop import EVAL_BATCH_SIZE
 from jaxae.models import CONV_TRANSPOSE_IMPLS
 from jaxae.train import OPTIMIZERS
 

@@ -122,19 +122,25 @@ def train_epoch(state: TrainState, images_NHWC: jax.Array, *, seed: int, epoch: 
   return EpochResult(state, float(np.sum(step_losses * counts) / n), step_losses)
 
 
+def _rows(mesh: Mesh, images_NHWC: jax.Array, start: jax.Array, size: int):
+  """(images [size, ...], mask [size]) of rows start..start+size-1, split over the mesh.
+
+  Rows past the end repeat the last image and get mask 0, so the shape stays fixed.
+  """
+  n = images_NHWC.shape[0]
+  idx = jax.lax.with_sharding_constraint(start + jnp.arange(size), parallel.batch_sharded(mesh))
+  return images_NHWC[jnp.minimum(idx, n - 1)], (idx < n).astype(jnp.float32)
+
+
 @functools.cache
 def _chunk_loss_and_grad_sums(mesh: Mesh, chunk_size: int):
   replicated = parallel.replicated(mesh)
 
   def chunk_fn(state, images_NHWC, start, loss_sum, grad_sum):
-    n = images_NHWC.shape[0]
-    idx = jax.lax.with_sharding_constraint(start + jnp.arange(chunk_size),
-                                           parallel.batch_sharded(mesh))
-    mask = (idx < n).astype(jnp.float32)
+    chunk, mask = _rows(mesh, images_NHWC, start, chunk_size)
 
     def chunk_loss_sum(params):
-      _, per_example = per_example_mse(state.apply_fn, params,
-                                       images_NHWC[jnp.minimum(idx, n - 1)])
+      _, per_example = per_example_mse(state.apply_fn, params, chunk)
       return jnp.sum(per_example * mask)
 
     loss, grads = jax.value_and_grad(chunk_loss_sum)(state.params)
@@ -188,10 +194,8 @@ def train_full_batch_epoch(state: TrainState, images_NHWC: jax.Array,
 @functools.cache
 def _eval_batch(mesh: Mesh, batch_size: int, with_reconstructions: bool):
   def eval_fn(state, images_NHWC, start):
-    n = images_NHWC.shape[0]
-    idx = jax.lax.with_sharding_constraint(start + jnp.arange(batch_size),
-                                           parallel.batch_sharded(mesh))
-    out = eval_step(state, images_NHWC[jnp.minimum(idx, n - 1)])
+    batch, _ = _rows(mesh, images_NHWC, start, batch_size)  # evaluate() drops the padding.
+    out = eval_step(state, batch)
     if not with_reconstructions:  # Not gathered onto every device when nobody wants them.
       return {"per_example_loss": out["per_example_loss"]}
     return {"per_example_loss": out["per_example_loss"], "reconstructions": out["reconstructions"]}
@@ -219,8 +223,8 @@ def evaluate(state: TrainState, images_NHWC: jax.Array, *, batch_size: int = EVA
     outputs.append(eval_fn(state, images_NHWC, np.int32(start)))
     in_flight.add(outputs[-1])
   per_example = np.concatenate([np.asarray(o["per_example_loss"]) for o in outputs])[:n]
-  result = {"loss": float(per_example.astype(np.float64).mean()),
-            "per_example_loss": per_example.astype(np.float64)}
+  per_example = per_example.astype(np.float64)
+  result = {"loss": float(per_example.mean()), "per_example_loss": per_example}
   if with_reconstructions:
     result["reconstructions"] = np.concatenate([np.asarray(o["reconstructions"])
                                                 for o in outputs])[:n]

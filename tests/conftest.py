@@ -1,6 +1,7 @@
 import os
 import pathlib
 
+import numpy as np
 import pytest
 
 # Tests run on CPU XLA, with the dataset cache kept out of the user's home.
@@ -20,3 +21,16 @@ def shared_data_dir() -> pathlib.Path:
   if not (SHARED_DATA / "mnist").is_dir() or not (SHARED_DATA / "cifar10").is_dir():
     pytest.skip(f"real datasets not found in {SHARED_DATA}")
   return SHARED_DATA
+
+
+def tiny_splits(n_train: int = 40, n_test: int = 12):
+  """Small random (train, test) MixedSplits, the same in every process that asks for them."""
+  from jaxae import mix  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+
+  def split(n):
+    mnist = (rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8), np.zeros(n, np.int64))
+    cifar = (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), np.zeros(n, np.int64))
+    return mix(mnist, cifar)
+
+  return split(n_train), split(n_test)

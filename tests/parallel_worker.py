@@ -13,20 +13,14 @@ import sys
 
 import numpy as np
 
+from conftest import tiny_splits  # This file's folder, tests/, is on sys.path.
+
 TRAIN, TEST, BATCH = 40, 12, 8
 
 
-def tiny_splits():
+def splits():
   """The same small splits in every process (and in the test that compares with them)."""
-  from jaxae import mix  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-
-  def split(n):
-    mnist = (rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8), np.zeros(n, np.int64))
-    cifar = (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), np.zeros(n, np.int64))
-    return mix(mnist, cifar)
-
-  return split(TRAIN), split(TEST)
+  return tiny_splits(TRAIN, TEST)
 
 
 def config(batch_size=BATCH):
@@ -44,7 +38,7 @@ def devices(workdir):
   from jaxae.experiment import train_and_evaluate  # pylint: disable=g-import-not-at-top
   from jaxae.train import create_train_state  # pylint: disable=g-import-not-at-top
 
-  train, test = tiny_splits()
+  train, test = splits()
   quiet = lambda _: None
   out = {"num_devices": jax.device_count()}
   one = train_and_evaluate(config(), train, test, f"{workdir}/one", log=quiet,
@@ -93,7 +87,7 @@ def process(workdir, coordinator, num_processes, process_id):
   import jax  # pylint: disable=g-import-not-at-top
   from jaxae.experiment import train_and_evaluate  # pylint: disable=g-import-not-at-top
 
-  train, test = tiny_splits()
+  train, test = splits()
   lines = []
   metrics = train_and_evaluate(config(), train, test, workdir, log=lines.append)
   print(json.dumps({"process_index": jax.process_index(), "process_count": jax.process_count(),

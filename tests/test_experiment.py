@@ -6,21 +6,11 @@ import pathlib
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from conftest import REPO, shared_data_dir
-from jaxae import Config, mix
+from conftest import REPO, shared_data_dir, tiny_splits
+from jaxae import Config
 from jaxae.experiment import RunError, train_and_evaluate
-
-
-def _tiny_splits(n_train=40, n_test=12):
-  rng = np.random.default_rng(0)
-  def split(n):
-    mnist = (rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8), np.zeros(n, np.int64))
-    cifar = (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), np.zeros(n, np.int64))
-    return mix(mnist, cifar)
-  return split(n_train), split(n_test)
 
 
 def _losses(metrics):
@@ -28,7 +18,7 @@ def _losses(metrics):
 
 
 def test_resumed_run_ends_with_the_uninterrupted_history(tmp_path):
-  train, test = _tiny_splits()
+  train, test = tiny_splits()
   config = Config(epochs=3, batch_size=16)
   quiet = lambda _: None
   straight = train_and_evaluate(config, train, test, tmp_path / "a", log=quiet)
@@ -43,7 +33,7 @@ def test_resumed_run_ends_with_the_uninterrupted_history(tmp_path):
 
 
 def test_workdir_with_different_settings_is_refused_unless_overwrite(tmp_path):
-  train, test = _tiny_splits()
+  train, test = tiny_splits()
   quiet = lambda _: None
   train_and_evaluate(Config(epochs=1, batch_size=16), train, test, tmp_path, log=quiet)
   with pytest.raises(RunError, match="different settings.*batch_size"):
@@ -54,7 +44,7 @@ def test_workdir_with_different_settings_is_refused_unless_overwrite(tmp_path):
 
 
 def test_diverging_run_stops_naming_epoch_and_step_and_keeps_checkpoints(tmp_path):
-  train, test = _tiny_splits()
+  train, test = tiny_splits()
   quiet = lambda _: None
   with pytest.raises(RunError, match=r"diverged.*epoch 1, step \d+ of 3") as e:
     train_and_evaluate(Config(epochs=3, batch_size=16, learning_rate=1e6), train, test, tmp_path,

@@ -20,8 +20,7 @@ from jaxae.checkpoints import Checkpointer
 from jaxae.experiment import CHECKPOINT_DIR, METRICS_FILE, train_and_evaluate
 from jaxae.train import create_train_state
 
-sys.path.insert(0, str(REPO / "tests"))
-import parallel_worker  # pylint: disable=g-import-not-at-top,wrong-import-position
+import parallel_worker  # Beside this file, like conftest.
 
 WORKER = REPO / "tests" / "parallel_worker.py"
 
@@ -127,7 +126,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
   assert by_index[1]["logged"] == []
 
   # The same run in this one process, one device, the same global batch of 8.
-  train, test = parallel_worker.tiny_splits()
+  train, test = parallel_worker.splits()
   single = train_and_evaluate(parallel_worker.config(), train, test, tmp_path / "one",
                               log=lambda _: None)
   for o in outs:
