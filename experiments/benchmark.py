@@ -19,10 +19,10 @@ import numpy as np
 
 from jaxae import cli, parallel
 from jaxae.config import Config
+from jaxae.conv import CONV_IMPLS
 from jaxae.loop import (EVAL_BATCH_SIZE, epoch_batches, epoch_key, evaluate,
                         sharded_train_step, train_epoch)
 from jaxae.metrics import image_quality
-from jaxae.models import CONV_TRANSPOSE_IMPLS
 from jaxae.train import create_train_state
 
 FLAGS = flags.FLAGS
@@ -30,8 +30,8 @@ flags.DEFINE_list("batch_sizes", ["32", "256"], "Training batch sizes to measure
 flags.DEFINE_integer("batch_size", None, "Measure this one batch size (overrides --batch_sizes).")
 flags.DEFINE_integer("num_images", 10_000, "Random training images per epoch.")
 flags.DEFINE_integer("epochs", 3, "Timed epochs per batch size (after one warm-up epoch).")
-flags.DEFINE_enum("conv_transpose", "phases", sorted(CONV_TRANSPOSE_IMPLS),
-                  "ConvTranspose formulation to time.")
+flags.DEFINE_enum("conv_impl", "gemm", sorted(CONV_IMPLS),
+                  "Conv formulation to time (jaxae/conv.py).")
 flags.DEFINE_string("data_dir", None, "If set, also time loading + preprocessing the real data.")
 flags.DEFINE_string("output", None, "Also write the JSON lines to this file.")
 
@@ -67,7 +67,7 @@ def time_training(images, batch_size, epochs, config, lines):
   per_epoch = float(np.median(seconds))
   emit(lines, metric="train_images_per_s", value=round(images.shape[0] / per_epoch, 1),
        batch_size=batch_size, seconds_per_epoch=round(per_epoch, 4),
-       num_images=int(images.shape[0]), conv_transpose=config.conv_transpose)
+       num_images=int(images.shape[0]), conv_impl=config.conv_impl)
   return state
 
 
@@ -83,7 +83,7 @@ def main(argv):
   if FLAGS.data_dir:
     cli.check_data_dir(FLAGS.data_dir)
   lines = []
-  config = Config(conv_transpose=FLAGS.conv_transpose)
+  config = Config(conv_impl=FLAGS.conv_impl)
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.uniform(-1, 1, (FLAGS.num_images, 32, 32, 3)), jnp.float32)
   state = None

@@ -13,9 +13,9 @@ from absl import app, flags
 
 from jaxae import cli, parallel
 from jaxae.config import Config
+from jaxae.conv import CONV_IMPLS
 from jaxae.experiment import RunError, check_workdir, run_settings, train_and_evaluate
 from jaxae.loop import EVAL_BATCH_SIZE
-from jaxae.models import CONV_TRANSPOSE_IMPLS
 from jaxae.train import OPTIMIZERS
 
 FLAGS = flags.FLAGS
@@ -31,8 +31,9 @@ flags.DEFINE_integer("train_limit", 0, "Use the first N training pairs (0 = all)
 flags.DEFINE_integer("test_limit", 0, "Use the first N test pairs (0 = all).")
 flags.DEFINE_bool("full_batch", False, "The original's procedure: one optimizer step on the "
                   "whole training set per epoch.")
-flags.DEFINE_enum("conv_transpose", "phases", sorted(CONV_TRANSPOSE_IMPLS),
-                  "ConvTranspose formulation (same function; 'phases' is the fast one).")
+flags.DEFINE_enum("conv_impl", "gemm", sorted(CONV_IMPLS),
+                  "How the conv layers are computed: 'gemm' (fast) or 'reference' (lax "
+                  "convolutions); both compute the same function.")
 flags.DEFINE_bool("overwrite", False, "Replace a run with different settings (or unreadable "
                   "checkpoints) in --workdir instead of refusing.")
 flags.DEFINE_integer("eval_batch_size", EVAL_BATCH_SIZE, "Batch size of evaluation.")
@@ -72,7 +73,7 @@ def validate_flags() -> Config:
   cli.check_data_dir(FLAGS.data_dir)
   return Config(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
                 learning_rate=FLAGS.learning_rate, optimizer=FLAGS.optimizer, seed=FLAGS.seed,
-                full_batch=FLAGS.full_batch, conv_transpose=FLAGS.conv_transpose)
+                full_batch=FLAGS.full_batch, conv_impl=FLAGS.conv_impl)
 
 
 def main(argv):

@@ -36,9 +36,9 @@ class Config:
   features: tuple[int, ...] = (16, 32, 64)
   activation: str = "leaky_relu"
   negative_slope: float = 0.01
-  # "phases" is the fast formulation; "reference" is lax's lhs-dilated convolution.
-  # Both compute PyTorch's ConvTranspose2d(k=4, s=2, p=1) with the same weights.
-  conv_transpose: str = "phases"
+  # How the Conv and ConvTranspose layers are computed (jaxae/conv.py): "gemm" (fast) or
+  # "reference" (lax convolutions). Both compute PyTorch's layers with the same weights.
+  conv_impl: str = "gemm"
   # Optimizer.
   optimizer: str = "adam"
   learning_rate: float = 1e-3

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxae.config import Config
+from jaxae.conv import CONV_IMPLS
 
 
 def torch_uniform_init(fan_in: int):
@@ -29,61 +30,6 @@ def torch_uniform_init(fan_in: int):
   return init
 
 
-def conv_transpose_reference(x_BHWC, kernel_HWIO, stride: int, padding: int):
-  """PyTorch ConvTranspose2d as a convolution of the stride-dilated input with the flipped kernel.
-
-  out[s*i - p + a] += x[i] * w[a]  is  conv(dilate(x, s), flip(w)) with k-1-p padding each side.
-  """
-  k = kernel_HWIO.shape[0]
-  pad = k - 1 - padding
-  return jax.lax.conv_general_dilated(
-      x_BHWC, kernel_HWIO[::-1, ::-1], window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
-      lhs_dilation=(stride, stride), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-def _phase_taps(k: int, stride: int, padding: int):
-  """For each output phase r, the (input offset, kernel tap) pairs that reach it.
-
-  Output row y = s*m + r receives x[i] * w[a] exactly when a = s*(m - i) + r + p, so each phase
-  is an ordinary stride-1 correlation of x with a sub-kernel of w. Offsets are relative to the
-  input padded by `pad_lo` rows on top.
-  """
-  deltas = {r: [(a, (a - r - padding) // stride) for a in range(k)
-                if (a - r - padding) % stride == 0] for r in range(stride)}
-  pad_lo = max(d for taps in deltas.values() for _, d in taps)  # Largest m - i.
-  pad_hi = -min(d for taps in deltas.values() for _, d in taps)  # Largest i - m.
-  return {r: [(pad_lo - d, a) for a, d in taps] for r, taps in deltas.items()}, pad_lo, pad_hi
-
-
-def conv_transpose_phases(x_BHWC, kernel_HWIO, stride: int, padding: int):
-  """The same function as `conv_transpose_reference`, as one matmul per output phase.
-
-  XLA:CPU runs the gradient of an lhs-dilated convolution on a slow path (18 ms of a 21 ms step
-  at batch 32). Here every output phase (r, q) is a (k/s)x(k/s) stride-1 correlation, written as
-  shifted slices of the padded input concatenated on channels and one matmul; the phases are then
-  interleaved (a pixel shuffle). Only slices, concatenation and matmuls: their gradients are fast.
-  Requires k - 2p == s (output size == s * input size), true for k=4, s=2, p=1.
-  """
-  k, _, c_in, c_out = kernel_HWIO.shape
-  if k - 2 * padding != stride:
-    return conv_transpose_reference(x_BHWC, kernel_HWIO, stride, padding)
-  phase_taps, pad_lo, pad_hi = _phase_taps(k, stride, padding)
-  n, h, w, _ = x_BHWC.shape
-  xp = jnp.pad(x_BHWC, ((0, 0), (pad_lo, pad_hi), (pad_lo, pad_hi), (0, 0)))
-  phases = []
-  for r in range(stride):
-    for q in range(stride):
-      pairs = [(oy, a, ox, b) for oy, a in phase_taps[r] for ox, b in phase_taps[q]]
-      cols = jnp.concatenate([xp[:, oy:oy + h, ox:ox + w, :] for oy, _, ox, _ in pairs], axis=-1)
-      sub_kernel = jnp.concatenate([kernel_HWIO[a, b] for _, a, _, b in pairs], axis=0)
-      phases.append(jnp.dot(cols.reshape(n * h * w, -1), sub_kernel))
-  y = jnp.stack(phases, axis=1).reshape(n, h, w, stride, stride, c_out)
-  return y.transpose(0, 1, 3, 2, 4, 5).reshape(n, h * stride, w * stride, c_out)
-
-
-CONV_TRANSPOSE_IMPLS = {"reference": conv_transpose_reference, "phases": conv_transpose_phases}
-
-
 class TorchConv(nn.Module):
   """PyTorch Conv2d(k, stride, padding) in NHWC."""
 
@@ -91,6 +37,7 @@ class TorchConv(nn.Module):
   kernel_size: int = 4
   stride: int = 2
   padding: int = 1
+  impl: str = "gemm"  # A key of jaxae.conv.CONV_IMPLS; all compute the same function.
 
   @nn.compact
   def __call__(self, x_BHWC):
@@ -98,10 +45,8 @@ class TorchConv(nn.Module):
     init = torch_uniform_init(c_in * self.kernel_size ** 2)
     kernel = self.param("kernel", init, (self.kernel_size, self.kernel_size, c_in, self.features))
     bias = self.param("bias", init, (self.features,))
-    p = self.padding
-    y = jax.lax.conv_general_dilated(x_BHWC, kernel, (self.stride, self.stride), ((p, p), (p, p)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + bias
+    conv, _ = CONV_IMPLS[self.impl]
+    return conv(x_BHWC, kernel, self.stride, self.padding) + bias
 
 
 class TorchConvTranspose(nn.Module):
@@ -111,7 +56,7 @@ class TorchConvTranspose(nn.Module):
   kernel_size: int = 4
   stride: int = 2
   padding: int = 1
-  impl: str = "phases"
+  impl: str = "gemm"  # A key of jaxae.conv.CONV_IMPLS.
 
   @nn.compact
   def __call__(self, x_BHWC):
@@ -120,8 +65,8 @@ class TorchConvTranspose(nn.Module):
     init = torch_uniform_init(self.features * self.kernel_size ** 2)
     kernel = self.param("kernel", init, (self.kernel_size, self.kernel_size, c_in, self.features))
     bias = self.param("bias", init, (self.features,))
-    y = CONV_TRANSPOSE_IMPLS[self.impl](x_BHWC, kernel, self.stride, self.padding)
-    return y + bias
+    _, conv_transpose = CONV_IMPLS[self.impl]
+    return conv_transpose(x_BHWC, kernel, self.stride, self.padding) + bias
 
 
 def make_activation(name: str, negative_slope: float = 0.01) -> Callable[[jax.Array], jax.Array]:
@@ -142,16 +87,16 @@ class Autoencoder(nn.Module):
   out_channels: int = 3
   activation: str = "leaky_relu"
   negative_slope: float = 0.01
-  conv_transpose: str = "phases"
+  conv_impl: str = "gemm"
 
   def setup(self):
-    if self.conv_transpose not in CONV_TRANSPOSE_IMPLS:
-      raise ValueError(f"Unknown conv_transpose {self.conv_transpose!r}; "
-                       f"use one of {sorted(CONV_TRANSPOSE_IMPLS)}.")
+    if self.conv_impl not in CONV_IMPLS:
+      raise ValueError(f"Unknown conv_impl {self.conv_impl!r}; use one of {sorted(CONV_IMPLS)}.")
     self.act = make_activation(self.activation, self.negative_slope)
-    self.encoder_layers = [TorchConv(f, name=f"enc{i}") for i, f in enumerate(self.features)]
+    self.encoder_layers = [TorchConv(f, impl=self.conv_impl, name=f"enc{i}")
+                           for i, f in enumerate(self.features)]
     widths = list(self.features[-2::-1]) + [self.out_channels]
-    self.decoder_layers = [TorchConvTranspose(f, impl=self.conv_transpose, name=f"dec{i}")
+    self.decoder_layers = [TorchConvTranspose(f, impl=self.conv_impl, name=f"dec{i}")
                            for i, f in enumerate(widths)]
 
   def encode(self, x_BHWC):
@@ -172,4 +117,4 @@ class Autoencoder(nn.Module):
 
 def model_from_config(config: Config) -> Autoencoder:
   return Autoencoder(features=tuple(config.features), activation=config.activation,
-                     negative_slope=config.negative_slope, conv_transpose=config.conv_transpose)
+                     negative_slope=config.negative_slope, conv_impl=config.conv_impl)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from jaxae import Autoencoder
-from jaxae.models import (TorchConv, TorchConvTranspose, conv_transpose_phases,
-                          conv_transpose_reference)
+from jaxae.conv import CONV_IMPLS
+from jaxae.models import TorchConv, TorchConvTranspose
 
 
 def numpy_conv_transpose(x_nchw, w_torch, stride, padding):
@@ -39,7 +39,7 @@ def numpy_conv(x_nchw, w_torch, b, stride, padding):
   return out
 
 
-@pytest.mark.parametrize("impl", ["reference", "phases"])
+@pytest.mark.parametrize("impl", sorted(CONV_IMPLS))
 @pytest.mark.parametrize("n,c,o,h,w", [(2, 3, 5, 4, 4), (1, 4, 2, 5, 3), (3, 2, 3, 1, 1)])
 def test_conv_transpose_computes_pytorch_conv_transpose2d(impl, n, c, o, h, w):
   rng = np.random.default_rng(h * 10 + c)
@@ -55,31 +55,57 @@ def test_conv_transpose_computes_pytorch_conv_transpose2d(impl, n, c, o, h, w):
   np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2), expected, atol=1e-4)
 
 
-def test_conv_computes_pytorch_conv2d():
-  rng = np.random.default_rng(1)
-  x = rng.normal(size=(2, 3, 8, 6))
-  w_torch = rng.normal(size=(5, 3, 4, 4))
-  b = rng.normal(size=(5,))
+@pytest.mark.parametrize("impl", sorted(CONV_IMPLS))
+@pytest.mark.parametrize("n,c,o,h,w", [(2, 3, 5, 8, 6), (1, 4, 2, 2, 4), (2, 2, 3, 5, 7)])
+def test_conv_computes_pytorch_conv2d(impl, n, c, o, h, w):
+  rng = np.random.default_rng(h * 10 + w)
+  x = rng.normal(size=(n, c, h, w))
+  w_torch = rng.normal(size=(o, c, 4, 4))
+  b = rng.normal(size=(o,))
   params = {"params": {"kernel": jnp.asarray(w_torch.transpose(2, 3, 1, 0), jnp.float32),
                        "bias": jnp.asarray(b, jnp.float32)}}
-  got = TorchConv(5).apply(params, jnp.asarray(x.transpose(0, 2, 3, 1), jnp.float32))
+  got = TorchConv(o, impl=impl).apply(params, jnp.asarray(x.transpose(0, 2, 3, 1), jnp.float32))
   np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2),
                              numpy_conv(x, w_torch, b, 2, 1), atol=1e-4)
 
 
-def test_fast_and_reference_conv_transpose_have_equal_gradients():
-  rng = np.random.default_rng(2)
-  x = jnp.asarray(rng.normal(size=(4, 8, 8, 32)), jnp.float32)
-  w = jnp.asarray(rng.normal(size=(4, 4, 32, 16)) * 0.1, jnp.float32)
-  target = jnp.asarray(rng.normal(size=(4, 16, 16, 16)), jnp.float32)
+@pytest.mark.parametrize("layer", ["conv", "conv_transpose"])
+@pytest.mark.parametrize("n,h,w,c,o", [(4, 8, 8, 32, 16), (3, 4, 6, 3, 5)])
+def test_gemm_and_reference_layers_have_equal_gradients(layer, n, h, w, c, o):
+  """The hand-written VJPs of the "gemm" formulation against JAX's derivative of lax's convs."""
+  rng = np.random.default_rng(n + c)
+  x = jnp.asarray(rng.normal(size=(n, h, w, c)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(4, 4, c, o)) * 0.1, jnp.float32)
+  index = 0 if layer == "conv" else 1
+  out_hw = (h // 2, w // 2) if layer == "conv" else (2 * h, 2 * w)
+  target = jnp.asarray(rng.normal(size=(n, *out_hw, o)), jnp.float32)
 
-  def loss(fn):
-    return lambda x, w: jnp.mean((fn(x, w, 2, 1) - target) ** 2)
+  def loss(impl):
+    fn = CONV_IMPLS[impl][index]
+    return lambda x, k: jnp.mean((jnp.sin(fn(x, k, 2, 1)) - target) ** 2)
 
-  ref = jax.grad(loss(conv_transpose_reference), argnums=(0, 1))(x, w)
-  fast = jax.grad(loss(conv_transpose_phases), argnums=(0, 1))(x, w)
+  ref = jax.grad(loss("reference"), argnums=(0, 1))(x, kernel)
+  fast = jax.jit(jax.grad(loss("gemm"), argnums=(0, 1)))(x, kernel)
   for r, f in zip(ref, fast):
+    assert f.shape == r.shape
     np.testing.assert_allclose(f, r, rtol=1e-4, atol=1e-6)
+
+
+def test_gemm_and_reference_models_have_equal_outputs_and_gradients():
+  x = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (6, 32, 32, 3)), jnp.float32)
+  models = {impl: Autoencoder(conv_impl=impl) for impl in CONV_IMPLS}
+  params = models["reference"].init(jax.random.key(0), x)
+
+  def loss(model):
+    return lambda p: jnp.mean((model.apply(p, x) - x) ** 2)
+
+  np.testing.assert_allclose(models["gemm"].apply(params, x), models["reference"].apply(params, x),
+                             atol=1e-6)
+  ref = jax.grad(loss(models["reference"]))(params)
+  fast = jax.jit(jax.grad(loss(models["gemm"])))(params)
+  for path, r in jax.tree_util.tree_leaves_with_path(ref):
+    f = dict(jax.tree_util.tree_leaves_with_path(fast))[path]
+    np.testing.assert_allclose(f, r, rtol=1e-4, atol=1e-7, err_msg=jax.tree_util.keystr(path))
 
 
 def test_default_model_is_the_original_architecture():
@@ -118,3 +144,5 @@ def test_widths_and_activation_are_configurable():
   assert model.apply(params, x).shape == (1, 32, 32, 3)
   with pytest.raises(ValueError, match="Unknown activation"):
     Autoencoder(activation="nope").init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match="Unknown conv_impl"):
+    Autoencoder(conv_impl="nope").init(jax.random.key(0), x)

@@ -1,0 +1,174 @@
+"""Strided convolutions with PyTorch's semantics, in two formulations that compute one function.
+
+`S(x; w)` below is PyTorch's Conv2d(k, stride s, padding p) without bias, NHWC, kernel HWIO:
+    y[m] = sum_a x[s*m - p + a] @ w[a]              (per spatial axis)
+and PyTorch's ConvTranspose2d with kernel K [k, k, in, out] is its adjoint in x, with the kernel's
+two channel axes swapped: convT(x; K) = S^T(x; K^T) where K^T = K.transpose(0, 1, 3, 2).
+
+- "reference": `lax.conv_general_dilated`, the ConvTranspose as a convolution of the
+  stride-dilated input, differentiated by JAX. Exact by construction; used to test the other.
+- "gemm": each of S and S^T is one matmul plus a memory pass, with hand-written VJPs:
+    S(x; w)   = im2col(x) @ w                 (gather the k*k taps of each output pixel, one GEMM)
+    S^T(y; w) = overlap_add(y @ w^T)          (one GEMM per input pixel, then add the k*k
+                                               contributions into their output phases)
+  and the gradients are again S, S^T and one GEMM: for y = S(x; w), dx = S^T(dy; w) and
+  dw = im2col(x)^T @ dy; for a ConvTranspose the roles of S and S^T swap.
+  Why: XLA:CPU runs the gradient of the lhs-dilated convolution (the reference ConvTranspose)
+  on a slow path, and the gradients of its strided convolutions are slower than these GEMMs;
+  a batch-32 training step takes about half the time (README, "Speed").
+
+The "gemm" path needs the large side to be exactly `stride` times the small one (k - 2p == s and,
+for Conv, sides divisible by s: true for the autoencoder's k=4, s=2, p=1 on 32x32 images); other
+shapes use the reference formulation.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+def conv_reference(x_BHWC, kernel_HWIO, stride: int, padding: int):
+  """PyTorch Conv2d (no bias) through XLA's convolution."""
+  p = padding
+  return jax.lax.conv_general_dilated(x_BHWC, kernel_HWIO, (stride, stride), ((p, p), (p, p)),
+                                      dimension_numbers=_DIMENSIONS)
+
+
+def conv_transpose_reference(x_BHWC, kernel_HWIO, stride: int, padding: int):
+  """PyTorch ConvTranspose2d as a convolution of the stride-dilated input with the flipped kernel.
+
+  out[s*i - p + a] += x[i] * w[a]  is  conv(dilate(x, s), flip(w)) with k-1-p padding each side.
+  """
+  k = kernel_HWIO.shape[0]
+  pad = k - 1 - padding
+  return jax.lax.conv_general_dilated(
+      x_BHWC, kernel_HWIO[::-1, ::-1], window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
+      lhs_dilation=(stride, stride), dimension_numbers=_DIMENSIONS)
+
+
+def _gemm_applies(k: int, stride: int, padding: int) -> bool:
+  return k - 2 * padding == stride
+
+
+def _im2col(x_BHWC, k: int, stride: int, padding: int):
+  """[B, H, W, C] -> [B, H/s, W/s, k*k*C]: the k x k input taps of every output pixel of S."""
+  _, h, w, _ = x_BHWC.shape
+  ho, wo = h // stride, w // stride
+  xp = jnp.pad(x_BHWC, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  taps = [xp[:, a:a + stride * (ho - 1) + 1:stride, b:b + stride * (wo - 1) + 1:stride, :]
+          for a in range(k) for b in range(k)]
+  return jnp.concatenate(taps, axis=-1)
+
+
+def _overlap_add(z_BHWKKC, stride: int, padding: int):
+  """[B, h, w, k, k, C] -> [B, s*h, s*w, C]: out[s*i - p + a, s*j - p + b] += z[i, j, a, b].
+
+  Output phase r (rows s*m + r) receives tap a from input row i = m + (r + p - a) / s whenever
+  that is an integer, so each phase is a sum of shifted slices and the phases are interleaved.
+  """
+  n, h, w, k, _, c = z_BHWKKC.shape
+  taps = {r: [(a, (r + padding - a) // stride) for a in range(k)
+              if (r + padding - a) % stride == 0] for r in range(stride)}
+
+  def shifted(z_BHWC, di, dj):  # out[m, l] = z[m + di, l + dj], zero outside.
+    z_BHWC = z_BHWC[:, max(di, 0):h + min(di, 0), max(dj, 0):w + min(dj, 0)]
+    return jnp.pad(z_BHWC, ((0, 0), (max(-di, 0), max(di, 0)), (max(-dj, 0), max(dj, 0)), (0, 0)))
+
+  rows = []
+  for r in range(stride):
+    cols = []
+    for q in range(stride):
+      cols.append(sum(shifted(z_BHWKKC[:, :, :, a, b, :], di, dj)
+                      for a, di in taps[r] for b, dj in taps[q]))
+    rows.append(jnp.stack(cols, axis=3))  # [B, h, w, s(q), C]
+  return jnp.stack(rows, axis=2).reshape(n, h * stride, w * stride, c)  # [B, h, s(r), w, s(q), C]
+
+
+def _s_forward(x_BHWC, kernel_HWIO, stride, padding):
+  """S(x; w) as im2col + one GEMM. [B, H, W, I] -> [B, H/s, W/s, O]."""
+  k, _, c_in, c_out = kernel_HWIO.shape
+  cols = _im2col(x_BHWC, k, stride, padding)
+  return jnp.dot(cols, kernel_HWIO.reshape(k * k * c_in, c_out))
+
+
+def _s_transpose(y_BHWC, kernel_HWIO, stride, padding):
+  """S^T(y; w) as one GEMM + overlap-add. [B, h, w, O] -> [B, s*h, s*w, I]."""
+  k, _, c_in, c_out = kernel_HWIO.shape
+  n, h, w, _ = y_BHWC.shape
+  # z[..., a, b, :] = y @ w[a, b]^T, for all taps in one GEMM: [O] x [O, k*k*I].
+  w_t = kernel_HWIO.transpose(3, 0, 1, 2).reshape(c_out, k * k * c_in)
+  z = jnp.dot(y_BHWC, w_t).reshape(n, h, w, k, k, c_in)
+  return _overlap_add(z, stride, padding)
+
+
+def _s_kernel_grad(x_BHWC, dy_BHWC, k, stride, padding):
+  """d<S(x; w), dy>/dw = im2col(x)^T @ dy. Returns [k, k, I, O]."""
+  cols = _im2col(x_BHWC, k, stride, padding)
+  grad = jnp.einsum("bhwi,bhwo->io", cols, dy_BHWC)
+  return grad.reshape(k, k, x_BHWC.shape[-1], dy_BHWC.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_gemm(x_BHWC, kernel_HWIO, stride, padding):
+  return _s_forward(x_BHWC, kernel_HWIO, stride, padding)
+
+
+def _conv_gemm_fwd(x_BHWC, kernel_HWIO, stride, padding):
+  return _s_forward(x_BHWC, kernel_HWIO, stride, padding), (x_BHWC, kernel_HWIO)
+
+
+def _conv_gemm_bwd(stride, padding, residuals, dy_BHWC):
+  x_BHWC, kernel_HWIO = residuals
+  dx = _s_transpose(dy_BHWC, kernel_HWIO, stride, padding)
+  dw = _s_kernel_grad(x_BHWC, dy_BHWC, kernel_HWIO.shape[0], stride, padding)
+  return dx, dw
+
+
+_conv_gemm.defvjp(_conv_gemm_fwd, _conv_gemm_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_transpose_gemm(x_BHWC, kernel_HWIO, stride, padding):
+  return _s_transpose(x_BHWC, kernel_HWIO.transpose(0, 1, 3, 2), stride, padding)
+
+
+def _conv_transpose_gemm_fwd(x_BHWC, kernel_HWIO, stride, padding):
+  return _conv_transpose_gemm(x_BHWC, kernel_HWIO, stride, padding), (x_BHWC, kernel_HWIO)
+
+
+def _conv_transpose_gemm_bwd(stride, padding, residuals, dy_BHWC):
+  x_BHWC, kernel_HWIO = residuals
+  k = kernel_HWIO.shape[0]
+  dx = _s_forward(dy_BHWC, kernel_HWIO.transpose(0, 1, 3, 2), stride, padding)
+  dw = _s_kernel_grad(dy_BHWC, x_BHWC, k, stride, padding).transpose(0, 1, 3, 2)
+  return dx, dw
+
+
+_conv_transpose_gemm.defvjp(_conv_transpose_gemm_fwd, _conv_transpose_gemm_bwd)
+
+
+def conv_gemm(x_BHWC, kernel_HWIO, stride: int, padding: int):
+  """PyTorch Conv2d (no bias): im2col + GEMM, with a GEMM-based VJP."""
+  _, h, w, _ = x_BHWC.shape
+  if not _gemm_applies(kernel_HWIO.shape[0], stride, padding) or h % stride or w % stride:
+    return conv_reference(x_BHWC, kernel_HWIO, stride, padding)
+  return _conv_gemm(x_BHWC, kernel_HWIO, stride, padding)
+
+
+def conv_transpose_gemm(x_BHWC, kernel_HWIO, stride: int, padding: int):
+  """PyTorch ConvTranspose2d (no bias): GEMM + overlap-add, with a GEMM-based VJP."""
+  if not _gemm_applies(kernel_HWIO.shape[0], stride, padding):
+    return conv_transpose_reference(x_BHWC, kernel_HWIO, stride, padding)
+  return _conv_transpose_gemm(x_BHWC, kernel_HWIO, stride, padding)
+
+
+# name -> (conv, conv_transpose); each takes (x_BHWC, kernel_HWIO, stride, padding).
+CONV_IMPLS = {
+    "gemm": (conv_gemm, conv_transpose_gemm),
+    "reference": (conv_reference, conv_transpose_reference),
+}
