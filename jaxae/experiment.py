@@ -67,6 +67,11 @@ def run_settings(config: Config, train_limit: int, test_limit: int) -> dict[str,
   return json.loads(json.dumps(settings))  # Tuples -> lists, as they come back from disk.
 
 
+# How the layers are computed, not what: a run may resume under another formulation (all compute
+# the same function). "conv_transpose" is the name this setting had in earlier versions.
+_FORMULATION_KEYS = ("conv_impl", "conv_transpose")
+
+
 def check_workdir(workdir: pathlib.Path, settings: dict[str, Any], overwrite: bool) -> None:
   """Refuses a workdir that holds a different run, unless `overwrite` (then clears the run).
 
@@ -79,6 +84,9 @@ def check_workdir(workdir: pathlib.Path, settings: dict[str, Any], overwrite: bo
     existing = json.loads(path.read_text())
   except (OSError, ValueError):
     existing = None
+  if isinstance(existing, dict):
+    existing = {k: v for k, v in existing.items() if k not in _FORMULATION_KEYS}
+  settings = {k: v for k, v in settings.items() if k not in _FORMULATION_KEYS}
   if existing == settings:
     return
   if not overwrite:

@@ -43,6 +43,24 @@ def test_workdir_with_different_settings_is_refused_unless_overwrite(tmp_path):
   assert out["config"]["batch_size"] == 8 and out["optimizer_steps"] == 5
 
 
+def test_run_resumes_under_another_conv_formulation(tmp_path):
+  """conv_impl says how, not what: switching it (or a settings.json from before it existed,
+  which named it conv_transpose) must not refuse the run."""
+  train, test = tiny_splits()
+  quiet = lambda _: None
+  config = Config(epochs=1, batch_size=16)
+  train_and_evaluate(config, train, test, tmp_path, log=quiet)
+  settings_path = tmp_path / "settings.json"
+  old = json.loads(settings_path.read_text())
+  old.pop("conv_impl")
+  settings_path.write_text(json.dumps({**old, "conv_transpose": "phases"}))
+  lines = []
+  out = train_and_evaluate(config.replace(epochs=2, conv_impl="reference"), train, test, tmp_path,
+                           log=lines.append)
+  assert f"Resuming {tmp_path} after epoch 1." in lines
+  assert [h["epoch"] for h in out["history"]] == [1, 2]
+
+
 def test_diverging_run_stops_naming_epoch_and_step_and_keeps_checkpoints(tmp_path):
   train, test = tiny_splits()
   quiet = lambda _: None
