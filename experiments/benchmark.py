@@ -20,8 +20,8 @@ import numpy as np
 from jaxae import cli, parallel
 from jaxae.config import Config
 from jaxae.conv import CONV_IMPLS
-from jaxae.loop import (EVAL_BATCH_SIZE, epoch_batches, epoch_key, evaluate,
-                        sharded_train_step, train_epoch)
+from jaxae.loop import (EVAL_BATCH_SIZE, epoch_batches, epoch_key, evaluate, microbatch_size,
+                        sharded_train_epoch, train_epoch)
 from jaxae.metrics import image_quality
 from jaxae.train import create_train_state
 
@@ -48,12 +48,12 @@ def time_training(images, batch_size, epochs, config, lines):
   mesh = parallel.data_mesh()
   state = parallel.replicate(create_train_state(jax.random.key(0), config), mesh)
   images = parallel.replicate(images, mesh)
-  # Compile time: lower + compile the step alone, before anything is cached.
-  idx, mask = epoch_batches(epoch_key(0, 0), images.shape[0], batch_size,
-                            parallel.padded_batch_size(batch_size, mesh))
+  # Compile time: lower + compile the epoch program alone, before anything is cached.
+  width = parallel.padded_batch_size(batch_size, mesh)
+  idx, mask = epoch_batches(epoch_key(0, 0), images.shape[0], batch_size, width)
   idx, mask = parallel.put((idx, mask), parallel.batch_sharded(mesh, batch_dim=1))
   start = time.perf_counter()
-  sharded_train_step(mesh).lower(state, images, idx, mask, np.int32(0)).compile()
+  sharded_train_epoch(mesh, microbatch_size(width, mesh)).lower(state, images, idx, mask).compile()
   emit(lines, metric="compile_s", value=round(time.perf_counter() - start, 3),
        batch_size=batch_size)
   state = train_epoch(state, images, seed=0, epoch=0, batch_size=batch_size).state  # Warm-up.

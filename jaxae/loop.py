@@ -23,10 +23,10 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxae import parallel
-from jaxae.train import TrainState, eval_step, per_example_mse, train_step
+from jaxae.train import TrainState, eval_step, loss_and_grad_sums, train_step
 
 
-# How many jitted steps the Python loops may queue ahead of the device. Unbounded queues of
+# How many jitted calls the evaluation loop may queue ahead of the device. Unbounded queues of
 # programs with collectives deadlock XLA:CPU's multi-device runtime (2 devices, ~100+ queued
 # steps: "Expected 2 threads to join the rendezvous"); a few steps keep any device busy.
 MAX_STEPS_IN_FLIGHT = 8
@@ -73,24 +73,43 @@ def epoch_batches(key: jax.Array, num_examples: int, batch_size: int, width: int
   return jnp.pad(indices, extra), jnp.pad(mask, extra)
 
 
-@functools.cache
-def sharded_train_step(mesh: Mesh):
-  """`train_step` on batch `step` of an epoch, jitted for `mesh`; the state is donated.
+# Training steps over more than this many examples per device sum their gradient over
+# microbatches of this size (see train.loss_and_grad_sums): on 2 CPU cores, batch-256 epochs ran
+# at 5,600 images/s whole and 6,900 in microbatches of 64 (the activations stay in cache).
+MICROBATCH_PER_DEVICE = 64
 
-  (state, images_NHWC, indices_SW, mask_SW, step) -> (state, metrics). The images and state are
-  replicated; indices and mask are split by column, so each device gathers its slice of the batch.
+
+@functools.cache
+def sharded_train_epoch(mesh: Mesh, microbatch_size: int | None = None):
+  """An epoch of `train_step`s as one `lax.scan`, jitted for `mesh`; the state is donated.
+
+  (state, images_NHWC, indices_SW, mask_SW) -> (state, step_losses [S]). Step s trains on
+  images[indices_SW[s]] with weights mask_SW[s]. The images and state are replicated; indices and
+  mask are split by column, so each device gathers its own slice of every batch. One program
+  per epoch: on CPU it ran 25-30% faster than one dispatch per step from Python.
   """
   replicated = parallel.replicated(mesh)
   by_column = parallel.batch_sharded(mesh, batch_dim=1)
 
-  def step_fn(state, images_NHWC, indices_SW, mask_SW, step):
-    batch = jax.lax.with_sharding_constraint(images_NHWC[indices_SW[step]],
-                                             parallel.batch_sharded(mesh))
-    return train_step(state, batch, mask_SW[step])
+  def epoch_fn(state, images_NHWC, indices_SW, mask_SW):
+    def step(state, batch_indices_and_mask):
+      indices_W, mask_W = batch_indices_and_mask
+      batch = jax.lax.with_sharding_constraint(images_NHWC[indices_W],
+                                               parallel.batch_sharded(mesh))
+      state, metrics = train_step(state, batch, mask_W, microbatch_size=microbatch_size)
+      return state, metrics["loss"]
 
-  return jax.jit(step_fn, donate_argnums=0,
-                 in_shardings=(replicated, replicated, by_column, by_column, replicated),
+    return jax.lax.scan(step, state, (indices_SW, mask_SW))
+
+  return jax.jit(epoch_fn, donate_argnums=0,
+                 in_shardings=(replicated, replicated, by_column, by_column),
                  out_shardings=(replicated, replicated))
+
+
+def microbatch_size(batch_width: int, mesh: Mesh) -> int | None:
+  """The microbatch `train_epoch` uses for a (device-padded) batch of `batch_width`, or None."""
+  per_device = MICROBATCH_PER_DEVICE * parallel.mesh_size(mesh)
+  return per_device if batch_width > per_device else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,14 +130,9 @@ def train_epoch(state: TrainState, images_NHWC: jax.Array, *, seed: int, epoch: 
   counts = np.asarray(mask.sum(axis=1), np.float64)
   # Each process places only the columns (batch slices) of its own devices.
   indices, mask = parallel.put((indices, mask), parallel.batch_sharded(mesh, batch_dim=1))
-  step_fn = sharded_train_step(mesh)
-  losses, in_flight = [], _InFlight()
-  for step in range(indices.shape[0]):
-    state, metrics = step_fn(state, images_NHWC, indices, mask, np.int32(step))
-    losses.append(metrics["loss"])
-    in_flight.add(metrics["loss"])
-  # One transfer per epoch; the loop itself stays a few steps ahead of the device.
-  step_losses = np.asarray(jnp.stack(losses), np.float64)
+  epoch_fn = sharded_train_epoch(mesh, microbatch_size(indices.shape[1], mesh))
+  state, step_losses = epoch_fn(state, images_NHWC, indices, mask)
+  step_losses = np.asarray(step_losses, np.float64)
   return EpochResult(state, float(np.sum(step_losses * counts) / n), step_losses)
 
 
@@ -133,55 +147,37 @@ def _rows(mesh: Mesh, images_NHWC: jax.Array, start: jax.Array, size: int):
 
 
 @functools.cache
-def _chunk_loss_and_grad_sums(mesh: Mesh, chunk_size: int):
-  replicated = parallel.replicated(mesh)
+def _full_batch_step(mesh: Mesh, chunk_size: int):
+  def step_fn(state, images_NHWC):
+    n = images_NHWC.shape[0]
 
-  def chunk_fn(state, images_NHWC, start, loss_sum, grad_sum):
-    chunk, mask = _rows(mesh, images_NHWC, start, chunk_size)
+    def add_chunk(totals, start):
+      chunk, mask = _rows(mesh, images_NHWC, start, chunk_size)
+      sums = loss_and_grad_sums(state.apply_fn, state.params, chunk, mask)
+      return jax.tree.map(jnp.add, totals, sums), None
 
-    def chunk_loss_sum(params):
-      _, per_example = per_example_mse(state.apply_fn, params, chunk)
-      return jnp.sum(per_example * mask)
-
-    loss, grads = jax.value_and_grad(chunk_loss_sum)(state.params)
-    return loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)
-
-  # No donation of the (small) sums: the dispatch loop waits on earlier ones.
-  return jax.jit(chunk_fn, in_shardings=replicated, out_shardings=replicated)
-
-
-@functools.cache
-def _apply_mean_gradient(mesh: Mesh):
-  def apply_fn(state, loss_sum, grad_sum, n):
+    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+    starts = jnp.arange(0, n, chunk_size, dtype=jnp.int32)
+    loss_sum, grad_sum = jax.lax.scan(add_chunk, zeros, starts)[0]
     state = state.apply_gradients(grads=jax.tree.map(lambda g: g / n, grad_sum))
     return state, {"loss": loss_sum / n}
 
   replicated = parallel.replicated(mesh)
-  return jax.jit(apply_fn, donate_argnums=0, in_shardings=replicated, out_shardings=replicated)
+  return jax.jit(step_fn, donate_argnums=0, in_shardings=replicated, out_shardings=replicated)
 
 
 def full_batch_step(state: TrainState, images_NHWC: jax.Array, chunk_size: int = 32,
                     mesh: Mesh | None = None):
   """One optimizer step on the mean loss over the whole set: the original's procedure.
 
-  The gradient is summed over fixed-size chunks (the last one masked) so memory stays small; the
-  step uses the gradient of the mean over all N examples. Small chunks stay in cache: on 2 CPU
-  cores 32-image chunks ran 2x faster than 1000-image ones. A Python loop over the chunks, not
-  `lax.scan`: XLA:CPU runs convolutions inside a while loop about 8x slower.
+  The gradient is summed over fixed-size chunks (the last one masked) in a `lax.scan`, so memory
+  stays small; the step uses the gradient of the mean over all N examples. Small chunks stay in
+  cache: on 2 CPU cores 32-image chunks ran 2x faster than 1000-image ones.
   """
   mesh = mesh or parallel.data_mesh()
   chunk_size = parallel.padded_batch_size(chunk_size, mesh)
-  n = int(images_NHWC.shape[0])
   state, images_NHWC = parallel.replicate((state, images_NHWC), mesh)
-  loss_sum, grad_sum = parallel.replicate(
-      (np.zeros((), np.float32), jax.tree.map(lambda p: np.zeros(p.shape, p.dtype), state.params)),
-      mesh)
-  chunk_fn = _chunk_loss_and_grad_sums(mesh, chunk_size)
-  in_flight = _InFlight()
-  for start in range(0, n, chunk_size):
-    loss_sum, grad_sum = chunk_fn(state, images_NHWC, np.int32(start), loss_sum, grad_sum)
-    in_flight.add(loss_sum)
-  return _apply_mean_gradient(mesh)(state, loss_sum, grad_sum, np.float32(n))
+  return _full_batch_step(mesh, chunk_size)(state, images_NHWC)
 
 
 def train_full_batch_epoch(state: TrainState, images_NHWC: jax.Array,

@@ -60,8 +60,40 @@ def masked_mean(values_B, mask_B=None):
   return jnp.sum(values_B * mask_B) / jnp.maximum(jnp.sum(mask_B), 1.0)
 
 
-def train_step(state: TrainState, images_BHWC: jax.Array,
-               mask_B: jax.Array | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+def loss_and_grad_sums(apply_fn, params, images_BHWC: jax.Array, mask_B: jax.Array,
+                       microbatch_size: int | None = None):
+  """(sum of mask * per-example loss, its gradient), computed `microbatch_size` examples at a time.
+
+  Microbatches run one after another in a `lax.scan`, so each one's activations stay in cache
+  (and memory is bounded); the sums are those of the whole batch. The batch is padded with
+  masked examples to a whole number of microbatches. Example j of microbatch c is row
+  j * num_microbatches + c, so a batch split over devices gives every device a share of every
+  microbatch.
+  """
+  def sums(params, images, mask):
+    _, per_example = per_example_mse(apply_fn, params, images)
+    return jnp.sum(per_example * mask)
+
+  batch = images_BHWC.shape[0]
+  if microbatch_size is None or microbatch_size >= batch:
+    return jax.value_and_grad(sums)(params, images_BHWC, mask_B)
+  count = -(-batch // microbatch_size)
+  pad = count * microbatch_size - batch
+  images_BHWC = jnp.pad(images_BHWC, ((0, pad),) + ((0, 0),) * (images_BHWC.ndim - 1))
+  mask_B = jnp.pad(mask_B, (0, pad))
+  images_CMHWC = images_BHWC.reshape(microbatch_size, count, *images_BHWC.shape[1:]).swapaxes(0, 1)
+  mask_CM = mask_B.reshape(microbatch_size, count).swapaxes(0, 1)
+
+  def add_microbatch(totals, inputs):
+    loss, grads = jax.value_and_grad(sums)(params, *inputs)
+    return jax.tree.map(jnp.add, totals, (loss, grads)), None
+
+  zeros = (jnp.zeros((), images_BHWC.dtype), jax.tree.map(jnp.zeros_like, params))
+  return jax.lax.scan(add_microbatch, zeros, (images_CMHWC, mask_CM))[0]
+
+
+def train_step(state: TrainState, images_BHWC: jax.Array, mask_B: jax.Array | None = None, *,
+               microbatch_size: int | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on the MSE between images and their reconstructions.
 
   Args:
@@ -69,16 +101,21 @@ def train_step(state: TrainState, images_BHWC: jax.Array,
     images_BHWC: float32 [B, 32, 32, 3] normalized images.
     mask_B: optional [B] weights, 1 for real examples and 0 for padding, so a padded last batch
       keeps the compiled shape and its padding contributes nothing.
+    microbatch_size: if set and smaller than B, the gradient is summed over microbatches of this
+      size in a `lax.scan` (see `loss_and_grad_sums`): the same step, using less memory, and
+      faster on CPU for large batches (cache).
 
   Returns:
     (new_state, {"loss": mean loss over the (unmasked) batch before the step}).
   """
-  def loss_fn(params):
-    _, per_example = per_example_mse(state.apply_fn, params, images_BHWC)
-    return masked_mean(per_example, mask_B)
-
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
-  return state.apply_gradients(grads=grads), {"loss": loss}
+  if mask_B is None:
+    mask_B = jnp.ones(images_BHWC.shape[:1], images_BHWC.dtype)
+  mask_B = mask_B.astype(images_BHWC.dtype)
+  loss_sum, grad_sums = loss_and_grad_sums(state.apply_fn, state.params, images_BHWC, mask_B,
+                                           microbatch_size)
+  count = jnp.maximum(jnp.sum(mask_B), 1.0)
+  grads = jax.tree.map(lambda g: g / count, grad_sums)
+  return state.apply_gradients(grads=grads), {"loss": loss_sum / count}
 
 
 def eval_step(params_or_state: Any, images_BHWC: jax.Array, mask_B: jax.Array | None = None, *,

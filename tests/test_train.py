@@ -48,6 +48,33 @@ def test_steps_compose_with_scan_and_user_jit():
   _tree_close(scanned.params, state.params, rtol=1e-4, atol=1e-6)
 
 
+def test_microbatched_step_is_the_same_step():
+  # 10 examples, 3 of them masked, in microbatches of 4 (the last one padded by 2).
+  images = _images(10)
+  mask = jnp.asarray([1, 1, 0, 1, 1, 1, 0, 1, 0, 1], jnp.float32)
+  state = create_train_state(jax.random.key(0))
+  whole, m_whole = jax.jit(train_step)(state, images, mask)
+  split, m_split = jax.jit(lambda s, x, m: train_step(s, x, m, microbatch_size=4))(
+      state, images, mask)
+  np.testing.assert_allclose(m_split["loss"], m_whole["loss"], rtol=1e-6)
+  # Adam's first step is lr * sign(grad): compare the moments, which carry the gradient itself.
+  _tree_close(split.opt_state, whole.opt_state, rtol=1e-4, atol=1e-9)
+  _tree_close(split.params, whole.params, rtol=1e-5, atol=1e-6)
+
+
+def test_large_batches_train_in_microbatches_with_the_same_result():
+  images = _images(96)
+  mesh = parallel.data_mesh()
+  assert loop.microbatch_size(32, mesh) is None
+  assert loop.microbatch_size(96, mesh) == loop.MICROBATCH_PER_DEVICE * parallel.mesh_size(mesh)
+  state = create_train_state(jax.random.key(0))
+  got = loop.train_epoch(state, images, seed=0, epoch=1, batch_size=96)
+  expected, metrics = jax.jit(train_step)(create_train_state(jax.random.key(0)),
+                                          images[loop.epoch_batches(loop.epoch_key(0, 1), 96, 96)[0][0]])
+  np.testing.assert_allclose(got.step_losses, [metrics["loss"]], rtol=1e-6)
+  _tree_close(got.state.opt_state, expected.opt_state, rtol=1e-4, atol=1e-9)
+
+
 def test_eval_step_with_state_or_params():
   images = _images(4)
   state = create_train_state(jax.random.key(0))
@@ -85,13 +112,13 @@ def test_no_recompilation_across_epochs_with_a_partial_last_batch():
   images = _images(40)  # 40 = 32 + a partial batch of 8.
   state = create_train_state(jax.random.key(0))
   state = loop.train_epoch(state, images, seed=0, epoch=1, batch_size=32).state
-  step_fn = loop.sharded_train_step(parallel.data_mesh())
-  compiled = step_fn._cache_size()  # Other tests' shapes may be in this cache too.
+  epoch_fn = loop.sharded_train_epoch(parallel.data_mesh(), None)
+  compiled = epoch_fn._cache_size()  # Other tests' shapes may be in this cache too.
   assert compiled >= 1
   for epoch in (2, 3, 4):
     result = loop.train_epoch(state, images, seed=0, epoch=epoch, batch_size=32)
     state = result.state
-  assert step_fn._cache_size() == compiled
+  assert epoch_fn._cache_size() == compiled
   assert int(state.step) == 4 * 2 and result.step_losses.shape == (2,)
 
 
