@@ -91,9 +91,13 @@ def _overlap_add(z_BHWKKC, stride: int, padding: int):
 
 def _s_forward(x_BHWC, kernel_HWIO, stride, padding):
   """S(x; w) as im2col + one GEMM. [B, H, W, I] -> [B, H/s, W/s, O]."""
+  return _cols_times_kernel(_im2col(x_BHWC, kernel_HWIO.shape[0], stride, padding), kernel_HWIO)
+
+
+def _cols_times_kernel(cols_BHWK, kernel_HWIO):
+  """im2col columns [B, h, w, k*k*I] @ kernel [k*k*I, O]."""
   k, _, c_in, c_out = kernel_HWIO.shape
-  cols = _im2col(x_BHWC, k, stride, padding)
-  return jnp.dot(cols, kernel_HWIO.reshape(k * k * c_in, c_out))
+  return jnp.dot(cols_BHWK, kernel_HWIO.reshape(k * k * c_in, c_out))
 
 
 def _s_transpose(y_BHWC, kernel_HWIO, stride, padding):
@@ -106,11 +110,10 @@ def _s_transpose(y_BHWC, kernel_HWIO, stride, padding):
   return _overlap_add(z, stride, padding)
 
 
-def _s_kernel_grad(x_BHWC, dy_BHWC, k, stride, padding):
-  """d<S(x; w), dy>/dw = im2col(x)^T @ dy. Returns [k, k, I, O]."""
-  cols = _im2col(x_BHWC, k, stride, padding)
-  grad = jnp.einsum("bhwi,bhwo->io", cols, dy_BHWC)
-  return grad.reshape(k, k, x_BHWC.shape[-1], dy_BHWC.shape[-1])
+def _s_kernel_grad(cols_BHWK, dy_BHWC, k):
+  """d<S(x; w), dy>/dw = im2col(x)^T @ dy, from cols = im2col(x). Returns [k, k, I, O]."""
+  grad = jnp.einsum("bhwi,bhwo->io", cols_BHWK, dy_BHWC)
+  return grad.reshape(k, k, cols_BHWK.shape[-1] // (k * k), dy_BHWC.shape[-1])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -119,13 +122,15 @@ def _conv_gemm(x_BHWC, kernel_HWIO, stride, padding):
 
 
 def _conv_gemm_fwd(x_BHWC, kernel_HWIO, stride, padding):
+  # Keeps x, not its k*k times larger im2col columns; the backward pass gathers them again.
   return _s_forward(x_BHWC, kernel_HWIO, stride, padding), (x_BHWC, kernel_HWIO)
 
 
 def _conv_gemm_bwd(stride, padding, residuals, dy_BHWC):
   x_BHWC, kernel_HWIO = residuals
+  k = kernel_HWIO.shape[0]
   dx = _s_transpose(dy_BHWC, kernel_HWIO, stride, padding)
-  dw = _s_kernel_grad(x_BHWC, dy_BHWC, kernel_HWIO.shape[0], stride, padding)
+  dw = _s_kernel_grad(_im2col(x_BHWC, k, stride, padding), dy_BHWC, k)
   return dx, dw
 
 
@@ -138,14 +143,16 @@ def _conv_transpose_gemm(x_BHWC, kernel_HWIO, stride, padding):
 
 
 def _conv_transpose_gemm_fwd(x_BHWC, kernel_HWIO, stride, padding):
-  return _conv_transpose_gemm(x_BHWC, kernel_HWIO, stride, padding), (x_BHWC, kernel_HWIO)
+  y = _s_transpose(x_BHWC, kernel_HWIO.transpose(0, 1, 3, 2), stride, padding)
+  return y, (x_BHWC, kernel_HWIO)
 
 
 def _conv_transpose_gemm_bwd(stride, padding, residuals, dy_BHWC):
   x_BHWC, kernel_HWIO = residuals
   k = kernel_HWIO.shape[0]
-  dx = _s_forward(dy_BHWC, kernel_HWIO.transpose(0, 1, 3, 2), stride, padding)
-  dw = _s_kernel_grad(dy_BHWC, x_BHWC, k, stride, padding).transpose(0, 1, 3, 2)
+  cols = _im2col(dy_BHWC, k, stride, padding)  # Shared by both gradients.
+  dx = _cols_times_kernel(cols, kernel_HWIO.transpose(0, 1, 3, 2))
+  dw = _s_kernel_grad(cols, x_BHWC, k).transpose(0, 1, 3, 2)
   return dx, dw
 
 
