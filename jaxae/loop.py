@@ -23,7 +23,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxae import parallel
-from jaxae.train import TrainState, eval_step, loss_and_grad_sums, train_step
+from jaxae.train import (TrainState, apply_mean_gradient, eval_step, loss_and_grad_sums,
+                         scan_sums, train_step)
 
 
 # How many jitted calls the evaluation loop may queue ahead of the device. Unbounded queues of
@@ -151,16 +152,13 @@ def _full_batch_step(mesh: Mesh, chunk_size: int):
   def step_fn(state, images_NHWC):
     n = images_NHWC.shape[0]
 
-    def add_chunk(totals, start):
+    def chunk_sums(start):
       chunk, mask = _rows(mesh, images_NHWC, start, chunk_size)
-      sums = loss_and_grad_sums(state.apply_fn, state.params, chunk, mask)
-      return jax.tree.map(jnp.add, totals, sums), None
+      return loss_and_grad_sums(state.apply_fn, state.params, chunk, mask)
 
-    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
     starts = jnp.arange(0, n, chunk_size, dtype=jnp.int32)
-    loss_sum, grad_sum = jax.lax.scan(add_chunk, zeros, starts)[0]
-    state = state.apply_gradients(grads=jax.tree.map(lambda g: g / n, grad_sum))
-    return state, {"loss": loss_sum / n}
+    loss_sum, grad_sums = scan_sums(chunk_sums, state.params, starts)
+    return apply_mean_gradient(state, loss_sum, grad_sums, n)
 
   replicated = parallel.replicated(mesh)
   return jax.jit(step_fn, donate_argnums=0, in_shardings=replicated, out_shardings=replicated)

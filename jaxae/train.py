@@ -83,13 +83,26 @@ def loss_and_grad_sums(apply_fn, params, images_BHWC: jax.Array, mask_B: jax.Arr
   mask_B = jnp.pad(mask_B, (0, pad))
   images_CMHWC = images_BHWC.reshape(microbatch_size, count, *images_BHWC.shape[1:]).swapaxes(0, 1)
   mask_CM = mask_B.reshape(microbatch_size, count).swapaxes(0, 1)
+  return scan_sums(lambda inputs: jax.value_and_grad(sums)(params, *inputs), params,
+                   (images_CMHWC, mask_CM))
 
-  def add_microbatch(totals, inputs):
-    loss, grads = jax.value_and_grad(sums)(params, *inputs)
-    return jax.tree.map(jnp.add, totals, (loss, grads)), None
 
-  zeros = (jnp.zeros((), images_BHWC.dtype), jax.tree.map(jnp.zeros_like, params))
-  return jax.lax.scan(add_microbatch, zeros, (images_CMHWC, mask_CM))[0]
+def scan_sums(loss_and_grads_fn, params, xs):
+  """Sums `loss_and_grads_fn(x) -> (loss, grads shaped like params)` over the leading axis of xs.
+
+  One x at a time, in a `lax.scan`: memory holds one x's activations and the running sums.
+  """
+  def add(totals, x):
+    return jax.tree.map(jnp.add, totals, loss_and_grads_fn(x)), None
+
+  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+  return jax.lax.scan(add, zeros, xs)[0]
+
+
+def apply_mean_gradient(state: TrainState, loss_sum, grad_sums, count):
+  """The optimizer step on the mean gradient over `count` examples, given the sums."""
+  grads = jax.tree.map(lambda g: g / count, grad_sums)
+  return state.apply_gradients(grads=grads), {"loss": loss_sum / count}
 
 
 def train_step(state: TrainState, images_BHWC: jax.Array, mask_B: jax.Array | None = None, *,
@@ -113,9 +126,7 @@ def train_step(state: TrainState, images_BHWC: jax.Array, mask_B: jax.Array | No
   mask_B = mask_B.astype(images_BHWC.dtype)
   loss_sum, grad_sums = loss_and_grad_sums(state.apply_fn, state.params, images_BHWC, mask_B,
                                            microbatch_size)
-  count = jnp.maximum(jnp.sum(mask_B), 1.0)
-  grads = jax.tree.map(lambda g: g / count, grad_sums)
-  return state.apply_gradients(grads=grads), {"loss": loss_sum / count}
+  return apply_mean_gradient(state, loss_sum, grad_sums, jnp.maximum(jnp.sum(mask_B), 1.0))
 
 
 def eval_step(params_or_state: Any, images_BHWC: jax.Array, mask_B: jax.Array | None = None, *,
