@@ -39,6 +39,14 @@ def numpy_conv(x_nchw, w_torch, b, stride, padding):
   return out
 
 
+def apply_nchw(layer, kernel_HWIO, bias, x_nchw):
+  """The Flax layer with these weights on an NCHW input, returning NCHW like PyTorch."""
+  params = {"params": {"kernel": jnp.asarray(kernel_HWIO, jnp.float32),
+                       "bias": jnp.asarray(bias, jnp.float32)}}
+  out = layer.apply(params, jnp.asarray(x_nchw.transpose(0, 2, 3, 1), jnp.float32))
+  return np.asarray(out).transpose(0, 3, 1, 2)
+
+
 @pytest.mark.parametrize("impl", sorted(CONV_IMPLS))
 @pytest.mark.parametrize("n,c,o,h,w", [(2, 3, 5, 4, 4), (1, 4, 2, 5, 3), (3, 2, 3, 1, 1)])
 def test_conv_transpose_computes_pytorch_conv_transpose2d(impl, n, c, o, h, w):
@@ -47,12 +55,9 @@ def test_conv_transpose_computes_pytorch_conv_transpose2d(impl, n, c, o, h, w):
   w_torch = rng.normal(size=(c, o, 4, 4))
   bias = rng.normal(size=(o,))
   expected = numpy_conv_transpose(x, w_torch, 2, 1) + bias[None, :, None, None]
-  layer = TorchConvTranspose(o, impl=impl)
-  params = {"params": {"kernel": jnp.asarray(w_torch.transpose(2, 3, 0, 1), jnp.float32),
-                       "bias": jnp.asarray(bias, jnp.float32)}}
-  got = layer.apply(params, jnp.asarray(x.transpose(0, 2, 3, 1), jnp.float32))
-  assert got.shape == (n, 2 * h, 2 * w, o)
-  np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2), expected, atol=1e-4)
+  got = apply_nchw(TorchConvTranspose(o, impl=impl), w_torch.transpose(2, 3, 0, 1), bias, x)
+  assert got.shape == (n, o, 2 * h, 2 * w)
+  np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
 @pytest.mark.parametrize("impl", sorted(CONV_IMPLS))
@@ -62,11 +67,8 @@ def test_conv_computes_pytorch_conv2d(impl, n, c, o, h, w):
   x = rng.normal(size=(n, c, h, w))
   w_torch = rng.normal(size=(o, c, 4, 4))
   b = rng.normal(size=(o,))
-  params = {"params": {"kernel": jnp.asarray(w_torch.transpose(2, 3, 1, 0), jnp.float32),
-                       "bias": jnp.asarray(b, jnp.float32)}}
-  got = TorchConv(o, impl=impl).apply(params, jnp.asarray(x.transpose(0, 2, 3, 1), jnp.float32))
-  np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2),
-                             numpy_conv(x, w_torch, b, 2, 1), atol=1e-4)
+  got = apply_nchw(TorchConv(o, impl=impl), w_torch.transpose(2, 3, 1, 0), b, x)
+  np.testing.assert_allclose(got, numpy_conv(x, w_torch, b, 2, 1), atol=1e-4)
 
 
 @pytest.mark.parametrize("layer", ["conv", "conv_transpose"])
