@@ -74,7 +74,7 @@ def test_conv_computes_pytorch_conv2d(impl, n, c, o, h, w):
 @pytest.mark.parametrize("layer", ["conv", "conv_transpose"])
 @pytest.mark.parametrize("n,h,w,c,o", [(4, 8, 8, 32, 16), (3, 4, 6, 3, 5)])
 def test_gemm_and_reference_layers_have_equal_gradients(layer, n, h, w, c, o):
-  """The hand-written VJPs of the "gemm" formulation against JAX's derivative of lax's convs."""
+  """The hand-written derivatives of the "gemm" formulation against JAX's derivative of lax's convs."""
   rng = np.random.default_rng(n + c)
   x = jnp.asarray(rng.normal(size=(n, h, w, c)), jnp.float32)
   kernel = jnp.asarray(rng.normal(size=(4, 4, c, o)) * 0.1, jnp.float32)
@@ -148,3 +148,35 @@ def test_widths_and_activation_are_configurable():
     Autoencoder(activation="nope").init(jax.random.key(0), x)
   with pytest.raises(ValueError, match="Unknown conv_impl"):
     Autoencoder(conv_impl="nope").init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("layer", ["conv", "conv_transpose"])
+def test_gemm_layers_have_forward_mode_derivatives_equal_to_the_reference(layer):
+  """jax.jvp through a GEMM layer, in x and in the kernel at once, against lax's convolutions."""
+  rng = np.random.default_rng(5)
+  index = 0 if layer == "conv" else 1
+  x, dx = (jnp.asarray(rng.normal(size=(2, 6, 4, 3)), jnp.float32) for _ in range(2))
+  kernel, dk = (jnp.asarray(rng.normal(size=(4, 4, 3, 5)), jnp.float32) for _ in range(2))
+  outs = {impl: jax.jit(lambda x, k, dx, dk, fn=CONV_IMPLS[impl][index]: jax.jvp(
+      lambda x, k: fn(x, k, 2, 1), (x, k), (dx, dk)))(x, kernel, dx, dk) for impl in CONV_IMPLS}
+  for got, ref in zip(outs["gemm"], outs["reference"]):
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_default_model_supports_jvp_jacfwd_and_hessian_vector_products():
+  x = jnp.asarray(np.random.default_rng(4).uniform(-1, 1, (2, 32, 32, 3)), jnp.float32)
+  models = {impl: Autoencoder(conv_impl=impl) for impl in CONV_IMPLS}
+  params = models["gemm"].init(jax.random.key(0), x)
+  direction = jax.tree.map(jnp.ones_like, params)
+
+  def loss(model):
+    return lambda p: jnp.mean((model.apply(p, x) - x) ** 2)
+
+  for transform in (
+      lambda f: jax.jvp(f, (params,), (direction,))[1],                     # forward mode
+      lambda f: jax.jacfwd(lambda s: f(jax.tree.map(lambda p: p * s, params)))(1.0),
+      lambda f: jax.jvp(jax.grad(f), (params,), (direction,))[1],            # Hessian-vector
+  ):
+    got, ref = transform(loss(models["gemm"])), transform(loss(models["reference"]))
+    for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+      np.testing.assert_allclose(g, r, rtol=2e-3, atol=1e-5)
