@@ -55,16 +55,64 @@ class Config:
   def replace(self, **changes: Any) -> "Config":
     return dataclasses.replace(self, **changes)
 
+  def validate(self) -> "Config":
+    """Returns self, or raises ValueError naming the first field of the wrong type or range."""
+    def need(ok: bool, field: str, what: str) -> None:
+      if not ok:
+        raise ValueError(f"{field} must be {what}, got {getattr(self, field)!r}.")
+
+    need(isinstance(self.features, tuple) and len(self.features) > 0
+         and all(_is_int(f) and f > 0 for f in self.features), "features",
+         "a non-empty sequence of positive integers")
+    for name in ("activation", "conv_impl", "optimizer"):
+      need(isinstance(getattr(self, name), str), name, "a string")
+    need(_is_number(self.negative_slope), "negative_slope", "a number")
+    need(_is_number(self.learning_rate) and self.learning_rate > 0, "learning_rate",
+         "a positive number")
+    need(_is_int(self.epochs) and self.epochs > 0, "epochs", "a positive integer")
+    need(_is_int(self.batch_size) and self.batch_size > 0, "batch_size", "a positive integer")
+    # JAX keys take 32-bit seeds: 2**32 would silently repeat seed 0, and -1 seed 2**32 - 1.
+    need(_is_int(self.seed) and 0 <= self.seed <= MAX_SEED, "seed",
+         f"an integer in 0..{MAX_SEED} (JAX keys take 32-bit seeds)")
+    need(isinstance(self.full_batch, bool), "full_batch", "true or false")
+    for name in ("mnist_normalization", "cifar_normalization"):
+      need(isinstance(getattr(self, name), Normalization), name, "a Normalization")
+    return self
+
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "Config":
+    """The config of `to_dict` (e.g. a run's settings.json), validated.
+
+    Raises:
+      ValueError: a field of the wrong type or out of range (one line, naming it).
+    """
+    if not isinstance(d, dict):
+      raise ValueError(f"a config must be a JSON object, got {type(d).__name__}.")
     d = dict(d)
     for key in ("mnist_normalization", "cifar_normalization"):
-      if key in d and isinstance(d[key], dict):
-        d[key] = Normalization(mean=tuple(d[key]["mean"]), std=tuple(d[key]["std"]))
-    if "features" in d:
+      if key in d:
+        norm = d[key]
+        if not (isinstance(norm, dict) and isinstance(norm.get("mean"), list)
+                and isinstance(norm.get("std"), list)
+                and all(_is_number(v) for v in norm["mean"] + norm["std"])):
+          raise ValueError(f"{key} must be {{\"mean\": [3 numbers], \"std\": [3 numbers]}}, "
+                           f"got {norm!r}.")
+        d[key] = Normalization(mean=tuple(norm["mean"]), std=tuple(norm["std"]))
+    if isinstance(d.get("features"), list):
       d["features"] = tuple(d["features"])
     known = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in d.items() if k in known})
+    return cls(**{k: v for k, v in d.items() if k in known}).validate()
+
+
+MAX_SEED = 2 ** 32 - 1
+
+
+def _is_int(x: Any) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool)
