@@ -16,7 +16,8 @@ import jax
 from jaxae import cli, plots
 from jaxae.checkpoints import Checkpointer, NoUsableCheckpointError
 from jaxae.config import Config
-from jaxae.experiment import CHECKPOINT_DIR, SETTINGS_FILE, final_metrics, summary, write_json
+from jaxae.experiment import final_metrics, summary
+from jaxae.workdir import CHECKPOINT_DIR, SETTINGS_FILE, write_json
 from jaxae.loop import EVAL_BATCH_SIZE
 from jaxae.train import create_train_state
 

@@ -13,7 +13,7 @@ import pathlib
 from absl import app, flags
 
 from jaxae import cli
-from jaxae.experiment import METRICS_FILE
+from jaxae.workdir import METRICS_FILE
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdirs", None, "Training runs' workdirs, one row each.")

@@ -14,7 +14,8 @@ from absl import app, flags
 from jaxae import cli, parallel
 from jaxae.config import Config
 from jaxae.conv import CONV_IMPLS
-from jaxae.experiment import RunError, check_workdir, run_settings, train_and_evaluate
+from jaxae.experiment import train_and_evaluate
+from jaxae.workdir import RunError, check_workdir, run_settings
 from jaxae.loop import EVAL_BATCH_SIZE
 from jaxae.train import OPTIMIZERS
 

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import REPO, shared_data_dir, tiny_splits
 from jaxae import Config
-from jaxae.experiment import RunError, train_and_evaluate
+from jaxae.experiment import train_and_evaluate
+from jaxae.workdir import RunError
 
 
 def _losses(metrics):
