@@ -10,9 +10,11 @@ load_preprocess_s (both splits of both datasets; cold = without the decoded-arra
 """
 
 import json
+import os
+import pathlib
 import time
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,7 +77,15 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   cli.quiet_logs()
-  sizes = [FLAGS.batch_size] if FLAGS.batch_size else [int(b) for b in FLAGS.batch_sizes]
+  try:
+    sizes = [FLAGS.batch_size] if FLAGS.batch_size else [int(b) for b in FLAGS.batch_sizes]
+  except ValueError:
+    cli.fail(f"--batch_sizes must be a comma-separated list of integers, got "
+             f"{','.join(FLAGS.batch_sizes)!r}.")
+  if FLAGS.output:  # Checked now, not after minutes of measuring.
+    folder = pathlib.Path(FLAGS.output).absolute().parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+      cli.fail(f"--output={FLAGS.output}: {folder} is not a writable directory.")
   if any(b <= 0 for b in sizes) or FLAGS.num_images <= 0 or FLAGS.epochs <= 0:
     cli.fail("--batch_size(s), --num_images and --epochs must be positive.")
   if max(sizes) > FLAGS.num_images:
@@ -117,4 +127,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -2,24 +2,28 @@
 
     python experiments/evaluate.py --data_dir=../shared/tensorflow_datasets --workdir=runs/original
 
-Writes eval.json (SSIM and PSNR in both conventions, mean and std; test loss; image count) and
-comparison.png (MNIST source, CIFAR-10 source, mean image, reconstruction) into --workdir.
+Writes eval.json (SSIM and PSNR in both conventions, mean and std; test loss; image count;
+versions) and comparison.png (MNIST source, CIFAR-10 source, mean image, reconstruction) into
+--workdir.
 """
 
 import json
 import pathlib
+import sys
 import time
 
-from absl import app, flags
+from absl import flags
 import jax
 
 from jaxae import cli, plots
-from jaxae.checkpoints import Checkpointer, NoUsableCheckpointError
+from jaxae import workdir as workdir_lib
+from jaxae.checkpoints import Checkpointer, IncompatibleCheckpointError, NoUsableCheckpointError
 from jaxae.config import Config
 from jaxae.experiment import final_metrics, summary
-from jaxae.workdir import CHECKPOINT_DIR, SETTINGS_FILE, write_json
 from jaxae.loop import EVAL_BATCH_SIZE
+from jaxae.provenance import provenance
 from jaxae.train import create_train_state
+from jaxae.workdir import CHECKPOINT_DIR, SETTINGS_FILE, RunError, write_json
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "tfds data directory holding mnist and cifar10.")
@@ -38,41 +42,56 @@ def main(argv):
     cli.fail("--test_limit must be >= 0 and --eval_batch_size positive.")
   workdir = pathlib.Path(FLAGS.workdir)
   checkpoints = workdir / CHECKPOINT_DIR
-  if not checkpoints.is_dir() or not any(p.name.isdigit() for p in checkpoints.iterdir()):
+  if not workdir_lib.jaxae_checkpoints(workdir):
     cli.fail(f"{workdir} holds no checkpoint; train first with experiments/train.py "
              f"--workdir={workdir}.")
   # The run's settings (written when it started) say which model and normalization it used.
   try:
     config = Config.from_dict(json.loads((workdir / SETTINGS_FILE).read_text()))
   except (OSError, ValueError, TypeError) as e:
-    cli.fail(f"{workdir / SETTINGS_FILE} cannot be read ({type(e).__name__}); it is written when "
+    cli.fail(f"{workdir / SETTINGS_FILE} cannot be used ({type(e).__name__}: "
+             f"{str(e).splitlines()[0] if str(e) else ''}); it is written when "
              "experiments/train.py starts a run in this workdir.")
+  cli.check_writable(str(workdir))  # Before the evaluation, not after it.
   cli.check_data_dir(FLAGS.data_dir)
 
+  try:
+    with workdir_lib.hold(workdir, purpose="evaluation"):
+      evaluate(workdir, checkpoints, config)
+  except RunError as e:
+    cli.fail(str(e), e.exit_code)
+
+
+def evaluate(workdir: pathlib.Path, checkpoints: pathlib.Path, config: Config) -> None:
   checkpointer = Checkpointer(checkpoints)
   try:
     restored = checkpointer.restore_latest(create_train_state(jax.random.key(config.seed), config))
-  except NoUsableCheckpointError as e:
+  except (NoUsableCheckpointError, IncompatibleCheckpointError) as e:
     cli.fail(str(e))
   finally:
     checkpointer.close()
-  epoch, state, _ = restored
+  for note in restored.damaged:
+    print(f"warning: {note}", file=sys.stderr, flush=True)
 
   _, test = cli.load_data(FLAGS.data_dir, config, 0, FLAGS.test_limit)
   start = time.perf_counter()
-  final = final_metrics(state, test, FLAGS.eval_batch_size, config)
+  final = final_metrics(restored.state, test, FLAGS.eval_batch_size, config)
   seconds = time.perf_counter() - start
   recons = final.pop("_reconstructions")
-  final.update(epoch=epoch, seconds=seconds, device=jax.devices()[0].device_kind)
-  write_json(workdir / "eval.json", final)
-  plots.comparison(test.mnist_images, test.cifar_images, test.images, recons,
-                   workdir / "comparison.png", count=min(8, len(test)),
-                   title=f"Test pairs after epoch {epoch}",
-                   mnist_normalization=config.mnist_normalization,
-                   cifar_normalization=config.cifar_normalization)
-  print(f"Checkpoint of epoch {epoch}; evaluated in {seconds:.2f} s.")
+  final.update(epoch=restored.epoch, seconds=seconds, device=jax.devices()[0].device_kind,
+               provenance=provenance())
+  try:
+    write_json(workdir / "eval.json", final)
+    plots.comparison(test.mnist_images, test.cifar_images, test.images, recons,
+                     workdir / "comparison.png", count=min(8, len(test)),
+                     title=f"Test pairs after epoch {restored.epoch}",
+                     mnist_normalization=config.mnist_normalization,
+                     cifar_normalization=config.cifar_normalization)
+  except OSError as e:
+    cli.fail(f"could not write into {workdir} ({e.strerror or e}).")
+  print(f"Checkpoint of epoch {restored.epoch}; evaluated in {seconds:.2f} s.")
   print(summary(final))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

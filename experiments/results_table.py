@@ -10,7 +10,7 @@ device, all read from the run's own metrics.json.
 import json
 import pathlib
 
-from absl import app, flags
+from absl import flags
 
 from jaxae import cli
 from jaxae.workdir import METRICS_FILE
@@ -50,10 +50,14 @@ def main(argv):
     except (OSError, ValueError) as e:
       cli.fail(f"{workdir / METRICS_FILE} cannot be read ({type(e).__name__}); a finished "
                "experiments/train.py run writes it.")
-    rows.append(row(workdir.name, metrics))
+    try:
+      rows.append(row(workdir.name, metrics))
+    except (KeyError, TypeError, ValueError) as e:
+      cli.fail(f"{workdir / METRICS_FILE} lacks what a finished run writes ({type(e).__name__}: "
+               f"{e}); train it to the end with experiments/train.py.")
   print(HEADER)
   print("\n".join(rows))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -9,13 +9,17 @@ Training is data-parallel over every device. For several processes (hosts), star
 with the same --coordinator_address and --num_processes and its own --process_id; see README.
 """
 
-from absl import app, flags
+import pathlib
+import sys
+
+from absl import flags
 
 from jaxae import cli, parallel
-from jaxae.config import Config
+from jaxae import workdir as workdir_lib
+from jaxae.config import MAX_SEED, Config
 from jaxae.conv import CONV_IMPLS
 from jaxae.experiment import train_and_evaluate
-from jaxae.workdir import RunError, check_workdir, run_settings
+from jaxae.workdir import RunError, run_settings
 from jaxae.loop import EVAL_BATCH_SIZE
 from jaxae.train import OPTIMIZERS
 
@@ -27,7 +31,8 @@ flags.DEFINE_integer("epochs", 50, "Training epochs.")
 flags.DEFINE_integer("batch_size", 32, "Minibatch size (ignored with --full_batch).")
 flags.DEFINE_float("learning_rate", 1e-3, "Optimizer learning rate.")
 flags.DEFINE_enum("optimizer", "adam", sorted(OPTIMIZERS), "Optimizer.")
-flags.DEFINE_integer("seed", 0, "Seed of the initialization and of every epoch's shuffle.")
+flags.DEFINE_integer("seed", 0, "Seed of the initialization and of every epoch's shuffle "
+                     f"(0..{MAX_SEED}).")
 flags.DEFINE_integer("train_limit", 0, "Use the first N training pairs (0 = all).")
 flags.DEFINE_integer("test_limit", 0, "Use the first N test pairs (0 = all).")
 flags.DEFINE_bool("full_batch", False, "The original's procedure: one optimizer step on the "
@@ -70,11 +75,16 @@ def validate_flags() -> Config:
       cli.fail(f"--process_id must be in 0..{FLAGS.num_processes - 1} and --num_processes "
                f"positive, got --process_id={FLAGS.process_id} "
                f"--num_processes={FLAGS.num_processes}.")
+  try:
+    config = Config(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+                    learning_rate=FLAGS.learning_rate, optimizer=FLAGS.optimizer,
+                    seed=FLAGS.seed, full_batch=FLAGS.full_batch,
+                    conv_impl=FLAGS.conv_impl).validate()
+  except ValueError as e:
+    cli.fail(f"--{e}")
   cli.check_writable(FLAGS.workdir)
   cli.check_data_dir(FLAGS.data_dir)
-  return Config(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
-                learning_rate=FLAGS.learning_rate, optimizer=FLAGS.optimizer, seed=FLAGS.seed,
-                full_batch=FLAGS.full_batch, conv_impl=FLAGS.conv_impl)
+  return config
 
 
 def main(argv):
@@ -89,26 +99,29 @@ def main(argv):
       cli.fail(f"could not join the run at {FLAGS.coordinator_address} as process "
                f"{FLAGS.process_id} of {FLAGS.num_processes}: {str(e).splitlines()[0]}")
   log = print if parallel.is_primary() else (lambda _: None)
-  import pathlib  # pylint: disable=g-import-not-at-top
   try:
-    # Refuse a mismatched workdir before spending time on the data.
-    check_workdir(pathlib.Path(FLAGS.workdir),
-                  run_settings(config, FLAGS.train_limit, FLAGS.test_limit), FLAGS.overwrite)
-  except RunError as e:
-    cli.fail(str(e), e.exit_code)
-  train, test = cli.load_data(FLAGS.data_dir, config, FLAGS.train_limit, FLAGS.test_limit,
-                              log=log)
-  if not config.full_batch and config.batch_size > len(train):
-    cli.fail(f"--batch_size={config.batch_size} is larger than the training set "
-             f"({len(train):,} pairs).")
-  try:
-    train_and_evaluate(config, train, test, FLAGS.workdir, train_limit=FLAGS.train_limit,
-                       test_limit=FLAGS.test_limit, overwrite=FLAGS.overwrite,
-                       keep_checkpoints=FLAGS.keep_checkpoints,
-                       eval_batch_size=FLAGS.eval_batch_size, log=log)
+    # Held from before the settings check to the end of the run: a second run in this workdir
+    # is refused instead of deleting or mixing this one's checkpoints.
+    with workdir_lib.hold(FLAGS.workdir):
+      # Refuse a mismatched workdir before spending time on the data.
+      workdir_lib.holds_other_run(pathlib.Path(FLAGS.workdir),
+                                  run_settings(config, FLAGS.train_limit, FLAGS.test_limit),
+                                  FLAGS.overwrite)
+      train, test = cli.load_data(FLAGS.data_dir, config, FLAGS.train_limit, FLAGS.test_limit,
+                                  log=log)
+      if not config.full_batch and config.batch_size > len(train):
+        cli.fail(f"--batch_size={config.batch_size} is larger than the training set "
+                 f"({len(train):,} pairs).")
+      train_and_evaluate(config, train, test, FLAGS.workdir, train_limit=FLAGS.train_limit,
+                         test_limit=FLAGS.test_limit, overwrite=FLAGS.overwrite,
+                         keep_checkpoints=FLAGS.keep_checkpoints,
+                         eval_batch_size=FLAGS.eval_batch_size, log=log,
+                         warn=lambda line: print(f"warning: {line}", file=sys.stderr, flush=True),
+                         lock=False)
   except RunError as e:
     cli.fail(str(e), e.exit_code)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, interrupted="interrupted; the checkpoints of the completed epochs are kept: run "
+          "the same command again to resume.")

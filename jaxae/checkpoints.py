@@ -1,25 +1,56 @@
-"""Orbax checkpoints of the TrainState plus the run's history, one per epoch.
+"""Orbax checkpoints of the TrainState plus the run's history, one per epoch, checksummed.
 
-Orbax writes each step into a temporary directory and renames it when complete, so a process
-killed mid-save leaves no half-written step behind. A step that is damaged later (truncated file,
-bad disk) is skipped with a warning in favour of the newest step that restores; nothing is deleted.
+Orbax writes each step into a temporary folder and renames it when complete, so a process killed
+mid-save leaves no half-written step behind (and the next Checkpointer removes the leftovers).
+Beside the state, each step stores a SHA-256 of the state's bytes and the state's structure
+(every array's path, shape and dtype), so restoring tells apart:
+  - a damaged step (unreadable, or its bytes no longer match the checksum): moved aside to
+    workdir/damaged_checkpoints/ once an older step restores, with a one-line warning;
+  - an incompatible step (written by a model of other parameters): an error; nothing is moved.
+In a multi-process run process 0 decides which step to resume from and every process follows.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import logging
 import pathlib
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxae import parallel
 from jaxae.train import TrainState
+from jaxae.workdir import move_aside
 
 
 class NoUsableCheckpointError(RuntimeError):
   """Checkpoints exist but none of them can be restored."""
+
+
+class IncompatibleCheckpointError(RuntimeError):
+  """A checkpoint holds a state of another structure (e.g. code that renamed parameters)."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written (full disk, permissions) or orbax refused to write it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  epoch: int
+  state: TrainState
+  history: list[dict[str, Any]]
+  provenance: dict[str, Any] | None  # What the step was written with; None in older checkpoints.
+  damaged: list[str]  # One line per damaged newer step that was moved aside.
+
+
+_OK, _DAMAGED, _INCOMPATIBLE = 0, 1, 2
 
 
 class Checkpointer:
@@ -28,45 +59,118 @@ class Checkpointer:
   def __init__(self, directory: str | pathlib.Path, max_to_keep: int = 3):
     self.directory = pathlib.Path(directory).absolute()
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=False)
+                                           enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def save(self, epoch: int, state: TrainState, history: list[dict[str, Any]]) -> None:
-    self._manager.save(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_savable(state)),
-        history=ocp.args.JsonSave({"history": history})))
-    self._manager.wait_until_finished()
-
-  def restore_latest(self, like: TrainState) -> tuple[int, TrainState, list[dict[str, Any]]] | None:
-    """Returns (epoch, state, history) of the newest restorable step, or None if there is none.
+  def save(self, epoch: int, state: TrainState, history: list[dict[str, Any]],
+           provenance: dict[str, Any] | None = None) -> None:
+    """Writes step `epoch` and waits for it.
 
     Raises:
-      NoUsableCheckpointError: steps exist but every one of them fails to restore.
+      CheckpointSaveError: it could not be written; the earlier steps are untouched.
     """
-    steps = self.steps()
+    savable = _savable(state)
+    checksum, structure = fingerprint(savable)
+    meta = {"history": history, "state_sha256": checksum, "structure": structure,
+            "provenance": provenance}
+    try:
+      with _quiet_orbax():
+        saved = self._manager.save(epoch, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(savable), history=ocp.args.JsonSave(meta)))
+        self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointSaveError(f"could not write the checkpoint of epoch {epoch} in "
+                                f"{self.directory} ({_first_line(e)})") from e
+    if not saved:
+      raise CheckpointSaveError(f"orbax refused to write the checkpoint of epoch {epoch} in "
+                                f"{self.directory} (it holds steps {self.steps()})")
+
+  def restore_latest(self, like: TrainState) -> Restored | None:
+    """The newest step that restores and matches its checksum, or None if there is no step.
+
+    Damaged newer steps are moved aside (kept) once an older one restores.
+
+    Raises:
+      NoUsableCheckpointError: steps exist but every one of them is damaged (nothing is moved).
+      IncompatibleCheckpointError: the newest readable step holds another model's state.
+    """
+    steps = _from_primary(self.steps())
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _savable(like))
+    _, expected = fingerprint(abstract, with_checksum=False)
+    damaged: list[tuple[int, str]] = []
     for step in reversed(steps):
-      try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()))
-        history = restored["history"]["history"]
-        if len(history) != step:
-          raise ValueError(f"history has {len(history)} epochs, expected {step}")
-        _check_structure(restored["state"], abstract)
-      except Exception as e:  # pylint: disable=broad-except
-        logging.warning("jaxae: checkpoint %s is unreadable (%s: %s); trying an older one.",
-                        self.directory / str(step), type(e).__name__, str(e).splitlines()[0][:200])
+      status, result = self._try_step(step, abstract, expected)
+      checksum = result[1] if status == _OK else ""
+      statuses = _gather_status(status, checksum)
+      if statuses[0][0] == _INCOMPATIBLE:
+        raise IncompatibleCheckpointError(
+            result if parallel.is_primary() else f"checkpoint {step} holds another model's state")
+      if statuses[0][0] == _DAMAGED:
+        damaged.append((step, result if isinstance(result, str) else "damaged in process 0"))
         continue
-      state = like.replace(step=restored["state"]["step"], params=restored["state"]["params"],
-                           opt_state=restored["state"]["opt_state"])
-      return step, state, history
+      disagree = [i for i, s in enumerate(statuses) if s != statuses[0]]
+      if disagree:
+        raise NoUsableCheckpointError(
+            f"checkpoint {self.directory / str(step)} restored in process 0 but not identically "
+            f"in process(es) {disagree}; every process must read the same files (a shared file "
+            "system), so no process resumes.")
+      state, _, meta = result
+      notes = self._move_aside(damaged, step)
+      return Restored(step, like.replace(step=state["step"], params=state["params"],
+                                         opt_state=state["opt_state"]),
+                      meta["history"], meta.get("provenance"), notes)
     if steps:
+      reasons = "; ".join(f"{s}: {r}" for s, r in damaged)
       raise NoUsableCheckpointError(
-          f"None of the checkpoints {steps} in {self.directory} can be restored.")
+          f"none of the checkpoints {steps} in {self.directory} can be restored ({reasons}).")
     return None
+
+  def _try_step(self, step: int, abstract, expected_structure):
+    """(_OK, (state, checksum, meta)) or (_DAMAGED | _INCOMPATIBLE, one-line reason)."""
+    where = self.directory / str(step)
+    try:
+      with _quiet_orbax():
+        meta = self._manager.restore(step, args=ocp.args.Composite(
+            history=ocp.args.JsonRestore()))["history"]
+      if not isinstance(meta, dict) or len(meta.get("history", ())) != step:
+        raise ValueError(f"its history does not hold {step} epochs")
+    except Exception as e:  # pylint: disable=broad-except
+      return _DAMAGED, f"unreadable ({_first_line(e)})"
+    structure = meta.get("structure")
+    if structure is not None and structure != expected_structure:
+      return _INCOMPATIBLE, (
+          f"checkpoint {where} holds a state of another structure than this model's "
+          f"({_structure_difference(structure, expected_structure)}): it was written by other "
+          "code or for another model, and is not damaged. Resume it with the code that wrote "
+          "it, or train in another --workdir; --overwrite would delete this run's checkpoints.")
+    try:
+      with _quiet_orbax():
+        state = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract)))["state"]
+      checksum, restored_structure = fingerprint(state)
+    except Exception as e:  # pylint: disable=broad-except
+      return _DAMAGED, f"unreadable ({_first_line(e)})"
+    if restored_structure != expected_structure:
+      return _DAMAGED, "its arrays do not have the model's shapes"
+    if meta.get("state_sha256") not in (None, checksum):  # None: written before checksums.
+      return _DAMAGED, "its contents do not match the checksum stored with it"
+    return _OK, (state, checksum, meta)
+
+  def _move_aside(self, damaged: list[tuple[int, str]], good_step: int) -> list[str]:
+    notes = []
+    if parallel.is_primary():
+      for step, reason in damaged:
+        target = move_aside(self.directory / str(step), self.directory.parent)
+        notes.append(f"checkpoint {self.directory / str(step)} is damaged ({reason}); moved it "
+                     f"to {target} and resumed from epoch {good_step}.")
+    if damaged:
+      parallel.sync("jaxae:damaged_moved")
+      self._manager.reload()  # Forget the moved steps, so this epoch's checkpoint is written again.
+    return notes
 
   def close(self) -> None:
     self._manager.close()
@@ -78,9 +182,79 @@ def _savable(state: TrainState) -> dict[str, Any]:
           "opt_state": state.opt_state}
 
 
-def _check_structure(restored, abstract) -> None:
-  restored_shapes = jax.tree.map(lambda x: (x.shape, x.dtype), restored)
-  expected_shapes = jax.tree.map(lambda x: (x.shape, x.dtype), abstract)
-  if jax.tree.structure(restored_shapes) != jax.tree.structure(expected_shapes) or \
-      jax.tree.leaves(restored_shapes) != jax.tree.leaves(expected_shapes):
-    raise ValueError("restored arrays do not match the model's shapes")
+def fingerprint(tree: Any, with_checksum: bool = True) -> tuple[str, list[list[Any]]]:
+  """(SHA-256 of every array's path, dtype, shape and bytes; [[path, shape, dtype], ...]).
+
+  Works on replicated arrays spanning other processes (it reads this process's copy), and on
+  abstract arrays (ShapeDtypeStruct) when `with_checksum` is False.
+  """
+  h = hashlib.sha256()
+  structure = []
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    name = jax.tree_util.keystr(path)
+    structure.append([name, list(leaf.shape), str(np.dtype(leaf.dtype))])
+    if with_checksum:
+      data = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf
+      data = np.ascontiguousarray(np.asarray(data))
+      h.update(f"{name}:{data.dtype}:{data.shape};".encode())
+      h.update(data.tobytes())
+  return (h.hexdigest() if with_checksum else ""), structure
+
+
+def _structure_difference(saved: list, expected: list) -> str:
+  saved_d = {p: (s, d) for p, s, d in saved}
+  expected_d = {p: (s, d) for p, s, d in expected}
+  parts = []
+  if missing := sorted(set(expected_d) - set(saved_d)):
+    parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+  if extra := sorted(set(saved_d) - set(expected_d)):
+    parts.append(f"unexpected {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}")
+  # The model's own parameters first: they say more to a user than their optimizer moments.
+  if changed := sorted((p for p in set(saved_d) & set(expected_d) if saved_d[p] != expected_d[p]),
+                       key=lambda p: (not p.startswith("['params']"), p)):
+    p = changed[0]
+    parts.append(f"{p} is {saved_d[p][0]} {saved_d[p][1]}, the model's {expected_d[p][0]} "
+                 f"{expected_d[p][1]}" + (f" (+{len(changed) - 1} more)" if len(changed) > 1
+                                          else ""))
+  return "; ".join(parts) or "different order"
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[None]:
+  """Keeps orbax's and tensorstore's multi-page tracebacks of a failed read off the terminal:
+  the caller reports the failure in one line."""
+  loggers = [logging.getLogger(name) for name in ("absl", "orbax", "jax._src.distributed")]
+  levels = [lg.level for lg in loggers]
+  for lg in loggers:
+    lg.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    for lg, level in zip(loggers, levels):
+      lg.setLevel(level)
+
+
+def _from_primary(steps: list[int]) -> list[int]:
+  """Process 0's list of steps, in every process (they decide together, step by step)."""
+  if jax.process_count() == 1:
+    return steps
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  padded = np.full(64, -1, np.int32)
+  padded[:min(len(steps), 64)] = steps[-64:]
+  return [int(s) for s in multihost_utils.broadcast_one_to_all(padded) if s >= 0]
+
+
+def _gather_status(status: int, checksum: str) -> list[tuple[int, str]]:
+  """Every process's (status, checksum) of one step, in process order."""
+  if jax.process_count() == 1:
+    return [(status, checksum)]
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  words = np.frombuffer(bytes.fromhex(checksum or "0" * 64), np.uint32).astype(np.int64)
+  mine = np.concatenate([[status], words[:4]]).astype(np.int32)  # 128 bits of the checksum.
+  every = np.asarray(multihost_utils.process_allgather(mine))
+  return [(int(row[0]), row[1:].tobytes().hex()) for row in every]

@@ -5,12 +5,44 @@ from __future__ import annotations
 import os
 import pathlib
 import sys
+import tempfile
 import time
-from typing import NoReturn
+from typing import Callable, NoReturn, Sequence
 
 from jaxae.config import Config
-from jaxae.data import _prepared_files, _resolve_data_dir, prepare_command
+from jaxae.data import DataError, _prepared_files, _resolve_data_dir, prepare_command
 from jaxae.dataset import MixedSplit, load_mixed
+
+_HELP_FLAGS = ("--help", "-help", "--helpshort", "--helpfull", "-h", "-?", "--helpxml")
+
+
+def run(main: Callable[[list[str]], None], interrupted: str = "interrupted.") -> None:
+  """`absl.app.run(main)` with the scripts' error conventions.
+
+  A flag that does not parse is one line and exit 2 (absl alone prints usage and exits 1);
+  --help exits 0; Ctrl-C prints `interrupted` in one line and exits 130.
+  """
+  from absl import app  # pylint: disable=g-import-not-at-top
+
+  def guarded(argv):
+    try:
+      main(argv)
+    except KeyboardInterrupt:
+      fail(interrupted, 130)
+
+  app.run(guarded, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: Sequence[str]) -> list[str]:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    return flags.FLAGS(list(argv))
+  except flags.Error as e:
+    fail(f"{' '.join(str(e).split())} (--help lists the flags).")
+  except SystemExit as e:
+    if e.code == 1 and any(a.split("=")[0] in _HELP_FLAGS for a in argv[1:]):
+      sys.exit(0)  # absl exits 1 after printing the help someone asked for.
+    raise
 
 
 def quiet_logs() -> None:
@@ -27,6 +59,9 @@ def fail(message: str, exit_code: int = 2) -> NoReturn:
 
 def check_data_dir(data_dir: str | None) -> None:
   """Fails fast, before any work, if a dataset split is not prepared in data_dir."""
+  if data_dir is not None and not data_dir.strip():
+    fail("--data_dir is empty; leave it out to use $TFDS_DATA_DIR or ~/tensorflow_datasets, or "
+         "name the directory.")
   resolved = _resolve_data_dir(data_dir)
   for name in ("mnist", "cifar10"):
     for split in ("train", "test"):
@@ -38,21 +73,33 @@ def check_data_dir(data_dir: str | None) -> None:
 
 
 def check_writable(workdir: str) -> None:
-  """Fails if workdir (or the nearest existing folder above it) cannot be written."""
+  """Fails if workdir (or the nearest existing folder above it) cannot be written.
+
+  It tries a write rather than trusting permission bits, which say yes to root even where a
+  read-only mount or an immutable folder will refuse.
+  """
   path = pathlib.Path(workdir).absolute()
   probe = path
   while not probe.exists():
     probe = probe.parent
-  if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-    fail(f"--workdir={workdir} cannot be written ({probe} is not a writable directory).")
+  if not probe.is_dir():
+    fail(f"--workdir={workdir} cannot be written ({probe} is not a directory).")
+  try:
+    with tempfile.TemporaryFile(dir=probe):
+      pass
+  except OSError as e:
+    fail(f"--workdir={workdir} cannot be written ({probe}: {e.strerror or e}).")
 
 
 def load_data(data_dir: str | None, config: Config, train_limit: int, test_limit: int,
               log=print) -> tuple[MixedSplit, MixedSplit]:
   """Loads, preprocesses and limits both splits; checks the limits against the real sizes."""
   start = time.perf_counter()
-  splits = load_mixed(data_dir, mnist_normalization=config.mnist_normalization,
-                      cifar_normalization=config.cifar_normalization)
+  try:
+    splits = load_mixed(data_dir, mnist_normalization=config.mnist_normalization,
+                        cifar_normalization=config.cifar_normalization)
+  except DataError as e:
+    fail(str(e))
   splits["train"].images.block_until_ready()
   log(f"Loaded and preprocessed {len(splits['train']):,} train and {len(splits['test']):,} test "
       f"mean images in {time.perf_counter() - start:.1f} s.")

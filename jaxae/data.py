@@ -9,13 +9,17 @@ dataset invalidates it.
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
 import pathlib
-import tempfile
+import signal
+import sys
+import threading
+import time
 from typing import Sequence
 
 import numpy as np
@@ -35,6 +39,10 @@ class DatasetNotFoundError(FileNotFoundError):
   """The requested dataset is not prepared in the data directory."""
 
 
+class DataError(RuntimeError):
+  """A prepared dataset's file cannot be read (the message names it)."""
+
+
 def default_cache_dir() -> pathlib.Path:
   root = os.environ.get("JAXAE_CACHE_DIR") or os.path.join(
       os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jaxae")
@@ -42,6 +50,8 @@ def default_cache_dir() -> pathlib.Path:
 
 
 def _resolve_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path:
+  if data_dir is not None and not str(data_dir).strip():
+    raise ValueError("data_dir is empty; pass None for $TFDS_DATA_DIR or ~/tensorflow_datasets.")
   if data_dir is None:
     data_dir = os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
   return pathlib.Path(data_dir).expanduser().resolve()
@@ -74,11 +84,13 @@ def _open_source(name: str, split: str, data_dir: pathlib.Path | None, download:
 
 
 def _decode_range(name: str, split: str, data_dir: str | None, start: int, stop: int):
-  source = _open_source(name, split, None if data_dir is None else pathlib.Path(data_dir), False)
-  return _decode(source, range(start, stop))
+  data_dir = None if data_dir is None else pathlib.Path(data_dir)
+  source = _open_source(name, split, data_dir, False)
+  return _decode(source, range(start, stop), name, split, data_dir)
 
 
-def _decode(source, indices) -> tuple[np.ndarray, np.ndarray]:
+def _decode(source, indices, name: str, split: str,
+            data_dir: pathlib.Path | None) -> tuple[np.ndarray, np.ndarray]:
   indices = list(indices)
   images, labels = [], []
   chunk = 2048
@@ -88,12 +100,31 @@ def _decode(source, indices) -> tuple[np.ndarray, np.ndarray]:
       examples = source.__getitems__(keys)
     except TypeError:  # tfds.testing.mock_data's sources have no working batched read.
       examples = [source[k] for k in keys]
+    except Exception as e:  # pylint: disable=broad-except
+      # ArrayRecord's and PIL's errors do not say which file; a user needs to know.
+      raise DataError(f"{_shard_of(name, split, data_dir, keys[0])} cannot be read "
+                      f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); the prepared file "
+                      f"is damaged: prepare {name} again with: "
+                      f"{prepare_command(name, data_dir or _resolve_data_dir(None))}") from None
     for example in examples:
       images.append(example["image"])
       labels.append(example["label"])
   if not images:
     return np.zeros((0,), np.uint8), np.zeros((0,), np.int64)
   return np.stack(images).astype(np.uint8, copy=False), np.asarray(labels, dtype=np.int64)
+
+
+def _shard_of(name: str, split: str, data_dir: pathlib.Path | None, index: int) -> str:
+  """The prepared file that holds record `index` of a split (tfds's shard lengths say which)."""
+  files = _prepared_files(name, split, _resolve_data_dir(data_dir))
+  shards = files[1:]
+  try:
+    info = json.loads(files[0].read_text())
+    lengths = next(s["shardLengths"] for s in info["splits"] if s["name"] == split)
+    shard = int(np.searchsorted(np.cumsum([int(n) for n in lengths]), index, side="right"))
+    return f"{shards[shard]} (record {index})"
+  except (OSError, ValueError, KeyError, IndexError, StopIteration, TypeError):
+    return f"a record of {name} {split} in {', '.join(map(str, shards)) or data_dir}"
 
 
 def _cache_path(name: str, split: str, files: list[pathlib.Path], cache_dir: pathlib.Path):
@@ -117,16 +148,45 @@ def _read_cache(path: pathlib.Path, shape: tuple[int, ...]):
 
 
 def _write_cache(path: pathlib.Path, images: np.ndarray, labels: np.ndarray) -> None:
+  # Write to a temporary file and rename, so a killed process never leaves half a cache. The
+  # temporary's name carries this process's id, so a later load can tell a dead writer's file.
+  tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Write to a temporary file and rename, so a killed process never leaves half a cache.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
+    with open(tmp, "wb") as f:
       np.savez(f, images=images, labels=labels)
     os.replace(tmp, path)
   except OSError as e:
+    tmp.unlink(missing_ok=True)  # E.g. a full disk: leave no partial file behind.
     logging.warning("jaxae: could not write the dataset cache %s (%s); continuing without it.",
                     path, e)
+
+
+def _remove_stale_temporaries(cache_dir: pathlib.Path) -> None:
+  """Deletes cache temporaries whose writer is gone (killed mid-write, or a full disk)."""
+  if not cache_dir.is_dir():
+    return
+  for tmp in cache_dir.glob("*.tmp"):
+    pid = tmp.name.rsplit(".", 2)[-2] if tmp.name.count(".") >= 2 else ""
+    try:
+      if pid.isdigit():
+        if _process_alive(int(pid)):
+          continue
+      elif time.time() - tmp.stat().st_mtime < 3600:  # Older versions' names hold no pid.
+        continue
+      tmp.unlink()
+    except OSError:
+      pass
+
+
+def _process_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
 
 
 def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
@@ -165,6 +225,8 @@ def load_splits(requests: Sequence[tuple[str, str]], data_dir: str | os.PathLike
   resolved_dir = _resolve_data_dir(data_dir)
   cache_root = pathlib.Path(cache_dir or default_cache_dir())
   workers = num_workers if num_workers is not None else (os.cpu_count() or 1)
+  if cache:
+    _remove_stale_temporaries(cache_root)
 
   results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(requests)
   sizes: dict[int, int] = {}
@@ -179,7 +241,7 @@ def load_splits(requests: Sequence[tuple[str, str]], data_dir: str | os.PathLike
           name, split, resolved_dir):
         sizes[i] = len(source)
       else:
-        results[i] = _decode(source, range(len(source)))
+        results[i] = _decode(source, range(len(source)), name, split, resolved_dir)
 
   if sizes:
     decoded = _decode_parallel([requests[i] for i in sizes], list(sizes.values()),
@@ -211,6 +273,26 @@ def _open_checked(name: str, split: str, data_dir: pathlib.Path, download: bool)
         f"{prepare_command(name, data_dir)}\n(tfds said: {type(e).__name__}: {e})") from None
 
 
+def _die_with_parent(parent_pid: int) -> None:
+  """Runs in each decoding worker: it exits when the parent does, also when the parent is
+  killed (SIGKILL, SIGTERM), instead of idling on 300-500 MB until someone notices."""
+  if sys.platform.startswith("linux"):
+    try:  # The kernel sends SIGKILL to this process when the parent dies.
+      libc = ctypes.CDLL(None, use_errno=True)
+      libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+      pass
+  if os.getppid() != parent_pid:  # The parent died before the line above took effect.
+    os._exit(1)
+
+  def watch():  # Portable fallback: poll for reparenting.
+    while os.getppid() == parent_pid:
+      time.sleep(1.0)
+    os._exit(1)
+
+  threading.Thread(target=watch, daemon=True).start()
+
+
 def _decode_parallel(requests: list[tuple[str, str]], sizes: list[int], data_dir: pathlib.Path,
                      workers: int) -> list[tuple[np.ndarray, np.ndarray]]:
   """Decodes whole splits, each cut into `workers` ranges, in one pool of `workers` processes."""
@@ -221,7 +303,9 @@ def _decode_parallel(requests: list[tuple[str, str]], sizes: list[int], data_dir
   try:
     # Spawn, not fork: the parent may already hold JAX's threads.
     ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx,
+                                                initializer=_die_with_parent,
+                                                initargs=(os.getpid(),)) as pool:
       parts = list(pool.map(_decode_range, *zip(*jobs)))
   except (concurrent.futures.process.BrokenProcessPool, OSError) as e:
     # E.g. a __main__ that cannot be re-imported (a script read from stdin).

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
-import shutil
 import time
 from typing import Any, Callable
 
@@ -14,14 +14,19 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxae import parallel, plots
-from jaxae.checkpoints import Checkpointer, NoUsableCheckpointError
-from jaxae.workdir import (CHECKPOINT_DIR, METRICS_FILE, SETTINGS_FILE, RunError, check_workdir,
-                           run_settings, write_json)
+from jaxae import workdir as workdir_lib
+from jaxae.checkpoints import (CheckpointSaveError, Checkpointer, IncompatibleCheckpointError,
+                               NoUsableCheckpointError)
 from jaxae.config import Config
 from jaxae.dataset import MixedSplit
 from jaxae.loop import EVAL_BATCH_SIZE, evaluate, train_epoch, train_full_batch_epoch
 from jaxae.metrics import image_quality
+from jaxae.provenance import provenance, version_changes
 from jaxae.train import TrainState, count_params, create_train_state
+from jaxae.workdir import (CHECKPOINT_DIR, METRICS_FILE, SETTINGS_FILE, RunError, run_settings,
+                           write_json)
+
+
 
 def _line(epoch: int, epochs: int, train_loss: float, test_loss: float, seconds: float,
           images: int, remaining_s: float) -> str:
@@ -33,48 +38,84 @@ def _line(epoch: int, epochs: int, train_loss: float, test_loss: float, seconds:
 def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit, workdir: str | os.PathLike,
                        *, train_limit: int = 0, test_limit: int = 0, overwrite: bool = False,
                        keep_checkpoints: int = 3, eval_batch_size: int = EVAL_BATCH_SIZE,
-                       log: Callable[[str], None] = print,
-                       mesh: Mesh | None = None) -> dict[str, Any]:
+                       log: Callable[[str], None] = print, warn: Callable[[str], None] | None = None,
+                       mesh: Mesh | None = None, lock: bool = True) -> dict[str, Any]:
   """Trains (resuming from the newest good checkpoint), evaluates, writes the run's files.
 
   Data-parallel over `mesh` (default: every device of every process). In a multi-process run
   every process calls this with the same arguments; process 0 alone logs and writes files, and
   all of them take part in the checkpoints.
 
+  The workdir is held (`workdir.hold`) for the whole call; pass `lock=False` when the caller
+  already holds it. A refused run writes nothing. `warn` gets the one-line warnings (damaged
+  checkpoints moved aside, other package versions); default `log`.
+
   Returns the contents of metrics.json.
 
   Raises:
-    RunError: unusable workdir or checkpoints (exit code 2), or a diverging run (exit code 1).
+    RunError: unusable settings, workdir or checkpoints, a failed write (exit code 2), or a
+      diverging run (exit code 1).
   """
+  try:
+    config.validate()
+  except ValueError as e:
+    raise RunError(f"invalid config: {e}") from None
   workdir = pathlib.Path(workdir)
-  mesh = mesh or parallel.data_mesh()
+  with workdir_lib.hold(workdir) if lock else contextlib.nullcontext():
+    return _train_and_evaluate(config, train, test, workdir, train_limit=train_limit,
+                               test_limit=test_limit, overwrite=overwrite,
+                               keep_checkpoints=keep_checkpoints, eval_batch_size=eval_batch_size,
+                               log=log, warn=warn or log, mesh=mesh or parallel.data_mesh())
+
+
+def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
+                        workdir: pathlib.Path, *, train_limit: int, test_limit: int,
+                        overwrite: bool, keep_checkpoints: int, eval_batch_size: int,
+                        log: Callable[[str], None], warn: Callable[[str], None],
+                        mesh: Mesh) -> dict[str, Any]:
   primary = parallel.is_primary()
   log = log if primary else (lambda _: None)
+  warn = warn if primary else (lambda _: None)
   settings = run_settings(config, train_limit, test_limit)
-  check_workdir(workdir, settings, overwrite)
-  if primary:
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_json(workdir / SETTINGS_FILE, settings)
-  parallel.sync("jaxae:workdir_ready")
+  parallel.sync("jaxae:workdir_held")  # Every process reads the workdir before anyone clears it.
+  replace = workdir_lib.holds_other_run(workdir, settings, overwrite)  # Raises unless overwrite.
+  _clear(workdir, primary and replace)
 
   state = parallel.replicate(create_train_state(jax.random.key(config.seed), config), mesh)
   train_images, test_images = parallel.replicate((train.images, test.images), mesh)
-  checkpointer = Checkpointer(workdir / CHECKPOINT_DIR, max_to_keep=keep_checkpoints)
+  checkpoint_dir = workdir / CHECKPOINT_DIR
   try:
+    checkpointer = Checkpointer(checkpoint_dir, max_to_keep=keep_checkpoints)
     restored = checkpointer.restore_latest(state)
+  except IncompatibleCheckpointError as e:
+    raise RunError(str(e)) from None
   except NoUsableCheckpointError as e:
     if not overwrite:
-      raise RunError(f"{e} Pass --overwrite to start the run over.") from None
+      raise RunError(f"{e} Pass --overwrite to start the run over (this deletes them).") from None
     checkpointer.close()
-    if primary:
-      shutil.rmtree(workdir / CHECKPOINT_DIR)
-    parallel.sync("jaxae:checkpoints_cleared")
-    checkpointer = Checkpointer(workdir / CHECKPOINT_DIR, max_to_keep=keep_checkpoints)
+    _clear(workdir, primary)
+    checkpointer = Checkpointer(checkpoint_dir, max_to_keep=keep_checkpoints)
     restored = None
+  except OSError as e:
+    raise RunError(f"cannot use {checkpoint_dir} ({e.strerror or e}).") from None
   history: list[dict[str, Any]] = []
+  now = provenance()
   if restored is not None:
-    start_epoch, state, history = restored
-    log(f"Resuming {workdir} after epoch {start_epoch}.")
+    if restored.epoch > config.epochs:
+      checkpointer.close()
+      raise RunError(f"{workdir} holds {restored.epoch} completed epochs, more than "
+                     f"--epochs={config.epochs}: pass --epochs={restored.epoch} or more to "
+                     "continue that run (its checkpoints are kept), or another --workdir.")
+    for note in restored.damaged:
+      warn(note)
+    if changes := version_changes(restored.provenance, now):
+      warn(f"resuming under other versions than epoch {restored.epoch} was trained with: "
+           f"{changes}.")
+    state, history = restored.state, restored.history
+    log(f"Resuming {workdir} after epoch {restored.epoch}.")
+  if primary:
+    _write(lambda: write_json(workdir / SETTINGS_FILE, settings), workdir / SETTINGS_FILE)
+  parallel.sync("jaxae:workdir_ready")
   log(f"Training {count_params(state.params):,} parameters on {len(train):,} mean images "
       f"(test {len(test):,}) on {_devices(mesh)}, "
       + ("full batch (one step per epoch)" if config.full_batch else f"batch {config.batch_size}")
@@ -99,14 +140,18 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit, work
       raise RunError(
           f"Training diverged: the loss became {result.step_losses[bad[0]]} at epoch {epoch}, step "
           f"{step} of {len(result.step_losses)}. The last good checkpoint ({last}) is kept in "
-          f"{workdir / CHECKPOINT_DIR}; lower --learning_rate and run again.", exit_code=1)
+          f"{checkpoint_dir}; lower --learning_rate and run again.", exit_code=1)
     state = result.state
     test_loss = evaluate(state, test_images, batch_size=eval_batch_size,
                          with_reconstructions=False, mesh=mesh)["loss"]
     seconds = time.perf_counter() - start
     history.append({"epoch": epoch, "train_loss": result.loss, "test_loss": test_loss,
                     "seconds": seconds})
-    checkpointer.save(epoch, state, history)
+    try:
+      checkpointer.save(epoch, state, history, provenance=now)
+    except CheckpointSaveError as e:
+      raise RunError(f"{e}. The checkpoints of earlier epochs are intact: fix that (free disk "
+                     "space) and run the same command again to resume.") from None
     remaining = (config.epochs - epoch) * float(np.median([h["seconds"] for h in history[-5:]]))
     log(_line(epoch, config.epochs, result.loss, test_loss, seconds, len(train), remaining))
   checkpointer.close()
@@ -118,21 +163,39 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit, work
   metrics = {"config": config.to_dict(), "train_limit": train_limit, "test_limit": test_limit,
              "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
              "num_devices": parallel.mesh_size(mesh), "num_processes": jax.process_count(),
-             "optimizer_steps": int(state.step), "history": history, "final": final}
+             "optimizer_steps": int(state.step), "provenance": now, "history": history,
+             "final": final}
   if not primary:
     return metrics
-  write_json(workdir / METRICS_FILE, metrics)
+  _write(lambda: write_json(workdir / METRICS_FILE, metrics), workdir / METRICS_FILE)
   if history:
-    plots.loss_curve(history, workdir / "loss_curve.png",
-                     title=("Full batch" if config.full_batch else f"Batch {config.batch_size}")
-                     + f", {config.optimizer} lr {config.learning_rate:g}")
+    _write(lambda: plots.loss_curve(
+        history, workdir / "loss_curve.png",
+        title=("Full batch" if config.full_batch else f"Batch {config.batch_size}")
+        + f", {config.optimizer} lr {config.learning_rate:g}"), workdir / "loss_curve.png")
   norms = dict(mnist_normalization=config.mnist_normalization,
                cifar_normalization=config.cifar_normalization)
-  plots.reconstructions(test.images, recons, workdir / "reconstructions.png",
-                        count=min(8, len(test)), title="Test mean images (top), reconstructions",
-                        **norms)
+  _write(lambda: plots.reconstructions(
+      test.images, recons, workdir / "reconstructions.png", count=min(8, len(test)),
+      title="Test mean images (top), reconstructions", **norms), workdir / "reconstructions.png")
   log(summary(final))
   return metrics
+
+
+def _clear(workdir: pathlib.Path, clear: bool) -> None:
+  """Process 0 clears the run if `clear`; every process waits for it."""
+  if clear:
+    workdir_lib.clear_run(workdir)
+  parallel.sync("jaxae:run_cleared")
+
+
+def _write(write: Callable[[], None], path: pathlib.Path) -> None:
+  """Runs `write`; a failure (full disk, permissions) becomes one RunError line naming `path`."""
+  try:
+    write()
+  except OSError as e:
+    raise RunError(f"could not write {path} ({e.strerror or e}); the checkpoints are intact: "
+                   "fix that (free disk space) and run the same command again.") from None
 
 
 def final_metrics(state: TrainState, test: MixedSplit, eval_batch_size: int,

@@ -69,9 +69,47 @@ _gaussian_filter = _separable_valid_filter(_gaussian_taps())
 _uniform_filter = _separable_valid_filter(np.full(_ORIGINAL_WINDOW, 1 / _ORIGINAL_WINDOW))
 
 
-def _check(a, b) -> None:
+def _as_normalized_pair(originals, reconstructions, convention: str, name: str,
+                        mnist_normalization: Normalization, cifar_normalization: Normalization):
+  """Both arrays as float32, after refusing what would give plausible but meaningless numbers."""
+  if convention not in CONVENTIONS:
+    raise ValueError(f"Unknown convention {convention!r}; use one of {CONVENTIONS}.")
+  for x in (originals, reconstructions):
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+      raise ValueError(
+          f"{name} takes normalized float images (as mean_images returns them), got {dtype}: "
+          "uint8 0-255 images would be scored on the wrong scale. Normalize them first "
+          "(jaxae.mean_images, or (x / 255 - mean) / std).")
+  a, b = jnp.asarray(originals, jnp.float32), jnp.asarray(reconstructions, jnp.float32)
   if a.shape != b.shape or a.ndim != 4:
     raise ValueError(f"Expected two [N, H, W, C] arrays of one shape, got {a.shape} and {b.shape}.")
+  window = _WINDOWS[convention] if name == "ssim" else 1
+  if min(a.shape[1:3]) < window:
+    raise ValueError(f"ssim ({convention}) needs images of at least {window}x{window} pixels "
+                     f"(its window), got {a.shape[1]}x{a.shape[2]}.")
+  if not isinstance(a, jax.core.Tracer) and a.size:
+    # Normalized images (a mean image, or either source alone) lie within the sources' normalized
+    # range; values far beyond it (0-255 floats, say) are on another scale. The bound is loose on
+    # purpose: it catches a wrong scale, not a slightly unusual image.
+    low, high = _normalized_bounds(mnist_normalization, cifar_normalization)
+    lo, hi = float(jnp.min(a)), float(jnp.max(a))
+    if lo < low - (high - low) or hi > high + (high - low):
+      raise ValueError(
+          f"{name}'s originals lie in [{lo:.3g}, {hi:.3g}], far outside what normalized images "
+          f"can take ([{low:.3g}, {high:.3g}] with these normalizations): pass normalized "
+          "images, as mean_images returns them.")
+  return a, b
+
+
+_WINDOWS = {"standard": 11, "original": _ORIGINAL_WINDOW}
+
+
+def _normalized_bounds(*normalizations: Normalization) -> tuple[float, float]:
+  """The lowest and highest value (v - mean) / std takes for v in [0, 1], over all channels."""
+  lows = [(0.0 - m) / s for n in normalizations for m, s in zip(n.mean, n.std)]
+  highs = [(1.0 - m) / s for n in normalizations for m, s in zip(n.mean, n.std)]
+  return min(lows), max(highs)
 
 
 @functools.partial(jax.jit, static_argnames=("convention", "mnist_normalization",
@@ -99,22 +137,27 @@ def _psnr(a, b, convention, mnist_normalization, cifar_normalization):
 def ssim(originals, reconstructions, convention: str = "standard", *,
          mnist_normalization: Normalization = MNIST_NORMALIZATION,
          cifar_normalization: Normalization = CIFAR_NORMALIZATION) -> jax.Array:
-  """Per-image SSIM [N] between normalized originals and reconstructions [N, H, W, C]."""
-  if convention not in CONVENTIONS:
-    raise ValueError(f"Unknown convention {convention!r}; use one of {CONVENTIONS}.")
-  a, b = jnp.asarray(originals, jnp.float32), jnp.asarray(reconstructions, jnp.float32)
-  _check(a, b)
+  """Per-image SSIM [N] between normalized originals and reconstructions [N, H, W, C].
+
+  Raises:
+    ValueError: integer images, originals outside the normalized range, images smaller than
+      the window (11x11 standard, 7x7 original), or mismatched shapes.
+  """
+  a, b = _as_normalized_pair(originals, reconstructions, convention, "ssim",
+                             mnist_normalization, cifar_normalization)
   return _ssim(a, b, convention, mnist_normalization, cifar_normalization)
 
 
 def psnr(originals, reconstructions, convention: str = "standard", *,
          mnist_normalization: Normalization = MNIST_NORMALIZATION,
          cifar_normalization: Normalization = CIFAR_NORMALIZATION) -> jax.Array:
-  """Per-image PSNR in dB [N] between normalized originals and reconstructions [N, H, W, C]."""
-  if convention not in CONVENTIONS:
-    raise ValueError(f"Unknown convention {convention!r}; use one of {CONVENTIONS}.")
-  a, b = jnp.asarray(originals, jnp.float32), jnp.asarray(reconstructions, jnp.float32)
-  _check(a, b)
+  """Per-image PSNR in dB [N] between normalized originals and reconstructions [N, H, W, C].
+
+  Raises:
+    ValueError: integer images, originals outside the normalized range, mismatched shapes.
+  """
+  a, b = _as_normalized_pair(originals, reconstructions, convention, "psnr",
+                             mnist_normalization, cifar_normalization)
   return _psnr(a, b, convention, mnist_normalization, cifar_normalization)
 
 

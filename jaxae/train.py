@@ -9,6 +9,7 @@ Each works under `jax.jit`, `jax.lax.scan` and inside a caller's own jitted code
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -47,8 +48,21 @@ def create_train_state(rng: jax.Array, config: Config | None = None) -> TrainSta
 
 
 def per_example_mse(apply_fn, params, images_BHWC):
-  """Returns (reconstructions [B,H,W,C], mean squared error per example [B])."""
+  """Returns (reconstructions [B,H,W,C], mean squared error per example [B]).
+
+  Raises:
+    ValueError: images that are not float [B, H, W, 3] (NHWC), or whose reconstruction comes back
+      in another shape (sides the encoder cannot halve evenly, e.g. 28x28).
+  """
+  shape, dtype = tuple(images_BHWC.shape), images_BHWC.dtype
+  expected = (f"float images [B, H, W, {IMAGE_SHAPE[-1]}] (NHWC, normalized, as mean_images "
+              "returns them; sides divisible by 2 per encoder layer, e.g. 32x32)")
+  if len(shape) != 4 or shape[-1] != IMAGE_SHAPE[-1] or not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"Expected {expected}; got {dtype} {list(shape)}.")
   reconstructions = apply_fn({"params": params}, images_BHWC)
+  if reconstructions.shape != images_BHWC.shape:
+    raise ValueError(f"Expected {expected}; got {dtype} {list(shape)}, which the model "
+                     f"reconstructs as {list(reconstructions.shape)}.")
   return reconstructions, jnp.mean(jnp.square(reconstructions - images_BHWC), axis=(1, 2, 3))
 
 
@@ -75,6 +89,8 @@ def loss_and_grad_sums(apply_fn, params, images_BHWC: jax.Array, mask_B: jax.Arr
     return jnp.sum(per_example * mask)
 
   batch = images_BHWC.shape[0]
+  if microbatch_size is not None and (not isinstance(microbatch_size, int) or microbatch_size <= 0):
+    raise ValueError(f"microbatch_size must be a positive int or None, got {microbatch_size!r}.")
   if microbatch_size is None or microbatch_size >= batch:
     return jax.value_and_grad(sums)(params, images_BHWC, mask_B)
   count = -(-batch // microbatch_size)
@@ -147,10 +163,31 @@ def eval_step(params_or_state: Any, images_BHWC: jax.Array, mask_B: jax.Array | 
     params, apply_fn = params_or_state.params, params_or_state.apply_fn
   else:
     params = params_or_state
-    apply_fn = apply_fn or model_from_config(Config()).apply
+    if apply_fn is None:
+      _check_default_model_params(params)
+      apply_fn = model_from_config(Config()).apply
   reconstructions, per_example = per_example_mse(apply_fn, params, images_BHWC)
   return {"loss": masked_mean(per_example, mask_B), "per_example_loss": per_example,
           "reconstructions": reconstructions}
+
+
+def _param_shapes(params) -> list[tuple[str, tuple[int, ...]]]:
+  return [(jax.tree_util.keystr(path), tuple(getattr(leaf, "shape", ())))
+          for path, leaf in jax.tree_util.tree_leaves_with_path(params)]
+
+
+@functools.cache
+def _default_param_shapes() -> list[tuple[str, tuple[int, ...]]]:
+  model = model_from_config(Config())
+  abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *IMAGE_SHAPE)))
+  return _param_shapes(abstract["params"])
+
+
+def _check_default_model_params(params) -> None:
+  """Refuses a bare params tree that is not the default model's (it would be evaluated as one)."""
+  if _param_shapes(params) != _default_param_shapes():
+    raise ValueError("eval_step got a params tree that is not the default model's; pass its "
+                     "model's apply function (apply_fn=model.apply) or a TrainState.")
 
 
 def count_params(params) -> int:

@@ -1,13 +1,27 @@
-"""A run's workdir: which run it holds (settings.json), and the files jaxae writes there."""
+"""A run's workdir: who holds it (a lock), which run it holds (settings.json), what jaxae wrote.
+
+Layout of a workdir:
+    .jaxae.lock            held (flock) by the one process that trains or evaluates here
+    settings.json          the settings the checkpoints belong to
+    checkpoints/<epoch>/   orbax checkpoints (orbax's <epoch>.orbax-checkpoint-tmp* while saving)
+    damaged_checkpoints/   checkpoints that failed their checksum, moved aside, never deleted
+    metrics.json, eval.json, *.png   results
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import pathlib
+import re
 import shutil
+import socket
 import tempfile
-from typing import Any
+import time
+from typing import Any, Iterator
 
 from jaxae import parallel
 from jaxae.config import Config
@@ -15,9 +29,16 @@ from jaxae.config import Config
 SETTINGS_FILE = "settings.json"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
-# Files a run writes; --overwrite removes exactly these and nothing else.
-RUN_OUTPUTS = (SETTINGS_FILE, METRICS_FILE, CHECKPOINT_DIR, "loss_curve.png", "reconstructions.png",
-               "comparison.png", "eval.json")
+DAMAGED_DIR = "damaged_checkpoints"
+LOCK_FILE = ".jaxae.lock"
+# Files a run writes at the top of its workdir; --overwrite removes these, the step folders jaxae
+# wrote in checkpoints/ and damaged_checkpoints/, and nothing else.
+RUN_FILES = (SETTINGS_FILE, METRICS_FILE, "loss_curve.png", "reconstructions.png",
+             "comparison.png", "eval.json")
+# A step folder of orbax's, finished or being written (orbax's TMP_DIR_SUFFIX); moved-aside damaged
+# steps are named <epoch> or <epoch>.<n>.
+_STEP_DIR = re.compile(r"\d+(\.orbax-checkpoint-tmp.*)?")
+_DAMAGED_STEP_DIR = re.compile(r"\d+(\.\d+)?")
 
 
 class RunError(Exception):
@@ -48,6 +69,70 @@ def _umask() -> int:
   return mask
 
 
+@contextlib.contextmanager
+def hold(workdir: str | os.PathLike, purpose: str = "training") -> Iterator[pathlib.Path]:
+  """Holds the workdir for one process, for as long as the `with` block runs.
+
+  An exclusive `flock` on workdir/.jaxae.lock, which the OS releases when the process dies (even
+  by SIGKILL), so a crashed run never leaves the workdir locked. The file records who holds it.
+  A workdir that this call created and that no run started in (no settings.json) is removed
+  again on exit, so a refused run leaves nothing behind.
+
+  In a multi-process run only process 0 takes the lock (the others do nothing here).
+
+  Raises:
+    RunError: another process holds the workdir (its pid, host and purpose are named).
+  """
+  workdir = pathlib.Path(workdir)
+  if not parallel.is_primary():
+    yield workdir
+    return
+  created = _make_dirs(workdir)
+  path = workdir / LOCK_FILE
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        raise
+      raise RunError(f"{workdir} is in use by {_holder(path)}; wait for it to finish, or use "
+                     "another --workdir.") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
+                             "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+    try:
+      yield workdir
+    finally:
+      if not (workdir / SETTINGS_FILE).exists():
+        path.unlink(missing_ok=True)
+        for d in reversed(created):  # Only folders this call made, and only if empty.
+          with contextlib.suppress(OSError):
+            d.rmdir()
+  finally:
+    os.close(fd)  # Releases the lock.
+
+
+def _make_dirs(path: pathlib.Path) -> list[pathlib.Path]:
+  """mkdir -p, returning the folders it created (outermost first)."""
+  missing = []
+  while not path.exists():
+    missing.append(path)
+    path = path.parent
+  for d in reversed(missing):
+    d.mkdir(exist_ok=True)
+  return list(reversed(missing))
+
+
+def _holder(lock_path: pathlib.Path) -> str:
+  try:
+    info = json.loads(lock_path.read_text())
+    return (f"process {info['pid']} on {info['host']} ({info['purpose']} since "
+            f"{info['since']})")
+  except (OSError, ValueError, KeyError, TypeError):
+    return "another process"
+
+
 def run_settings(config: Config, train_limit: int, test_limit: int) -> dict[str, Any]:
   """What must match for a workdir's checkpoints to continue this run (epochs may grow)."""
   settings = config.to_dict()
@@ -61,14 +146,24 @@ def run_settings(config: Config, train_limit: int, test_limit: int) -> dict[str,
 _FORMULATION_KEYS = ("conv_impl", "conv_transpose")
 
 
-def check_workdir(workdir: pathlib.Path, settings: dict[str, Any], overwrite: bool) -> None:
-  """Refuses a workdir that holds a different run, unless `overwrite` (then clears the run).
+def holds_other_run(workdir: pathlib.Path, settings: dict[str, Any], overwrite: bool) -> bool:
+  """Whether `workdir` holds another run, which `overwrite` allows replacing (`clear_run`).
 
-  In a multi-process run every process checks, and only process 0 clears.
+  Changes nothing on disk. Checkpoints without a settings.json are another run too: nobody can
+  say which settings they belong to.
+
+  Raises:
+    RunError: it holds another run and `overwrite` is False (the differing settings are named).
   """
   path = workdir / SETTINGS_FILE
   if not path.exists():
-    return
+    if not jaxae_checkpoints(workdir):
+      return False
+    if overwrite:
+      return True
+    raise RunError(f"{workdir / CHECKPOINT_DIR} holds checkpoints but {path} is missing, so "
+                   "nobody can say which run they belong to; use another --workdir, or pass "
+                   "--overwrite to delete them and start over.")
   try:
     existing = json.loads(path.read_text())
   except (OSError, ValueError):
@@ -77,20 +172,51 @@ def check_workdir(workdir: pathlib.Path, settings: dict[str, Any], overwrite: bo
     existing = {k: v for k, v in existing.items() if k not in _FORMULATION_KEYS}
   settings = {k: v for k, v in settings.items() if k not in _FORMULATION_KEYS}
   if existing == settings:
-    return
-  if not overwrite:
-    differing = sorted(k for k in set(settings) | set(existing or {})
-                       if (existing or {}).get(k) != settings.get(k)) if existing else ["(unreadable)"]
-    raise RunError(f"{workdir} holds a run with different settings ({', '.join(differing)}); "
-                   "use another --workdir, or pass --overwrite to replace that run.")
-  if parallel.is_primary():
-    clear_run(workdir)
+    return False
+  if overwrite:
+    return True
+  differing = sorted(k for k in set(settings) | set(existing or {})
+                     if (existing or {}).get(k) != settings.get(k)) if existing else ["(unreadable)"]
+  raise RunError(f"{workdir} holds a run with different settings ({', '.join(differing)}); "
+                 "use another --workdir, or pass --overwrite to replace that run (this deletes "
+                 "its checkpoints).")
+
+
+def jaxae_checkpoints(workdir: pathlib.Path) -> list[pathlib.Path]:
+  """The step folders jaxae (orbax) wrote in workdir/checkpoints, finished or not."""
+  directory = workdir / CHECKPOINT_DIR
+  if not directory.is_dir():
+    return []
+  return sorted(p for p in directory.iterdir() if p.is_dir() and _STEP_DIR.fullmatch(p.name))
 
 
 def clear_run(workdir: pathlib.Path) -> None:
-  for name in RUN_OUTPUTS:
-    p = workdir / name
-    if p.is_dir():
-      shutil.rmtree(p)
-    elif p.exists():
-      p.unlink()
+  """Removes what jaxae wrote for a run in `workdir`, and nothing else.
+
+  The run's files, its step folders in checkpoints/ and damaged_checkpoints/ (then those
+  folders if nothing else is in them). Files placed there by anyone else stay. The lock stays.
+  """
+  for name in RUN_FILES:
+    (workdir / name).unlink(missing_ok=True)
+  for step_dir in jaxae_checkpoints(workdir):
+    shutil.rmtree(step_dir)
+  damaged = workdir / DAMAGED_DIR
+  if damaged.is_dir():
+    for p in damaged.iterdir():
+      if p.is_dir() and _DAMAGED_STEP_DIR.fullmatch(p.name):
+        shutil.rmtree(p)
+  for d in (workdir / CHECKPOINT_DIR, damaged):
+    with contextlib.suppress(OSError):
+      d.rmdir()  # Only if empty.
+
+
+def move_aside(step_dir: pathlib.Path, workdir: pathlib.Path) -> pathlib.Path:
+  """Moves a damaged step folder to workdir/damaged_checkpoints/ (kept, never deleted)."""
+  damaged = workdir / DAMAGED_DIR
+  damaged.mkdir(exist_ok=True)
+  target, n = damaged / step_dir.name, 0
+  while target.exists():
+    n += 1
+    target = damaged / f"{step_dir.name}.{n}"
+  step_dir.rename(target)
+  return target

@@ -1,3 +1,4 @@
+import errno
 import pathlib
 
 import jax
@@ -5,51 +6,142 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxae import create_train_state, train_step
-from jaxae.checkpoints import Checkpointer, NoUsableCheckpointError
+from jaxae import Config, create_train_state, train_step
+from jaxae.checkpoints import (CheckpointSaveError, Checkpointer, IncompatibleCheckpointError,
+                               NoUsableCheckpointError)
 
 
-def _saved_run(directory, epochs=3):
-  state = create_train_state(jax.random.key(0))
+def _saved_run(directory, epochs=3, config=None):
+  state = create_train_state(jax.random.key(0), config)
   images = jnp.ones((2, 32, 32, 3))
   checkpointer = Checkpointer(directory)
   history = []
   for epoch in range(1, epochs + 1):
     state, m = jax.jit(train_step)(state, images)
     history.append({"epoch": epoch, "train_loss": float(m["loss"])})
-    checkpointer.save(epoch, state, history)
+    checkpointer.save(epoch, state, history, provenance={"jax": jax.__version__})
   checkpointer.close()
   return state, history
 
 
-def _damage(step_dir: pathlib.Path):
+def _truncate(step_dir: pathlib.Path):
   for f in step_dir.rglob("*"):
     if f.is_file():
       f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
 
 
-def test_restore_returns_the_saved_state_and_history(tmp_path):
-  state, history = _saved_run(tmp_path)
-  epoch, restored, restored_history = Checkpointer(tmp_path).restore_latest(
-      create_train_state(jax.random.key(9)))
-  assert epoch == 3 and restored_history == history and int(restored.step) == 3
-  for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(state.params)):
+def _largest_state_file(step_dir: pathlib.Path) -> pathlib.Path:
+  return max((f for f in (step_dir / "state").rglob("*") if f.is_file()),
+             key=lambda f: f.stat().st_size)
+
+
+def _restore(directory):
+  checkpointer = Checkpointer(directory)
+  try:
+    return checkpointer.restore_latest(create_train_state(jax.random.key(9)))
+  finally:
+    checkpointer.close()
+
+
+def test_restore_returns_the_saved_state_history_and_provenance(tmp_path):
+  state, history = _saved_run(tmp_path / "checkpoints")
+  restored = _restore(tmp_path / "checkpoints")
+  assert restored.epoch == 3 and restored.history == history and int(restored.state.step) == 3
+  assert restored.provenance == {"jax": jax.__version__} and restored.damaged == []
+  for a, b in zip(jax.tree.leaves(restored.state.params), jax.tree.leaves(state.params)):
     np.testing.assert_array_equal(a, b)
 
 
-def test_damaged_newest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
-  _saved_run(tmp_path)
-  _damage(tmp_path / "3")
-  epoch, _, history = Checkpointer(tmp_path).restore_latest(create_train_state(jax.random.key(0)))
-  assert epoch == 2 and len(history) == 2
-  assert any(str(tmp_path / "3") in r.getMessage() for r in caplog.records)
-  assert (tmp_path / "3").exists()  # Nothing is deleted.
+@pytest.mark.parametrize("damage", ["bit_flip", "overwrite_1kb"])
+def test_checkpoint_damaged_in_place_is_detected_by_its_checksum(tmp_path, damage):
+  """Orbax reads these files without complaint; the stored SHA-256 of the state does not match."""
+  directory = tmp_path / "checkpoints"
+  _saved_run(directory)
+  data = _largest_state_file(directory / "3")
+  raw = bytearray(data.read_bytes())
+  if damage == "bit_flip":
+    raw[len(raw) // 2] ^= 0x10
+  else:
+    raw[len(raw) // 3:len(raw) // 3 + 1024] = np.random.default_rng(0).bytes(1024)
+  data.write_bytes(bytes(raw))
+  restored = _restore(directory)
+  assert restored.epoch == 2 and len(restored.history) == 2
+  assert len(restored.damaged) == 1
+  if damage == "bit_flip":  # Readable, so only the checksum can tell.
+    assert "checksum" in restored.damaged[0]
 
 
-def test_no_restorable_checkpoint_is_an_error_and_none_is_none(tmp_path):
-  _saved_run(tmp_path, epochs=2)
+def test_damaged_newest_step_is_moved_aside_and_its_epoch_saved_again(tmp_path):
+  directory = tmp_path / "checkpoints"
+  _saved_run(directory)
+  _truncate(directory / "3")
+  restored = _restore(directory)
+  assert restored.epoch == 2
+  assert str(directory / "3") in restored.damaged[0]
+  assert not (directory / "3").exists()
+  assert (tmp_path / "damaged_checkpoints" / "3").is_dir()  # Kept, not deleted.
+  # The run goes on: epoch 3's checkpoint is written again, and it is the one restored next.
+  checkpointer = Checkpointer(directory)
+  checkpointer.save(3, restored.state, restored.history + [{"epoch": 3}])
+  assert checkpointer.steps() == [1, 2, 3]
+  checkpointer.close()
+  assert _restore(directory).epoch == 3
+
+
+def test_damaged_warning_is_one_line_without_library_tracebacks(tmp_path, capfd):
+  directory = tmp_path / "checkpoints"
+  _saved_run(directory)
+  capfd.readouterr()
+  _truncate(directory / "3")
+  restored = _restore(directory)
+  out, err = capfd.readouterr()
+  assert "Traceback" not in out + err and len((out + err).strip().splitlines()) <= 1
+  assert len(restored.damaged) == 1 and "\n" not in restored.damaged[0]
+
+
+def test_no_restorable_checkpoint_is_an_error_nothing_moved_and_none_is_none(tmp_path):
+  directory = tmp_path / "checkpoints"
+  _saved_run(directory, epochs=2)
   for step in ("1", "2"):
-    _damage(tmp_path / step)
+    _truncate(directory / step)
   with pytest.raises(NoUsableCheckpointError):
-    Checkpointer(tmp_path).restore_latest(create_train_state(jax.random.key(0)))
-  assert Checkpointer(tmp_path / "empty").restore_latest(create_train_state(jax.random.key(0))) is None
+    _restore(directory)
+  assert (directory / "1").is_dir() and (directory / "2").is_dir()
+  assert not (tmp_path / "damaged_checkpoints").exists()
+  assert _restore(tmp_path / "empty") is None
+
+
+def test_incompatible_checkpoint_is_not_called_damaged_and_not_moved(tmp_path):
+  """Another model's state (as after a code change that renamed or resized parameters)."""
+  directory = tmp_path / "checkpoints"
+  _saved_run(directory, epochs=1, config=Config(features=(8, 16, 32)))
+  with pytest.raises(IncompatibleCheckpointError) as e:
+    _restore(directory)
+  message = str(e.value)
+  assert "not damaged" in message and "delete" in message
+  assert "['params']['dec0']['bias'] is [16] float32, the model's [32] float32" in message
+  assert (directory / "1").is_dir() and not (tmp_path / "damaged_checkpoints").exists()
+
+
+def test_refused_save_raises(tmp_path):
+  directory = tmp_path / "checkpoints"
+  state, history = _saved_run(directory, epochs=2)
+  checkpointer = Checkpointer(directory)
+  with pytest.raises(CheckpointSaveError, match="epoch 1"):
+    checkpointer.save(1, state, history[:1])  # Older than the newest step: orbax says no.
+  checkpointer.close()
+
+
+def test_full_disk_while_saving_raises_one_clear_error(tmp_path, monkeypatch):
+  directory = tmp_path / "checkpoints"
+  state, history = _saved_run(directory, epochs=1)
+  checkpointer = Checkpointer(directory)
+
+  def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(checkpointer._manager, "save", no_space)  # pylint: disable=protected-access
+  with pytest.raises(CheckpointSaveError, match="epoch 2.*No space left on device"):
+    checkpointer.save(2, state, history + [{"epoch": 2}])
+  checkpointer.close()
+  assert _restore(directory).epoch == 1  # The earlier step is untouched.
