@@ -7,6 +7,7 @@ Kernels are stored HWIO, [kh, kw, in, out]. A PyTorch `Conv2d.weight` [out, in, 
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -116,5 +117,13 @@ class Autoencoder(nn.Module):
 
 
 def model_from_config(config: Config) -> Autoencoder:
-  return Autoencoder(features=tuple(config.features), activation=config.activation,
-                     negative_slope=config.negative_slope, conv_impl=config.conv_impl)
+  """The config's model: one object per distinct model, so that states built from equal configs
+  share their `apply_fn` (a static part of the TrainState, and so of every jit cache key)."""
+  return _autoencoder(tuple(config.features), config.activation, config.negative_slope,
+                      config.conv_impl)
+
+
+@functools.cache
+def _autoencoder(features, activation, negative_slope, conv_impl) -> Autoencoder:
+  return Autoencoder(features=features, activation=activation, negative_slope=negative_slope,
+                     conv_impl=conv_impl)

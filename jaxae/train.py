@@ -32,13 +32,24 @@ OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
-  if config.optimizer not in OPTIMIZERS:
-    raise ValueError(f"Unknown optimizer {config.optimizer!r}; use one of {sorted(OPTIMIZERS)}.")
-  return OPTIMIZERS[config.optimizer](config.learning_rate)
+  """The config's optimizer; one object per (name, learning rate), see `create_train_state`."""
+  return _optimizer(config.optimizer, config.learning_rate)
+
+
+@functools.cache
+def _optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
+  if name not in OPTIMIZERS:
+    raise ValueError(f"Unknown optimizer {name!r}; use one of {sorted(OPTIMIZERS)}.")
+  return OPTIMIZERS[name](learning_rate)
 
 
 def create_train_state(rng: jax.Array, config: Config | None = None) -> TrainState:
-  """Model parameters and optimizer state; with no config, the original experiment's."""
+  """Model parameters and optimizer state; with no config, the original experiment's.
+
+  States of equal models and optimizers share one `apply_fn` and `tx` object: they are static
+  parts of the TrainState, and jitted functions compiled for one such state are reused for the
+  next (a new model object, or new optimizer closures, would make every state compile anew).
+  """
   config = config or Config()
   model = model_from_config(config)
   params = model.init(rng, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32))["params"]
