@@ -37,6 +37,10 @@ class IncompatibleCheckpointError(RuntimeError):
   """A checkpoint holds a state of another structure (e.g. code that renamed parameters)."""
 
 
+class InconsistentCheckpointError(RuntimeError):
+  """Processes of one run read a step differently (files not shared, or a transient error)."""
+
+
 class CheckpointSaveError(RuntimeError):
   """A checkpoint could not be written (full disk, permissions) or orbax refused to write it."""
 
@@ -97,6 +101,7 @@ class Checkpointer:
     Raises:
       NoUsableCheckpointError: steps exist but every one of them is damaged (nothing is moved).
       IncompatibleCheckpointError: the newest readable step holds another model's state.
+      InconsistentCheckpointError: another process could not read what process 0 restored.
     """
     steps = _from_primary(self.steps())
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _savable(like))
@@ -114,10 +119,11 @@ class Checkpointer:
         continue
       disagree = [i for i, s in enumerate(statuses) if s != statuses[0]]
       if disagree:
-        raise NoUsableCheckpointError(
+        raise InconsistentCheckpointError(
             f"checkpoint {self.directory / str(step)} restored in process 0 but not identically "
-            f"in process(es) {disagree}; every process must read the same files (a shared file "
-            "system), so no process resumes.")
+            f"in process(es) {disagree}, so no process resumes (their states would differ). "
+            "Every process must read the same files (a shared file system); if they do, run "
+            "the same command again.")
       state, _, meta = result
       notes = self._move_aside(damaged, step)
       return Restored(step, like.replace(step=state["step"], params=state["params"],

@@ -16,7 +16,7 @@ from jax.sharding import Mesh
 from jaxae import parallel, plots
 from jaxae import workdir as workdir_lib
 from jaxae.checkpoints import (CheckpointSaveError, Checkpointer, IncompatibleCheckpointError,
-                               NoUsableCheckpointError)
+                               InconsistentCheckpointError, NoUsableCheckpointError)
 from jaxae.config import Config
 from jaxae.dataset import MixedSplit
 from jaxae.loop import EVAL_BATCH_SIZE, evaluate, train_epoch, train_full_batch_epoch
@@ -87,7 +87,7 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   try:
     checkpointer = Checkpointer(checkpoint_dir, max_to_keep=keep_checkpoints)
     restored = checkpointer.restore_latest(state)
-  except IncompatibleCheckpointError as e:
+  except (IncompatibleCheckpointError, InconsistentCheckpointError) as e:
     raise RunError(str(e)) from None
   except NoUsableCheckpointError as e:
     if not overwrite:

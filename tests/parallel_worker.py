@@ -23,9 +23,9 @@ def splits():
   return tiny_splits(TRAIN, TEST)
 
 
-def config(batch_size=BATCH):
+def config(batch_size=BATCH, epochs=2):
   from jaxae import Config  # pylint: disable=g-import-not-at-top
-  return Config(epochs=2, batch_size=batch_size)
+  return Config(epochs=epochs, batch_size=batch_size)
 
 
 def history(metrics):
@@ -81,15 +81,35 @@ def devices(workdir):
   print(json.dumps(out))
 
 
-def process(workdir, coordinator, num_processes, process_id):
+def process(workdir, coordinator, num_processes, process_id, epochs="2", unlucky=""):
+  """With `unlucky` = a process id: that process alone reads other bytes of the newest step."""
   from jaxae import parallel  # pylint: disable=g-import-not-at-top
   parallel.initialize(coordinator, int(num_processes), int(process_id), timeout_s=120)
   import jax  # pylint: disable=g-import-not-at-top
+  from jaxae import checkpoints  # pylint: disable=g-import-not-at-top
   from jaxae.experiment import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from jaxae.workdir import RunError  # pylint: disable=g-import-not-at-top
+
+  if unlucky == process_id:
+    read = checkpoints.Checkpointer._try_step  # pylint: disable=protected-access
+
+    def transient_failure(self, step, *args):
+      # Reads like every process (orbax's restore has collectives inside), then sees other bytes.
+      result = read(self, step, *args)
+      if step == max(self.steps()):
+        return checkpoints._DAMAGED, "its contents do not match the checksum"  # pylint: disable=protected-access
+      return result
+
+    checkpoints.Checkpointer._try_step = transient_failure  # pylint: disable=protected-access
 
   train, test = splits()
   lines = []
-  metrics = train_and_evaluate(config(), train, test, workdir, log=lines.append)
+  try:
+    metrics = train_and_evaluate(config(epochs=int(epochs)), train, test, workdir,
+                                 log=lines.append)
+  except RunError as e:
+    print(json.dumps({"process_index": jax.process_index(), "error": str(e)}))
+    return
   print(json.dumps({"process_index": jax.process_index(), "process_count": jax.process_count(),
                     "num_devices": jax.device_count(),
                     "local_devices": jax.local_device_count(), "history": history(metrics),

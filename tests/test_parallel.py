@@ -95,16 +95,16 @@ def _restore_params(workdir):
   like = create_train_state(jax.random.key(0))
   checkpointer = Checkpointer(workdir / CHECKPOINT_DIR)
   try:
-    epoch, state, history = checkpointer.restore_latest(like)
+    restored = checkpointer.restore_latest(like)
   finally:
     checkpointer.close()
-  return epoch, state, history
+  return restored.epoch, restored.state, restored.history
 
 
-def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
+def _two_processes(workdir, *extra):
   coordinator = f"localhost:{_free_port()}"
-  procs = [subprocess.Popen([sys.executable, str(WORKER), "process", str(tmp_path / "two"),
-                             coordinator, "2", str(i)], stdout=subprocess.PIPE,
+  procs = [subprocess.Popen([sys.executable, str(WORKER), "process", str(workdir),
+                             coordinator, "2", str(i), *extra], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=_env())
            for i in range(2)]
   outs = []
@@ -117,6 +117,11 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
       pytest.fail("the two-process run did not finish in 600 s")
     assert p.returncode == 0, stderr[-3000:]
     outs.append(_json_line(stdout))
+  return outs
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
+  outs = _two_processes(tmp_path / "two")
 
   assert sorted(o["process_index"] for o in outs) == [0, 1]
   assert all(o["process_count"] == 2 and o["num_devices"] == 2 and o["local_devices"] == 1
@@ -142,3 +147,12 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
   assert len(history_two) == 2
   for a, b in zip(jax.tree.leaves(state_two.params), jax.tree.leaves(state_one.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+  # Resuming for a third epoch while process 1 alone cannot read the newest checkpoint (a
+  # transient error on one host): no process picks its own fallback; both stop, nothing moved.
+  before = sorted(p.name for p in (tmp_path / "two" / CHECKPOINT_DIR).iterdir())
+  outs = _two_processes(tmp_path / "two", "3", "1")
+  assert all("not identically in process(es) [1]" in o["error"] for o in outs), outs
+  assert sorted(p.name for p in (tmp_path / "two" / CHECKPOINT_DIR).iterdir()) == before
+  assert not (tmp_path / "two" / "damaged_checkpoints").exists()

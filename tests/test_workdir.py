@@ -1,0 +1,184 @@
+"""A run's workdir under abuse: two runs at once, damage, refusals, --overwrite, provenance."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, tiny_splits
+from jaxae import Config
+from jaxae import experiment, workdir
+from jaxae.checkpoints import Checkpointer
+from jaxae.experiment import train_and_evaluate
+from jaxae.workdir import RunError
+
+QUIET = lambda _: None
+
+
+def _history(metrics):
+  return [(h["epoch"], h["train_loss"], h["test_loss"]) for h in metrics["history"]]
+
+
+def _flip_a_bit(step_dir):
+  data = max((f for f in (step_dir / "state").rglob("*") if f.is_file()),
+             key=lambda f: f.stat().st_size)
+  raw = bytearray(data.read_bytes())
+  raw[len(raw) // 2] ^= 0x01
+  data.write_bytes(bytes(raw))
+
+
+def test_a_second_run_in_a_held_workdir_is_refused_naming_the_holder(tmp_path):
+  train, test = tiny_splits()
+  with workdir.hold(tmp_path / "w"):
+    with pytest.raises(RunError, match=f"in use by process {os.getpid()} on .*training since"):
+      train_and_evaluate(Config(epochs=1, batch_size=16, learning_rate=2e-3), train, test,
+                         tmp_path / "w", overwrite=True, log=QUIET)
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == [".jaxae.lock"]
+  assert not (tmp_path / "w").exists()  # The holder made it and started no run: removed.
+  # Released: the next run goes ahead.
+  out = train_and_evaluate(Config(epochs=1, batch_size=16), train, test, tmp_path / "w", log=QUIET)
+  assert len(out["history"]) == 1
+
+
+def test_the_lock_of_a_killed_process_is_released(tmp_path):
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from jaxae import workdir\n"
+       "with workdir.hold(sys.argv[1]):\n  print('held', flush=True); time.sleep(600)",
+       str(tmp_path / "w")], stdout=subprocess.PIPE, text=True, cwd=REPO,
+      env=dict(os.environ, PYTHONPATH=str(REPO)))
+  assert holder.stdout.readline().strip() == "held"
+  with pytest.raises(RunError, match=f"in use by process {holder.pid}"):
+    with workdir.hold(tmp_path / "w"):
+      pass
+  holder.send_signal(signal.SIGKILL)
+  holder.wait()
+  with workdir.hold(tmp_path / "w"):  # The OS released it with the process.
+    pass
+
+
+def test_refused_runs_write_nothing(tmp_path):
+  train, test = tiny_splits()
+  with pytest.raises(RunError, match="seed must be an integer in 0..4294967295"):
+    train_and_evaluate(Config(epochs=1, seed=2 ** 32), train, test, tmp_path / "new", log=QUIET)
+  assert not (tmp_path / "new").exists()
+  # A refused run in an existing workdir leaves every file as it was.
+  train_and_evaluate(Config(epochs=2, batch_size=16), train, test, tmp_path / "w", log=QUIET)
+  def files():  # The lock file records its latest holder; everything else must stay as it was.
+    return {p: p.read_bytes() for p in (tmp_path / "w").rglob("*")
+            if p.is_file() and p.name != workdir.LOCK_FILE}
+
+  before = files()
+  with pytest.raises(RunError, match="different settings"):
+    train_and_evaluate(Config(epochs=2, batch_size=8), train, test, tmp_path / "w", log=QUIET)
+  assert files() == before
+
+
+def test_fewer_epochs_than_completed_is_refused_and_metrics_stay_true(tmp_path):
+  train, test = tiny_splits()
+  train_and_evaluate(Config(epochs=3, batch_size=16), train, test, tmp_path, log=QUIET)
+  metrics = (tmp_path / "metrics.json").read_bytes()
+  with pytest.raises(RunError, match="holds 3 completed epochs, more than --epochs=2"):
+    train_and_evaluate(Config(epochs=2, batch_size=16), train, test, tmp_path, log=QUIET)
+  assert (tmp_path / "metrics.json").read_bytes() == metrics
+
+
+def test_overwrite_removes_only_what_jaxae_wrote(tmp_path):
+  train, test = tiny_splits()
+  train_and_evaluate(Config(epochs=1, batch_size=16), train, test, tmp_path, log=QUIET)
+  (tmp_path / "checkpoints" / "notes.txt").write_text("mine")
+  (tmp_path / "checkpoints" / "my_folder").mkdir()
+  (tmp_path / "plan.md").write_text("mine too")
+  out = train_and_evaluate(Config(epochs=1, batch_size=8), train, test, tmp_path,
+                           overwrite=True, log=QUIET)
+  assert out["config"]["batch_size"] == 8 and out["optimizer_steps"] == 5
+  assert (tmp_path / "checkpoints" / "notes.txt").read_text() == "mine"
+  assert (tmp_path / "checkpoints" / "my_folder").is_dir()
+  assert (tmp_path / "plan.md").read_text() == "mine too"
+
+
+def test_checkpoints_without_settings_are_refused(tmp_path):
+  train, test = tiny_splits()
+  train_and_evaluate(Config(epochs=1, batch_size=16), train, test, tmp_path, log=QUIET)
+  (tmp_path / "settings.json").unlink()
+  with pytest.raises(RunError, match="settings.json is missing"):
+    train_and_evaluate(Config(epochs=2, batch_size=8), train, test, tmp_path, log=QUIET)
+
+
+def test_bit_flip_in_the_newest_checkpoint_is_caught_and_the_run_heals(tmp_path):
+  """The damaged step is moved aside, the run resumes from the step before, the epoch is
+  trained and saved again, and the history is the uninterrupted one."""
+  train, test = tiny_splits()
+  config = Config(epochs=3, batch_size=16)
+  straight = train_and_evaluate(config, train, test, tmp_path / "straight", log=QUIET)
+  train_and_evaluate(config.replace(epochs=2), train, test, tmp_path / "w", log=QUIET)
+  _flip_a_bit(tmp_path / "w" / "checkpoints" / "2")
+  warnings = []
+  healed = train_and_evaluate(config, train, test, tmp_path / "w", log=QUIET,
+                              warn=warnings.append)
+  assert len(warnings) == 1 and "checksum" in warnings[0] and "resumed from epoch 1" in warnings[0]
+  assert _history(healed) == _history(straight)
+  assert (tmp_path / "w" / "damaged_checkpoints" / "2").is_dir()
+  checkpointer = Checkpointer(tmp_path / "w" / "checkpoints")
+  assert checkpointer.steps() == [1, 2, 3]
+  checkpointer.close()
+
+
+def test_full_disk_while_saving_is_one_error_and_the_rerun_resumes(tmp_path, monkeypatch):
+  train, test = tiny_splits()
+  config = Config(epochs=2, batch_size=16)
+  straight = train_and_evaluate(config, train, test, tmp_path / "straight", log=QUIET)
+  save = Checkpointer.save
+
+  def save_then_fill_the_disk(self, epoch, *args, **kwargs):
+    if epoch == 2:
+      raise experiment.CheckpointSaveError(f"could not write the checkpoint of epoch {epoch} in "
+                                           f"{self.directory} (OSError: No space left on device)")
+    return save(self, epoch, *args, **kwargs)
+
+  monkeypatch.setattr(Checkpointer, "save", save_then_fill_the_disk)
+  with pytest.raises(RunError, match="epoch 2.*No space left.*run the same command again"):
+    train_and_evaluate(config, train, test, tmp_path / "w", log=QUIET)
+  monkeypatch.setattr(Checkpointer, "save", save)
+  assert _history(train_and_evaluate(config, train, test, tmp_path / "w", log=QUIET)) == \
+      _history(straight)
+
+
+def test_metrics_record_versions_and_a_resume_under_others_says_so(tmp_path, monkeypatch):
+  train, test = tiny_splits()
+  first = train_and_evaluate(Config(epochs=1, batch_size=16), train, test, tmp_path, log=QUIET)
+  versions = first["provenance"]
+  for key in ("python", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
+              "tensorflow-datasets", "dm-pix", "numpy", "git_commit"):
+    assert key in versions
+  assert versions["jax"] and versions["numpy"]
+  assert json.loads((tmp_path / "metrics.json").read_text())["provenance"] == versions
+  monkeypatch.setattr(experiment, "provenance", lambda: {**versions, "jax": "9.9.9"})
+  warnings = []
+  train_and_evaluate(Config(epochs=2, batch_size=16), train, test, tmp_path, log=QUIET,
+                     warn=warnings.append)
+  assert warnings == [f"resuming under other versions than epoch 1 was trained with: "
+                      f"jax {versions['jax']} -> 9.9.9."]
+
+
+def test_stale_cache_temporaries_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
+  from jaxae import data  # pylint: disable=g-import-not-at-top
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  stale = tmp_path / f"mnist-test-abc.npz.{dead}.tmp"
+  live = tmp_path / f"mnist-test-abc.npz.{os.getpid()}.tmp"
+  old_style, new_old_style = tmp_path / "tmp1234.tmp", tmp_path / "tmp5678.tmp"
+  for f in (stale, live, old_style, new_old_style):
+    f.write_bytes(b"x" * 100)
+  os.utime(old_style, (time.time() - 7200, time.time() - 7200))
+  data._remove_stale_temporaries(tmp_path)  # pylint: disable=protected-access
+  assert not stale.exists() and not old_style.exists()
+  assert live.exists() and new_old_style.exists()
+  # A failed cache write (a full disk) leaves no temporary behind.
+  monkeypatch.setattr(np, "savez", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "full")))
+  data._write_cache(tmp_path / "x.npz", np.zeros((1, 2), np.uint8), np.zeros(1))  # pylint: disable=protected-access
+  assert sorted(p.name for p in tmp_path.glob("x.npz*")) == []
