@@ -95,13 +95,13 @@ class Config:
     for key in ("mnist_normalization", "cifar_normalization"):
       if key in d:
         norm = d[key]
-        if not (isinstance(norm, dict) and isinstance(norm.get("mean"), list)
-                and isinstance(norm.get("std"), list)
-                and all(_is_number(v) for v in norm["mean"] + norm["std"])):
+        if not (isinstance(norm, dict) and isinstance(norm.get("mean"), (list, tuple))
+                and isinstance(norm.get("std"), (list, tuple))
+                and all(_is_number(v) for v in (*norm["mean"], *norm["std"]))):
           raise ValueError(f"{key} must be {{\"mean\": [3 numbers], \"std\": [3 numbers]}}, "
                            f"got {norm!r}.")
         d[key] = Normalization(mean=tuple(norm["mean"]), std=tuple(norm["std"]))
-    if isinstance(d.get("features"), list):
+    if isinstance(d.get("features"), (list, tuple)):
       d["features"] = tuple(d["features"])
     known = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in known}).validate()

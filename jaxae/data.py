@@ -273,9 +273,12 @@ def _open_checked(name: str, split: str, data_dir: pathlib.Path, download: bool)
         f"{prepare_command(name, data_dir)}\n(tfds said: {type(e).__name__}: {e})") from None
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def _init_worker(parent_pid: int) -> None:
   """Runs in each decoding worker: it exits when the parent does, also when the parent is
-  killed (SIGKILL, SIGTERM), instead of idling on 300-500 MB until someone notices."""
+  killed (SIGKILL, SIGTERM), instead of idling on 300-500 MB until someone notices. Its logs
+  stay quiet (tfds's advice on decoders, once per worker); errors reach the parent as exceptions.
+  """
+  logging.getLogger("absl").setLevel(logging.ERROR)
   if sys.platform.startswith("linux"):
     try:  # The kernel sends SIGKILL to this process when the parent dies.
       libc = ctypes.CDLL(None, use_errno=True)
@@ -304,7 +307,7 @@ def _decode_parallel(requests: list[tuple[str, str]], sizes: list[int], data_dir
     # Spawn, not fork: the parent may already hold JAX's threads.
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx,
-                                                initializer=_die_with_parent,
+                                                initializer=_init_worker,
                                                 initargs=(os.getpid(),)) as pool:
       parts = list(pool.map(_decode_range, *zip(*jobs)))
   except (concurrent.futures.process.BrokenProcessPool, OSError) as e:

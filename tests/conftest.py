@@ -1,5 +1,7 @@
 import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -34,3 +36,10 @@ def tiny_splits(n_train: int = 40, n_test: int = 12):
     return mix(mnist, cifar)
 
   return split(n_train), split(n_test)
+
+
+def run_script(script: str, *args: str, timeout: int = 600, env: dict | None = None):
+  """Runs experiments/<script> as a user would; returns the CompletedProcess (text output)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **(env or {}))
+  return subprocess.run([sys.executable, str(REPO / "experiments" / script), *args],
+                        capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, shared_data_dir, tiny_splits
+from conftest import REPO, run_script, shared_data_dir, tiny_splits
 from jaxae import Config
 from jaxae.experiment import train_and_evaluate
 from jaxae.workdir import RunError
@@ -73,16 +73,10 @@ def test_diverging_run_stops_naming_epoch_and_step_and_keeps_checkpoints(tmp_pat
   assert not (tmp_path / "metrics.json").exists()
 
 
-def _run(script, *args, timeout=600):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-  return subprocess.run([sys.executable, str(REPO / "experiments" / script), *args],
-                        capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
-
-
 def test_train_and_evaluate_scripts_on_real_data(tmp_path):
   data_dir = shared_data_dir()
   common = [f"--data_dir={data_dir}", "--train_limit=64", "--test_limit=16", "--batch_size=32"]
-  run = _run("train.py", *common, f"--workdir={tmp_path / 'run'}", "--epochs=2")
+  run = run_script("train.py", *common, f"--workdir={tmp_path / 'run'}", "--epochs=2")
   assert run.returncode == 0, run.stderr
   assert "epoch   2/2" in run.stdout and "images/s" in run.stdout
   metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -92,7 +86,7 @@ def test_train_and_evaluate_scripts_on_real_data(tmp_path):
     assert (tmp_path / "run" / name).stat().st_size > 1000
   assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["1", "2"]
 
-  ev = _run("evaluate.py", f"--data_dir={data_dir}", f"--workdir={tmp_path / 'run'}",
+  ev = run_script("evaluate.py", f"--data_dir={data_dir}", f"--workdir={tmp_path / 'run'}",
             "--test_limit=16")
   assert ev.returncode == 0, ev.stderr
   result = json.loads((tmp_path / "run" / "eval.json").read_text())
@@ -119,7 +113,7 @@ def test_bad_flags_get_one_line_exit_2_and_write_nothing(tmp_path, case):
   }.get(case, ([good_data], "cannot be written"))
   if case == "workdir":
     workdir = tmp_path / "a_file" / "run"  # A file where a folder must be.
-  run = _run("train.py", f"--workdir={workdir}", *args)
+  run = run_script("train.py", f"--workdir={workdir}", *args)
   assert run.returncode == 2
   assert message in run.stderr and "Traceback" not in run.stderr
   assert len(run.stderr.strip().splitlines()) == 1
@@ -127,7 +121,7 @@ def test_bad_flags_get_one_line_exit_2_and_write_nothing(tmp_path, case):
 
 
 def test_evaluate_without_checkpoint_is_one_line(tmp_path):
-  run = _run("evaluate.py", f"--workdir={tmp_path}")
+  run = run_script("evaluate.py", f"--workdir={tmp_path}")
   assert run.returncode == 2 and "holds no checkpoint" in run.stderr
   assert "Traceback" not in run.stderr
 
@@ -148,9 +142,9 @@ def test_killed_run_resumes_to_the_uninterrupted_history(tmp_path):
   killed.kill()  # SIGKILL, mid-run.
   killed.wait()
   assert first.exists()
-  resumed = _run("train.py", *args, f"--workdir={tmp_path / 'killed'}")
+  resumed = run_script("train.py", *args, f"--workdir={tmp_path / 'killed'}")
   assert resumed.returncode == 0, resumed.stderr
-  straight = _run("train.py", *args, f"--workdir={tmp_path / 'straight'}")
+  straight = run_script("train.py", *args, f"--workdir={tmp_path / 'straight'}")
   assert straight.returncode == 0, straight.stderr
   a = json.loads((tmp_path / "killed" / "metrics.json").read_text())
   b = json.loads((tmp_path / "straight" / "metrics.json").read_text())
@@ -159,7 +153,7 @@ def test_killed_run_resumes_to_the_uninterrupted_history(tmp_path):
 
 def test_benchmark_prints_json_lines(tmp_path):
   out = tmp_path / "bench.jsonl"
-  run = _run("benchmark.py", "--num_images=96", "--epochs=1", "--batch_sizes=32",
+  run = run_script("benchmark.py", "--num_images=96", "--epochs=1", "--batch_sizes=32",
              f"--output={out}")
   assert run.returncode == 0, run.stderr
   records = [json.loads(line) for line in out.read_text().splitlines()]

@@ -59,3 +59,23 @@ def test_bad_arguments():
     ssim(a, a, "pytorch")
   with pytest.raises(ValueError, match="one shape"):
     psnr(a, a[:1])
+
+
+@pytest.mark.parametrize("fn", [ssim, psnr])
+def test_integer_or_unnormalized_images_are_refused(fn):
+  """uint8 0-255 images once scored unrelated images SSIM 0.5-0.7 and PSNR 25 dB."""
+  rng = np.random.default_rng(0)
+  a, b = (rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8) for _ in range(2))
+  with pytest.raises(ValueError, match="normalized float images.*got uint8"):
+    fn(a, b)
+  with pytest.raises(ValueError, match=r"originals lie in \[0, 255\]"):
+    fn(a.astype(np.float32), b.astype(np.float32))
+
+
+@pytest.mark.parametrize("convention,window", [("standard", 11), ("original", 7)])
+def test_images_smaller_than_the_ssim_window_are_refused(convention, window):
+  small = np.zeros((2, window - 1, window - 1, 3), np.float32)
+  with pytest.raises(ValueError, match=f"at least {window}x{window}"):
+    ssim(small, small, convention)
+  ok = np.zeros((1, window, window, 3), np.float32)
+  assert ssim(ok, ok, convention).shape == (1,)

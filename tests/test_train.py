@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxae import Config, create_train_state, eval_step, train_step
 from jaxae import loop, parallel
@@ -161,3 +162,46 @@ def test_optimizer_is_configurable():
   state = create_train_state(jax.random.key(0), Config(optimizer="sgd", learning_rate=0.1))
   new_state, _ = jax.jit(train_step)(state, _images(4))
   assert int(new_state.step) == 1
+
+
+@pytest.mark.parametrize("shape,dtype", [((2, 28, 28, 3), jnp.float32), ((2, 3, 32, 32), jnp.float32),
+                                         ((2, 32, 32, 3), jnp.uint8), ((32, 32, 3), jnp.float32)])
+def test_steps_refuse_images_the_model_cannot_reconstruct(shape, dtype):
+  state = create_train_state(jax.random.key(0))
+  images = jnp.zeros(shape, dtype)
+  for step in (train_step, eval_step):
+    with pytest.raises(ValueError, match=r"Expected float images \[B, H, W, 3\] \(NHWC"):
+      step(state, images)
+
+
+@pytest.mark.parametrize("size", [0, -4, 2.5])
+def test_microbatch_size_must_be_positive(size):
+  state = create_train_state(jax.random.key(0))
+  with pytest.raises(ValueError, match="microbatch_size must be a positive int"):
+    train_step(state, jnp.zeros((4, 32, 32, 3)), microbatch_size=size)
+
+
+def test_eval_step_refuses_another_models_bare_params_and_takes_its_apply_fn():
+  """Evaluating another model's params as the default model once returned numbers quietly."""
+  other = create_train_state(jax.random.key(0), Config(features=(8, 16, 32)))
+  images = jnp.zeros((2, 32, 32, 3))
+  with pytest.raises(ValueError, match="not the default model's; pass its model's apply"):
+    eval_step(other.params, images)
+  np.testing.assert_allclose(eval_step(other.params, images, apply_fn=other.apply_fn)["loss"],
+                             eval_step(other, images)["loss"])
+  default = create_train_state(jax.random.key(0))
+  np.testing.assert_allclose(jax.jit(eval_step)(default.params, images)["loss"],
+                             eval_step(default, images)["loss"])
+
+
+def test_config_validation_names_the_bad_field():
+  for bad, message in [(dict(seed=2 ** 32), "seed must be an integer in 0..4294967295"),
+                       (dict(seed=-1), "seed must be"), (dict(batch_size=0), "batch_size"),
+                       (dict(features=(16, "a")), "features"), (dict(full_batch="yes"), "full_batch")]:
+    with pytest.raises(ValueError, match=message):
+      Config(**bad).validate()
+  settings = Config().to_dict()
+  settings.update(learning_rate="fast")
+  with pytest.raises(ValueError, match="learning_rate must be a positive number, got 'fast'"):
+    Config.from_dict(settings)
+  assert Config.from_dict(Config(seed=2 ** 32 - 1).to_dict()).seed == 2 ** 32 - 1

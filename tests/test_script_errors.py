@@ -1,0 +1,182 @@
+"""The scripts under abuse: each mistake or accident gets one line (no traceback) and an exit code.
+
+Cases that need no data run anywhere; those that read the real datasets skip where they are absent.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, run_script, shared_data_dir, tiny_splits
+from jaxae import Config, workdir
+from jaxae.experiment import train_and_evaluate
+
+GOOD_DATA = f"--data_dir={REPO.parent / 'shared' / 'tensorflow_datasets'}"
+
+
+def _one_line(run, exit_code, message):
+  assert run.returncode == exit_code, (run.returncode, run.stderr[-2000:])
+  assert message in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
+  assert len(run.stderr.strip().splitlines()) == 1, run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--epochs=abc"], "flag --epochs=abc"),  # absl alone exits 1 with usage text.
+    (["--seed=4294967296", GOOD_DATA], "--seed must be an integer in 0..4294967295"),
+    (["--seed=18446744073709551615", GOOD_DATA], "--seed must be an integer in 0..4294967295"),
+    (["--data_dir="], "--data_dir is empty"),
+])
+def test_train_refuses_before_writing_anything(tmp_path, args, message):
+  run = run_script("train.py", f"--workdir={tmp_path / 'run'}", *args)
+  _one_line(run, 2, message)
+  assert not (tmp_path / "run").exists()
+
+
+def test_help_exits_0():
+  run = run_script("train.py", "--help")
+  assert run.returncode == 0 and "--workdir" in run.stdout
+
+
+def test_train_refuses_a_workdir_another_process_holds(tmp_path):
+  with workdir.hold(tmp_path / "w"):
+    run = run_script("train.py", f"--workdir={tmp_path / 'w'}", GOOD_DATA, "--overwrite")
+  _one_line(run, 2, f"is in use by process {os.getpid()}")
+
+
+@pytest.mark.parametrize("script,args,message", [
+    ("benchmark.py", ["--batch_sizes=abc"], "--batch_sizes must be a comma-separated list"),
+    ("benchmark.py", ["--output=/no/such/folder/bench.jsonl"], "is not a writable directory"),
+])
+def test_benchmark_checks_its_flags_before_measuring(script, args, message):
+  _one_line(run_script(script, *args), 2, message)
+
+
+def test_results_table_names_a_metrics_file_missing_keys(tmp_path):
+  (tmp_path / "metrics.json").write_text(json.dumps({"final": {"test_loss": 1.0}}))
+  _one_line(run_script("results_table.py", f"--workdirs={tmp_path}"), 2,
+            f"{tmp_path / 'metrics.json'} lacks what a finished run writes")
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+  """A finished tiny run (library call, random data): what evaluate.py reads."""
+  train, test = tiny_splits()
+  path = tmp_path_factory.mktemp("trained")
+  train_and_evaluate(Config(epochs=1, batch_size=16), train, test, path, log=lambda _: None)
+  return path
+
+
+def test_evaluate_refuses_a_hand_edited_settings_file(tmp_path, trained_workdir):
+  shutil.copytree(trained_workdir, tmp_path / "w")
+  settings = json.loads((tmp_path / "w" / "settings.json").read_text())
+  settings["features"] = "16,32,64"
+  (tmp_path / "w" / "settings.json").write_text(json.dumps(settings))
+  _one_line(run_script("evaluate.py", f"--workdir={tmp_path / 'w'}", GOOD_DATA), 2,
+            "features must be a non-empty sequence of positive integers")
+
+
+def test_evaluate_checks_a_read_only_workdir_before_evaluating(tmp_path, trained_workdir):
+  shutil.copytree(trained_workdir, tmp_path / "w")
+  os.chmod(tmp_path / "w", 0o555)
+  # Root ignores permission bits; an immutable folder stops root too (ext4, as here and in CI).
+  immutable = subprocess.run(["chattr", "+i", str(tmp_path / "w")], capture_output=True).returncode == 0
+  try:
+    if os.geteuid() == 0 and not immutable:
+      pytest.skip("cannot make a folder read-only for root here (no chattr)")
+    run = run_script("evaluate.py", f"--workdir={tmp_path / 'w'}", GOOD_DATA)
+  finally:
+    if immutable:
+      subprocess.run(["chattr", "-i", str(tmp_path / "w")], check=True)
+    os.chmod(tmp_path / "w", 0o755)
+  _one_line(run, 2, "cannot be written")
+  assert "evaluated in" not in run.stdout  # Refused before the work, not after it.
+
+
+def test_ctrl_c_is_one_line_and_keeps_the_checkpoints(tmp_path):
+  data_dir = shared_data_dir()
+  args = [f"--data_dir={data_dir}", "--train_limit=64", "--test_limit=16", "--batch_size=32",
+          "--epochs=40", f"--workdir={tmp_path / 'w'}"]
+  proc = subprocess.Popen([sys.executable, str(REPO / "experiments" / "train.py"), *args],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1"))
+  first = tmp_path / "w" / "checkpoints" / "1"
+  deadline = time.time() + 300
+  while not first.exists() and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGINT)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 130, stderr[-2000:]
+  assert "interrupted; the checkpoints of the completed epochs are kept" in stderr
+  assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr[-2000:]
+  assert first.is_dir()  # What the message promises is kept (resuming is tested with kill -9).
+
+
+def _copy_with_a_corrupt_mnist_test_shard(data_dir, target):
+  """Links the real datasets into `target`, except a damaged copy of MNIST's test shard."""
+  for dataset in ("mnist", "cifar10"):
+    for version_dir in (data_dir / dataset).iterdir():
+      (target / dataset / version_dir.name).mkdir(parents=True)
+      for f in version_dir.iterdir():
+        (target / dataset / version_dir.name / f.name).symlink_to(f)
+  shard = next((target / "mnist").glob("*/mnist-test.array_record-*"))
+  raw = bytearray(shard.read_bytes())
+  raw[len(raw) // 2:len(raw) // 2 + 1024] = os.urandom(1024)
+  shard.unlink()
+  shard.write_bytes(bytes(raw))
+  return shard
+
+
+def test_corrupt_data_shard_is_named_in_one_line(tmp_path):
+  shard = _copy_with_a_corrupt_mnist_test_shard(shared_data_dir(), tmp_path / "data")
+  run = run_script("train.py", f"--data_dir={tmp_path / 'data'}", f"--workdir={tmp_path / 'w'}",
+                   "--epochs=1", env={"JAXAE_CACHE_DIR": str(tmp_path / "cache")})
+  _one_line(run, 2, f"{shard} (record ")
+  assert "is damaged: prepare mnist again" in run.stderr
+
+
+def _children(pid):
+  with open(f"/proc/{pid}/task/{pid}/children") as f:
+    return [int(c) for c in f.read().split()]
+
+
+def _alive(pid):
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().split(")")[-1].split()[0] != "Z"
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_decoding_workers_die_with_a_killed_parent(tmp_path):
+  """A cold-cache load decodes in worker processes; killing the parent must not orphan them."""
+  data_dir = shared_data_dir()
+  code = ("import sys\nfrom jaxae.data import load_splits\nif __name__ == '__main__':\n"
+          "  load_splits([('cifar10', 'train'), ('mnist', 'train')], sys.argv[1])\n")
+  script = tmp_path / "load.py"
+  script.write_text(code)
+  parent = subprocess.Popen([sys.executable, str(script), str(data_dir)], cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=str(REPO),
+                                     JAXAE_CACHE_DIR=str(tmp_path / "cache")),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline, workers = time.time() + 120, []
+  while time.time() < deadline and parent.poll() is None and len(workers) < 3:
+    workers = _children(parent.pid)  # Two decoders and multiprocessing's resource tracker.
+    time.sleep(0.05)
+  assert workers, "the load finished before its workers could be seen"
+  time.sleep(0.5)  # Let them start decoding.
+  parent.kill()
+  parent.wait()
+  deadline = time.time() + 10
+  while time.time() < deadline and any(_alive(w) for w in workers):
+    time.sleep(0.1)
+  left = [w for w in workers if _alive(w)]
+  for w in left:
+    os.kill(w, signal.SIGKILL)
+  assert not left, f"processes {left} outlived their killed parent"
