@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxae import cli, parallel
 from jaxae.config import Config
-from jaxae.conv import CONV_IMPLS
+from jaxae.conv import CONV_IMPLS, SCRIPT_CONV_IMPL
 from jaxae.loop import (EVAL_BATCH_SIZE, epoch_batches, epoch_key, evaluate, microbatch_size,
                         sharded_train_epoch, train_epoch)
 from jaxae.metrics import image_quality
@@ -32,7 +32,7 @@ flags.DEFINE_list("batch_sizes", ["32", "256"], "Training batch sizes to measure
 flags.DEFINE_integer("batch_size", None, "Measure this one batch size (overrides --batch_sizes).")
 flags.DEFINE_integer("num_images", 10_000, "Random training images per epoch.")
 flags.DEFINE_integer("epochs", 3, "Timed epochs per batch size (after one warm-up epoch).")
-flags.DEFINE_enum("conv_impl", "gemm", sorted(CONV_IMPLS),
+flags.DEFINE_enum("conv_impl", SCRIPT_CONV_IMPL, sorted(CONV_IMPLS),
                   "Conv formulation to time (jaxae/conv.py).")
 flags.DEFINE_string("data_dir", None, "If set, also time loading + preprocessing the real data.")
 flags.DEFINE_string("output", None, "Also write the JSON lines to this file.")

@@ -17,7 +17,7 @@ from absl import flags
 from jaxae import cli, parallel
 from jaxae import workdir as workdir_lib
 from jaxae.config import MAX_SEED, Config
-from jaxae.conv import CONV_IMPLS
+from jaxae.conv import CONV_IMPLS, SCRIPT_CONV_IMPL
 from jaxae.experiment import train_and_evaluate
 from jaxae.workdir import RunError, run_settings
 from jaxae.loop import EVAL_BATCH_SIZE
@@ -37,9 +37,10 @@ flags.DEFINE_integer("train_limit", 0, "Use the first N training pairs (0 = all)
 flags.DEFINE_integer("test_limit", 0, "Use the first N test pairs (0 = all).")
 flags.DEFINE_bool("full_batch", False, "The original's procedure: one optimizer step on the "
                   "whole training set per epoch.")
-flags.DEFINE_enum("conv_impl", "gemm", sorted(CONV_IMPLS),
-                  "How the conv layers are computed: 'gemm' (fast) or 'reference' (lax "
-                  "convolutions); both compute the same function.")
+flags.DEFINE_enum("conv_impl", SCRIPT_CONV_IMPL, sorted(CONV_IMPLS),
+                  "How the conv layers are computed: 'gemm_vjp' (fastest to train), 'gemm' "
+                  "(also forward-mode derivatives) or 'reference' (lax convolutions); all "
+                  "compute the same function.")
 flags.DEFINE_bool("overwrite", False, "Replace a run with different settings (or unreadable "
                   "checkpoints) in --workdir instead of refusing.")
 flags.DEFINE_integer("eval_batch_size", EVAL_BATCH_SIZE, "Batch size of evaluation.")

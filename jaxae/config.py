@@ -36,8 +36,9 @@ class Config:
   features: tuple[int, ...] = (16, 32, 64)
   activation: str = "leaky_relu"
   negative_slope: float = 0.01
-  # How the Conv and ConvTranspose layers are computed (jaxae/conv.py): "gemm" (fast) or
-  # "reference" (lax convolutions). Both compute PyTorch's layers with the same weights.
+  # How the Conv and ConvTranspose layers are computed (jaxae/conv.py): "gemm" (fast, every JAX
+  # transformation), "gemm_vjp" (fastest to train, no forward mode; the scripts' default) or
+  # "reference" (lax convolutions). All compute PyTorch's layers with the same weights.
   conv_impl: str = "gemm"
   # Optimizer.
   optimizer: str = "adam"
