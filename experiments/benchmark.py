@@ -10,7 +10,6 @@ load_preprocess_s (both splits of both datasets; cold = without the decoded-arra
 """
 
 import json
-import os
 import pathlib
 import time
 
@@ -83,9 +82,8 @@ def main(argv):
     cli.fail(f"--batch_sizes must be a comma-separated list of integers, got "
              f"{','.join(FLAGS.batch_sizes)!r}.")
   if FLAGS.output:  # Checked now, not after minutes of measuring.
-    folder = pathlib.Path(FLAGS.output).absolute().parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-      cli.fail(f"--output={FLAGS.output}: {folder} is not a writable directory.")
+    if problem := cli.unwritable(pathlib.Path(FLAGS.output).absolute().parent):
+      cli.fail(f"--output={FLAGS.output} cannot be written ({problem}).")
   if any(b <= 0 for b in sizes) or FLAGS.num_images <= 0 or FLAGS.epochs <= 0:
     cli.fail("--batch_size(s), --num_images and --epochs must be positive.")
   if max(sizes) > FLAGS.num_images:

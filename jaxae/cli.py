@@ -58,10 +58,11 @@ def fail(message: str, exit_code: int = 2) -> NoReturn:
 
 def check_data_dir(data_dir: str | None) -> None:
   """Fails fast, before any work, if a dataset split is not prepared in data_dir."""
-  if data_dir is not None and not data_dir.strip():
+  try:
+    resolved = _resolve_data_dir(data_dir)
+  except ValueError:  # An empty path, which would otherwise mean the current directory.
     fail("--data_dir is empty; leave it out to use $TFDS_DATA_DIR or ~/tensorflow_datasets, or "
          "name the directory.")
-  resolved = _resolve_data_dir(data_dir)
   for name in ("mnist", "cifar10"):
     for split in ("train", "test"):
       if not _prepared_files(name, split, resolved):
@@ -72,22 +73,28 @@ def check_data_dir(data_dir: str | None) -> None:
 
 
 def check_writable(workdir: str) -> None:
-  """Fails if workdir (or the nearest existing folder above it) cannot be written.
+  """Fails if workdir (or the nearest existing folder above it) cannot be written."""
+  probe = pathlib.Path(workdir).absolute()
+  while not probe.exists():
+    probe = probe.parent
+  if problem := unwritable(probe):
+    fail(f"--workdir={workdir} cannot be written ({problem}).")
+
+
+def unwritable(folder: pathlib.Path) -> str | None:
+  """Why `folder` cannot take a new file, or None if it can.
 
   It tries a write rather than trusting permission bits, which say yes to root even where a
   read-only mount or an immutable folder will refuse.
   """
-  path = pathlib.Path(workdir).absolute()
-  probe = path
-  while not probe.exists():
-    probe = probe.parent
-  if not probe.is_dir():
-    fail(f"--workdir={workdir} cannot be written ({probe} is not a directory).")
+  if not folder.is_dir():
+    return f"{folder} is not a directory"
   try:
-    with tempfile.TemporaryFile(dir=probe):
+    with tempfile.TemporaryFile(dir=folder):
       pass
   except OSError as e:
-    fail(f"--workdir={workdir} cannot be written ({probe}: {e.strerror or e}).")
+    return f"{folder}: {e.strerror or e}"
+  return None
 
 
 def load_data(data_dir: str | None, config: Config, train_limit: int, test_limit: int,

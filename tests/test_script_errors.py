@@ -51,7 +51,8 @@ def test_train_refuses_a_workdir_another_process_holds(tmp_path):
 
 @pytest.mark.parametrize("script,args,message", [
     ("benchmark.py", ["--batch_sizes=abc"], "--batch_sizes must be a comma-separated list"),
-    ("benchmark.py", ["--output=/no/such/folder/bench.jsonl"], "is not a writable directory"),
+    ("benchmark.py", ["--output=/no/such/folder/bench.jsonl"],
+     "--output=/no/such/folder/bench.jsonl cannot be written (/no/such/folder is not a directory)"),
 ])
 def test_benchmark_checks_its_flags_before_measuring(script, args, message):
   _one_line(run_script(script, *args), 2, message)
