@@ -3,9 +3,10 @@
     python experiments/benchmark.py --num_images=10000 --data_dir=../shared/tensorflow_datasets
 
 Figures: train_images_per_s at each --batch_sizes (median over --epochs timed epochs after one
-warm-up epoch, on --num_images random 32x32x3 images, the same workload as
-../shared/bench/torch_reference.py), compile_s of the training step, eval_images_per_s,
-metrics_s (SSIM+PSNR, both conventions, over 10,000 images) and, with --data_dir,
+warm-up epoch, on --num_images mean images of random digits and photos: for the default task and
+model the same workload as ../shared/bench/torch_reference.py; --task, --model and --features
+time the others), compile_s of the training step, eval_images_per_s,
+metrics_s (the task's final metrics over up to 10,000 images) and, with --data_dir,
 load_preprocess_s (both splits of both datasets; cold = without the decoded-array cache).
 """
 
@@ -23,8 +24,10 @@ from jaxae.config import Config
 from jaxae.conv import CONV_IMPLS, SCRIPT_CONV_IMPL
 from jaxae.loop import (EVAL_BATCH_SIZE, epoch_batches, epoch_key, evaluate, microbatch_size,
                         sharded_train_epoch, train_epoch)
-from jaxae.metrics import image_quality
-from jaxae.train import create_train_state
+from jaxae.dataset import load_mixed, mix
+from jaxae.models import MODELS
+from jaxae.tasks import SEPARATION_LOSSES, SEPARATIONS, TASKS, task_from_config
+from jaxae.train import batch_size_of, create_train_state
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["32", "256"], "Training batch sizes to measure.")
@@ -33,6 +36,12 @@ flags.DEFINE_integer("num_images", 10_000, "Random training images per epoch.")
 flags.DEFINE_integer("epochs", 3, "Timed epochs per batch size (after one warm-up epoch).")
 flags.DEFINE_enum("conv_impl", SCRIPT_CONV_IMPL, sorted(CONV_IMPLS),
                   "Conv formulation to time (jaxae/conv.py).")
+flags.DEFINE_enum("task", "reconstruct", sorted(TASKS), "Task whose training step to time.")
+flags.DEFINE_enum("model", "seed", sorted(MODELS), "Model to time.")
+flags.DEFINE_list("features", list(map(str, Config().features)), "Channel widths per level.")
+flags.DEFINE_enum("separation", "digit", list(SEPARATIONS), "With --task=separate: its formulation.")
+flags.DEFINE_enum("separation_loss", "log_mse", list(SEPARATION_LOSSES), "With --task=separate: "
+                  "its loss.")
 flags.DEFINE_string("data_dir", None, "If set, also time loading + preprocessing the real data.")
 flags.DEFINE_string("output", None, "Also write the JSON lines to this file.")
 
@@ -45,30 +54,33 @@ def emit(lines, **record):
   lines.append(line)
 
 
-def time_training(images, batch_size, epochs, config, lines):
+def time_training(examples, batch_size, epochs, config, lines):
   mesh = parallel.data_mesh()
   state = parallel.replicate(create_train_state(jax.random.key(0), config), mesh)
-  images = parallel.replicate(images, mesh)
+  examples = parallel.replicate(examples, mesh)
+  n = batch_size_of(examples)
   # Compile time: lower + compile the epoch program alone, before anything is cached.
   width = parallel.padded_batch_size(batch_size, mesh)
-  idx, mask = epoch_batches(epoch_key(0, 0), images.shape[0], batch_size, width)
+  idx, mask = epoch_batches(epoch_key(0, 0), n, batch_size, width)
   idx, mask = parallel.put((idx, mask), parallel.batch_sharded(mesh, batch_dim=1))
   start = time.perf_counter()
-  sharded_train_epoch(mesh, microbatch_size(width, mesh)).lower(state, images, idx, mask).compile()
+  sharded_train_epoch(mesh, microbatch_size(width, mesh)).lower(state, examples, idx,
+                                                                mask).compile()
   emit(lines, metric="compile_s", value=round(time.perf_counter() - start, 3),
        batch_size=batch_size)
-  state = train_epoch(state, images, seed=0, epoch=0, batch_size=batch_size).state  # Warm-up.
+  state = train_epoch(state, examples, seed=0, epoch=0, batch_size=batch_size).state  # Warm-up.
   seconds = []
   for epoch in range(1, epochs + 1):
     start = time.perf_counter()
-    result = train_epoch(state, images, seed=0, epoch=epoch, batch_size=batch_size)
+    result = train_epoch(state, examples, seed=0, epoch=epoch, batch_size=batch_size)
     jax.block_until_ready(result.state.params)
     seconds.append(time.perf_counter() - start)
     state = result.state
   per_epoch = float(np.median(seconds))
-  emit(lines, metric="train_images_per_s", value=round(images.shape[0] / per_epoch, 1),
-       batch_size=batch_size, seconds_per_epoch=round(per_epoch, 4),
-       num_images=int(images.shape[0]), conv_impl=config.conv_impl)
+  emit(lines, metric="train_images_per_s", value=round(n / per_epoch, 1),
+       batch_size=batch_size, seconds_per_epoch=round(per_epoch, 4), num_images=n,
+       conv_impl=config.conv_impl, task=config.task, model=config.model,
+       features=list(config.features))
   return state
 
 
@@ -90,29 +102,40 @@ def main(argv):
     cli.fail(f"a batch size ({max(sizes)}) is larger than --num_images ({FLAGS.num_images}).")
   if FLAGS.data_dir:
     cli.check_data_dir(FLAGS.data_dir)
+  try:
+    features = tuple(int(f) for f in FLAGS.features)
+    config = Config(conv_impl=FLAGS.conv_impl, task=FLAGS.task, model=FLAGS.model,
+                    features=features, separation=FLAGS.separation,
+                    separation_loss=FLAGS.separation_loss).validate()
+  except ValueError as e:
+    cli.fail(f"--{e}" if "must be" in str(e) else
+             f"--features must be comma-separated integers, got {','.join(FLAGS.features)!r}.")
   lines = []
-  config = Config(conv_impl=FLAGS.conv_impl)
+  # Random digits and photos, mixed as the real ones are: the same shapes, so the same speed.
   rng = np.random.default_rng(0)
-  images = jnp.asarray(rng.uniform(-1, 1, (FLAGS.num_images, 32, 32, 3)), jnp.float32)
+  split = mix((rng.integers(0, 256, (FLAGS.num_images, 28, 28, 1), np.uint8),
+               np.zeros(FLAGS.num_images, np.int64)),
+              (rng.integers(0, 256, (FLAGS.num_images, 32, 32, 3), np.uint8),
+               np.zeros(FLAGS.num_images, np.int64)))
+  examples = task_from_config(config).examples(split)
   state = None
   for batch_size in sizes:
-    state = time_training(images, batch_size, FLAGS.epochs, config, lines)
+    state = time_training(examples, batch_size, FLAGS.epochs, config, lines)
 
-  test = images[:min(FLAGS.num_images, 10_000)]
-  evaluate(state, test)  # Compile (the timed call below is the same call).
+  test = split.take(min(FLAGS.num_images, 10_000))
+  test_examples = state.task.examples(test)
+  evaluate(state, test_examples)  # Compile (the timed call below is the same call).
   start = time.perf_counter()
-  out = evaluate(state, test)
-  jax.block_until_ready(out["reconstructions"])
-  emit(lines, metric="eval_images_per_s", value=round(test.shape[0] / (time.perf_counter() - start), 1),
+  out = evaluate(state, test_examples)
+  emit(lines, metric="eval_images_per_s", value=round(len(test) / (time.perf_counter() - start), 1),
        batch_size=EVAL_BATCH_SIZE)
-  image_quality(test, out["reconstructions"])  # Compile.
+  predictions = {k: v for k, v in out.items() if k not in ("loss", "per_example_loss")}
+  state.task.final_metrics(test, predictions)  # Compile.
   start = time.perf_counter()
-  image_quality(test, out["reconstructions"])
-  emit(lines, metric="metrics_s", value=round(time.perf_counter() - start, 3),
-       num_images=int(test.shape[0]))
+  state.task.final_metrics(test, predictions)
+  emit(lines, metric="metrics_s", value=round(time.perf_counter() - start, 3), num_images=len(test))
 
   if FLAGS.data_dir:
-    from jaxae.dataset import load_mixed  # pylint: disable=g-import-not-at-top
     for cache in (False, True):
       start = time.perf_counter()
       splits = load_mixed(FLAGS.data_dir, cache=cache)

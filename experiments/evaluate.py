@@ -2,9 +2,11 @@
 
     python experiments/evaluate.py --data_dir=../shared/tensorflow_datasets --workdir=runs/original
 
-Writes eval.json (SSIM and PSNR in both conventions, mean and std; test loss; image count;
-versions) and comparison.png (MNIST source, CIFAR-10 source, mean image, reconstruction) into
---workdir.
+Writes eval.json (test loss, image count, versions and the task's metrics: for reconstruct SSIM
+and PSNR in both conventions, for separate per source beside the trivial estimate; mean and std)
+and a figure into --workdir: comparison.png (MNIST source, CIFAR-10 source, mean image,
+reconstruction) or, for separate, separation.png (mean image, true and estimated digit, true and
+estimated photo).
 """
 
 import json
@@ -15,7 +17,7 @@ import time
 from absl import flags
 import jax
 
-from jaxae import cli, plots
+from jaxae import cli
 from jaxae import workdir as workdir_lib
 from jaxae.checkpoints import Checkpointer, IncompatibleCheckpointError, NoUsableCheckpointError
 from jaxae.config import Config
@@ -75,22 +77,20 @@ def evaluate(workdir: pathlib.Path, checkpoints: pathlib.Path, config: Config) -
 
   _, test = cli.load_data(FLAGS.data_dir, config, 0, FLAGS.test_limit)
   start = time.perf_counter()
-  final = final_metrics(restored.state, test, FLAGS.eval_batch_size, config)
+  final = final_metrics(restored.state, test, FLAGS.eval_batch_size)
   seconds = time.perf_counter() - start
-  recons = final.pop("_reconstructions")
+  predictions = final.pop("_predictions")
+  task = restored.state.task
   final.update(epoch=restored.epoch, seconds=seconds, device=jax.devices()[0].device_kind,
                provenance=provenance())
   try:
     write_json(workdir / "eval.json", final)
-    plots.comparison(test.mnist_images, test.cifar_images, test.images, recons,
-                     workdir / "comparison.png", count=min(8, len(test)),
-                     title=f"Test pairs after epoch {restored.epoch}",
-                     mnist_normalization=config.mnist_normalization,
-                     cifar_normalization=config.cifar_normalization)
+    task.draw(test, predictions, workdir / task.eval_figure, detailed=True,
+              title=f"Test pairs after epoch {restored.epoch}")
   except OSError as e:
     cli.fail(f"could not write into {workdir} ({e.strerror or e}).")
   print(f"Checkpoint of epoch {restored.epoch}; evaluated in {seconds:.2f} s.")
-  print(summary(final))
+  print(summary(final, task))
 
 
 if __name__ == "__main__":

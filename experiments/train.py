@@ -1,8 +1,11 @@
-"""Trains the autoencoder on MNIST + CIFAR-10 mean images and writes results into --workdir.
+"""Trains a model on MNIST + CIFAR-10 mean images and writes results into --workdir.
 
     python experiments/train.py --data_dir=../shared/tensorflow_datasets --workdir=runs/original
+    python experiments/train.py --data_dir=../shared/tensorflow_datasets --workdir=runs/separate \
+        --task=separate --model=unet
 
-Writes metrics.json, loss_curve.png, reconstructions.png and checkpoints/ (one per epoch).
+Writes metrics.json, loss_curve.png, reconstructions.png (separate: separation.png) and
+checkpoints/ (one per epoch).
 Running the same command again resumes from the newest good checkpoint.
 
 Training is data-parallel over every device. For several processes (hosts), start one per host
@@ -21,12 +24,27 @@ from jaxae.conv import CONV_IMPLS, SCRIPT_CONV_IMPL
 from jaxae.experiment import train_and_evaluate
 from jaxae.workdir import RunError, run_settings
 from jaxae.loop import EVAL_BATCH_SIZE
+from jaxae.models import MODELS
+from jaxae.tasks import SEPARATION_LOSSES, SEPARATIONS, TASKS
 from jaxae.train import OPTIMIZERS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "tfds data directory holding mnist and cifar10 "
                     "(default: $TFDS_DATA_DIR or ~/tensorflow_datasets).")
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and figures go.")
+flags.DEFINE_enum("task", "reconstruct", sorted(TASKS), "What to learn: 'reconstruct' the mean "
+                  "image (the original experiment) or 'separate' it into its digit and photo.")
+flags.DEFINE_enum("model", "seed", sorted(MODELS), "'seed' (the original autoencoder) or 'unet' "
+                  "(encoder-decoder with skip connections).")
+flags.DEFINE_list("features", list(map(str, Config().features)), "Channel widths per resolution "
+                  "level, 32x32 first (both models).")
+flags.DEFINE_enum("separation", "digit", list(SEPARATIONS), "With --task=separate: 'digit' "
+                  "(estimate the grey digit; the photo is what the mean image leaves) or "
+                  "'project' (estimate both, then project onto the pairs whose mean is the mean "
+                  "image).")
+flags.DEFINE_enum("separation_loss", "log_mse", list(SEPARATION_LOSSES), "With "
+                  "--task=separate: the per-example loss, 'log_mse' (log10 of the MSE: what the "
+                  "mean PSNR rewards) or 'mse'.")
 flags.DEFINE_integer("epochs", 50, "Training epochs.")
 flags.DEFINE_integer("batch_size", 32, "Minibatch size (ignored with --full_batch).")
 flags.DEFINE_float("learning_rate", 1e-3, "Optimizer learning rate.")
@@ -77,7 +95,13 @@ def validate_flags() -> Config:
                f"positive, got --process_id={FLAGS.process_id} "
                f"--num_processes={FLAGS.num_processes}.")
   try:
-    config = Config(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+    features = tuple(int(f) for f in FLAGS.features)
+  except ValueError:
+    cli.fail(f"--features must be comma-separated integers, got {','.join(FLAGS.features)!r}.")
+  try:
+    config = Config(task=FLAGS.task, model=FLAGS.model, features=features,
+                    separation=FLAGS.separation,
+                    separation_loss=FLAGS.separation_loss, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
                     learning_rate=FLAGS.learning_rate, optimizer=FLAGS.optimizer,
                     seed=FLAGS.seed, full_batch=FLAGS.full_batch,
                     conv_impl=FLAGS.conv_impl).validate()

@@ -32,7 +32,18 @@ class Config:
   Two runs with equal configs (and equal data) produce equal histories.
   """
 
-  # Model.
+  # What is learned (jaxae/tasks.py): "reconstruct" (the original experiment) or "separate"
+  # (estimate the digit and the photo of each mean image).
+  task: str = "reconstruct"
+  # How "separate" makes its estimate consistent with the mean image: "digit" (predict the grey
+  # digit; photo = what the mean leaves) or "project" (predict both, project). jaxae/tasks.py.
+  separation: str = "digit"
+  # The per-example loss of "separate": "log_mse" (log10 of digit MSE + photo MSE: the mean PSNR's
+  # own weighting) or "mse". jaxae/tasks.py says why.
+  separation_loss: str = "log_mse"
+  # Model (jaxae/models/): "seed" (the original autoencoder) or "unet" (with skip connections).
+  model: str = "seed"
+  # Channel widths per resolution level, 32x32 first (both models halve the side per level).
   features: tuple[int, ...] = (16, 32, 64)
   activation: str = "leaky_relu"
   negative_slope: float = 0.01
@@ -65,8 +76,18 @@ class Config:
     need(isinstance(self.features, tuple) and len(self.features) > 0
          and all(_is_int(f) and f > 0 for f in self.features), "features",
          "a non-empty sequence of positive integers")
+    need(isinstance(self.features, tuple) and len(self.features) <= MAX_LEVELS, "features",
+         f"at most {MAX_LEVELS} widths (32x32 images halve to 1x1 after {MAX_LEVELS} levels)")
     for name in ("activation", "conv_impl", "optimizer"):
       need(isinstance(getattr(self, name), str), name, "a string")
+    # The registries live above this module; imported here, when a config is checked.
+    from jaxae.models import MODELS  # pylint: disable=g-import-not-at-top
+    from jaxae.tasks import SEPARATION_LOSSES, SEPARATIONS, TASKS  # pylint: disable=g-import-not-at-top
+    need(isinstance(self.task, str) and self.task in TASKS, "task", f"one of {', '.join(sorted(TASKS))}")
+    need(isinstance(self.separation, str) and self.separation in SEPARATIONS, "separation", f"one of {', '.join(SEPARATIONS)}")
+    need(isinstance(self.separation_loss, str) and self.separation_loss in SEPARATION_LOSSES,
+         "separation_loss", f"one of {', '.join(SEPARATION_LOSSES)}")
+    need(isinstance(self.model, str) and self.model in MODELS, "model", f"one of {', '.join(sorted(MODELS))}")
     need(_is_number(self.negative_slope), "negative_slope", "a number")
     need(_is_number(self.learning_rate) and self.learning_rate > 0, "learning_rate",
          "a positive number")
@@ -109,6 +130,7 @@ class Config:
 
 
 MAX_SEED = 2 ** 32 - 1
+MAX_LEVELS = 5
 
 
 def _is_int(x: Any) -> bool:

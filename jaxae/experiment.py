@@ -20,8 +20,9 @@ from jaxae.checkpoints import (CheckpointSaveError, Checkpointer, IncompatibleCh
 from jaxae.config import Config
 from jaxae.dataset import MixedSplit
 from jaxae.loop import EVAL_BATCH_SIZE, evaluate, train_epoch, train_full_batch_epoch
-from jaxae.metrics import image_quality
 from jaxae.provenance import provenance, version_changes
+from jaxae.models import forward_flops
+from jaxae.tasks import RECONSTRUCT
 from jaxae.train import TrainState, count_params, create_train_state
 from jaxae.workdir import (CHECKPOINT_DIR, METRICS_FILE, SETTINGS_FILE, RunError, run_settings,
                            write_json)
@@ -82,7 +83,9 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   _clear(workdir, primary and replace)
 
   state = parallel.replicate(create_train_state(jax.random.key(config.seed), config), mesh)
-  train_images, test_images = parallel.replicate((train.images, test.images), mesh)
+  task = state.task
+  train_examples, test_examples = parallel.replicate((task.examples(train), task.examples(test)),
+                                                     mesh)
   checkpoint_dir = workdir / CHECKPOINT_DIR
   try:
     checkpointer = Checkpointer(checkpoint_dir, max_to_keep=keep_checkpoints)
@@ -116,8 +119,10 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   if primary:
     _write(lambda: write_json(workdir / SETTINGS_FILE, settings), workdir / SETTINGS_FILE)
   parallel.sync("jaxae:workdir_ready")
-  log(f"Training {count_params(state.params):,} parameters on {len(train):,} mean images "
-      f"(test {len(test):,}) on {_devices(mesh)}, "
+  log(f"Task {config.task}" + (f" ({config.separation})" if config.task == "separate" else "")
+      + f", model {config.model} {list(config.features)}: {count_params(state.params):,} "
+      f"parameters, {forward_flops(state) / 1e6:,.1f} MFLOPs per image (forward).")
+  log(f"Training on {len(train):,} mean images (test {len(test):,}) on {_devices(mesh)}, "
       + ("full batch (one step per epoch)" if config.full_batch else f"batch {config.batch_size}")
       + f", {config.epochs} epochs.")
   padded = parallel.padded_batch_size(config.batch_size, mesh)
@@ -129,9 +134,9 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   for epoch in range(len(history) + 1, config.epochs + 1):
     start = time.perf_counter()
     if config.full_batch:
-      result = train_full_batch_epoch(state, train_images, mesh=mesh)
+      result = train_full_batch_epoch(state, train_examples, mesh=mesh)
     else:
-      result = train_epoch(state, train_images, seed=config.seed, epoch=epoch,
+      result = train_epoch(state, train_examples, seed=config.seed, epoch=epoch,
                            batch_size=config.batch_size, mesh=mesh)
     bad = np.flatnonzero(~np.isfinite(result.step_losses))
     if bad.size:
@@ -142,8 +147,8 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
           f"{step} of {len(result.step_losses)}. The last good checkpoint ({last}) is kept in "
           f"{checkpoint_dir}; lower --learning_rate and run again.", exit_code=1)
     state = result.state
-    test_loss = evaluate(state, test_images, batch_size=eval_batch_size,
-                         with_reconstructions=False, mesh=mesh)["loss"]
+    test_loss = evaluate(state, test_examples, batch_size=eval_batch_size,
+                         with_predictions=False, mesh=mesh)["loss"]
     seconds = time.perf_counter() - start
     history.append({"epoch": epoch, "train_loss": result.loss, "test_loss": test_loss,
                     "seconds": seconds})
@@ -156,8 +161,8 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
     log(_line(epoch, config.epochs, result.loss, test_loss, seconds, len(train), remaining))
   checkpointer.close()
 
-  final = final_metrics(state, test, eval_batch_size, config, mesh=mesh)
-  recons = final.pop("_reconstructions")
+  final = final_metrics(state, test, eval_batch_size, mesh=mesh)
+  predictions = final.pop("_predictions")
   if history:
     final["train_loss"] = history[-1]["train_loss"]
   metrics = {"config": config.to_dict(), "train_limit": train_limit, "test_limit": test_limit,
@@ -173,12 +178,9 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
         history, workdir / "loss_curve.png",
         title=("Full batch" if config.full_batch else f"Batch {config.batch_size}")
         + f", {config.optimizer} lr {config.learning_rate:g}"), workdir / "loss_curve.png")
-  norms = dict(mnist_normalization=config.mnist_normalization,
-               cifar_normalization=config.cifar_normalization)
-  _write(lambda: plots.reconstructions(
-      test.images, recons, workdir / "reconstructions.png", count=min(8, len(test)),
-      title="Test mean images (top), reconstructions", **norms), workdir / "reconstructions.png")
-  log(summary(final))
+  figure = workdir / task.run_figure
+  _write(lambda: task.draw(test, predictions, figure), figure)
+  log(summary(final, task))
   return metrics
 
 
@@ -199,17 +201,17 @@ def _write(write: Callable[[], None], path: pathlib.Path) -> None:
 
 
 def final_metrics(state: TrainState, test: MixedSplit, eval_batch_size: int,
-                  config: Config, mesh: Mesh | None = None) -> dict[str, Any]:
-  """Test loss and SSIM/PSNR (both conventions) over the test split.
+                  mesh: Mesh | None = None) -> dict[str, Any]:
+  """Test loss and the state's task's metrics over the test split (jaxae/tasks.py).
 
-  The returned dict carries the reconstructions under "_reconstructions" for the caller's figures.
+  Reconstruct: SSIM/PSNR in both conventions; separate: per source, beside the trivial estimate.
+  The returned dict carries the predictions under "_predictions" for the caller's figures.
   """
-  ev = evaluate(state, test.images, batch_size=eval_batch_size, mesh=mesh)
-  quality = image_quality(test.images, ev["reconstructions"],
-                          mnist_normalization=config.mnist_normalization,
-                          cifar_normalization=config.cifar_normalization)
+  ev = evaluate(state, state.task.examples(test), batch_size=eval_batch_size, mesh=mesh)
+  predictions = {k: v for k, v in ev.items() if k not in ("loss", "per_example_loss")}
+  quality = state.task.final_metrics(test, predictions)
   return {"test_loss": ev["loss"], "num_test_images": len(test), **quality,
-          "_reconstructions": ev["reconstructions"]}
+          "_predictions": predictions}
 
 
 def _devices(mesh: Mesh) -> str:
@@ -220,12 +222,8 @@ def _devices(mesh: Mesh) -> str:
   return where
 
 
-def summary(final: dict[str, Any]) -> str:
-  def f(name, unit=""):
-    return f"{final[f'{name}_mean']:.4f}{unit} ± {final[f'{name}_std']:.4f}"
+def summary(final: dict[str, Any], task=RECONSTRUCT) -> str:
   lines = [f"Final test loss {final['test_loss']:.6f} over {final['num_test_images']:,} images"]
   if "train_loss" in final:
     lines[0] += f"; train loss {final['train_loss']:.6f}"
-  lines.append(f"  standard: SSIM {f('ssim_standard')}  PSNR {f('psnr_standard')} dB")
-  lines.append(f"  original: SSIM {f('ssim_original')}  PSNR {f('psnr_original')} dB")
-  return "\n".join(lines)
+  return "\n".join(lines + task.summary_lines(final))

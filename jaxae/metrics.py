@@ -173,3 +173,65 @@ def image_quality(originals, reconstructions, *,
       out[f"{name}_{convention}_mean"] = float(jnp.mean(values))
       out[f"{name}_{convention}_std"] = float(jnp.std(values))
   return out
+
+
+# Images already in [0, 1] (the sources a separation recovers): the standard convention's SSIM and
+# PSNR without its affine map. Estimates are clipped to [0, 1], the range every source lies in.
+
+def _as_unit_pair(originals, estimates, name: str):
+  for x in (originals, estimates):
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+      raise ValueError(f"{name} takes float images in [0, 1], got {dtype}: divide 0-255 images "
+                       "by 255 first.")
+  a, b = jnp.asarray(originals, jnp.float32), jnp.asarray(estimates, jnp.float32)
+  if a.shape != b.shape or a.ndim != 4:
+    raise ValueError(f"Expected two [N, H, W, C] arrays of one shape, got {a.shape} and {b.shape}.")
+  if name == "unit_ssim" and min(a.shape[1:3]) < _WINDOWS["standard"]:
+    raise ValueError(f"unit_ssim needs images of at least 11x11 pixels (its window), got "
+                     f"{a.shape[1]}x{a.shape[2]}.")
+  if not isinstance(a, jax.core.Tracer) and a.size:
+    lo, hi = float(jnp.min(a)), float(jnp.max(a))
+    if lo < -1e-6 or hi > 1 + 1e-6:
+      raise ValueError(f"{name}'s originals lie in [{lo:.3g}, {hi:.3g}], not in [0, 1]: pass "
+                       "source images scaled to [0, 1].")
+  return a, b
+
+
+@jax.jit
+def _unit_ssim(a, b):
+  return pix.ssim(a, jnp.clip(b, 0.0, 1.0), filter_fn=_gaussian_filter)
+
+
+@jax.jit
+def _unit_psnr(a, b):
+  return pix.psnr(a, jnp.clip(b, 0.0, 1.0))
+
+
+def unit_ssim(originals, estimates) -> jax.Array:
+  """Per-image SSIM [N] of [0, 1] images (dm-pix defaults: 11x11 Gaussian, sigma 1.5, max_val 1),
+  the estimates clipped to [0, 1]."""
+  return _unit_ssim(*_as_unit_pair(originals, estimates, "unit_ssim"))
+
+
+def unit_psnr(originals, estimates) -> jax.Array:
+  """Per-image PSNR [N] in dB of [0, 1] images, 10 log10(1 / MSE), the estimates clipped."""
+  return _unit_psnr(*_as_unit_pair(originals, estimates, "unit_psnr"))
+
+
+def source_quality(originals, estimates, prefix: str) -> dict[str, float]:
+  """{prefix_ssim_mean, prefix_ssim_std, prefix_psnr_mean, prefix_psnr_std} as plain floats.
+
+  Computed 1,000 images at a time, so memory stays small for any split size.
+  """
+  parts = {"ssim": [], "psnr": []}
+  for start in range(0, len(originals), 1000):
+    a, b = originals[start:start + 1000], estimates[start:start + 1000]
+    parts["ssim"].append(np.asarray(unit_ssim(a, b), np.float64))
+    parts["psnr"].append(np.asarray(unit_psnr(a, b), np.float64))
+  out = {}
+  for name, values in parts.items():
+    values = np.concatenate(values)
+    out[f"{prefix}_{name}_mean"] = float(values.mean())
+    out[f"{prefix}_{name}_std"] = float(values.std())
+  return out

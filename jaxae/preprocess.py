@@ -28,13 +28,37 @@ def _normalize(images_01_BHWC: jax.Array, norm: Normalization) -> jax.Array:
   return (images_01_BHWC - jnp.asarray(norm.mean, jnp.float32)) / jnp.asarray(norm.std, jnp.float32)
 
 
-def mnist_to_rgb32(mnist_u8_BHW1: jax.Array) -> jax.Array:
-  """uint8 [N,28,28,1] -> float [N,32,32,3] in [0,1]: bilinear (half-pixel centres, as PIL)."""
-  x = mnist_u8_BHW1.astype(jnp.float32) / 255.0
+def mnist_to_grey32(mnist_u8_BHW1: jax.Array) -> jax.Array:
+  """uint8 [N,28,28,1] -> float [N,32,32,1] in [0,1]: bilinear (half-pixel centres, as PIL).
+
+  The digit of a mean image as the separation task scores it (its one grey channel).
+  """
+  x = jnp.asarray(mnist_u8_BHW1).astype(jnp.float32) / 255.0
   n = x.shape[0]
-  # Resize the one grey channel, then repeat it: the same result as resizing three equal channels.
-  x = jax.image.resize(x, (n, IMAGE_SIZE, IMAGE_SIZE, 1), method="bilinear", antialias=False)
-  return jnp.broadcast_to(x, (n, IMAGE_SIZE, IMAGE_SIZE, 3))
+  return jax.image.resize(x, (n, IMAGE_SIZE, IMAGE_SIZE, 1), method="bilinear", antialias=False)
+
+
+def mnist_to_rgb32(mnist_u8_BHW1: jax.Array) -> jax.Array:
+  """uint8 [N,28,28,1] -> float [N,32,32,3] in [0,1], the grey digit repeated in 3 channels.
+
+  Resizing the one grey channel and repeating it gives the same result as resizing three equal
+  channels.
+  """
+  x = mnist_to_grey32(mnist_u8_BHW1)
+  return jnp.broadcast_to(x, (x.shape[0], IMAGE_SIZE, IMAGE_SIZE, 3))
+
+
+def grey_digits(mnist_images) -> jax.Array:
+  """uint8 [N, 28, 28, 1] digits -> float32 [N, 32, 32, 1] in [0, 1], as one jitted call.
+
+  Raises:
+    ValueError: an input of the wrong shape or dtype.
+  """
+  _check(mnist_images, "MNIST", MNIST_SHAPE)
+  return _grey_digits(mnist_images)
+
+
+_grey_digits = jax.jit(mnist_to_grey32)
 
 
 @functools.partial(jax.jit, static_argnames=("mnist_normalization", "cifar_normalization"))

@@ -15,13 +15,25 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
 from flax.training import train_state
 
 from jaxae.config import Config
 from jaxae.models import model_from_config
+from jaxae.tasks import IMAGE_SHAPE, RECONSTRUCT, per_example_mse, task_from_config
 
-IMAGE_SHAPE = (32, 32, 3)
-TrainState = train_state.TrainState
+__all__ = ["IMAGE_SHAPE", "TrainState", "create_train_state", "eval_step", "per_example_mse",
+           "train_step"]
+
+
+class TrainState(train_state.TrainState):
+  """flax's TrainState plus the task (jaxae/tasks.py) whose loss `train_step` computes.
+
+  The task is static, like `apply_fn`: it is part of every jit cache key, never of a checkpoint.
+  """
+
+  task: Any = struct.field(pytree_node=False, default=RECONSTRUCT)
+
 
 OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
     "adam": optax.adam,
@@ -46,35 +58,25 @@ def _optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
 def create_train_state(rng: jax.Array, config: Config | None = None) -> TrainState:
   """Model parameters and optimizer state; with no config, the original experiment's.
 
-  States of equal models and optimizers share one `apply_fn` and `tx` object: they are static
-  parts of the TrainState, and jitted functions compiled for one such state are reused for the
-  next (a new model object, or new optimizer closures, would make every state compile anew).
+  The config's task (Config.task) sets the model's output head and the loss; its model
+  (Config.model) the architecture. States of equal models and optimizers share one `apply_fn` and
+  `tx` object: they are static parts of the TrainState, and jitted functions compiled for one such
+  state are reused for the next (a new model object, or new optimizer closures, would make every
+  state compile anew).
   """
   config = config or Config()
-  model = model_from_config(config)
+  task = task_from_config(config)
+  model = model_from_config(config, task.out_channels)
   params = model.init(rng, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32))["params"]
-  state = TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
+  state = TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config),
+                            task=task)
   # An int32 array rather than Python's 0: the same type every step (no retrace) and checkpointable.
   return state.replace(step=jnp.zeros((), jnp.int32))
 
 
-def per_example_mse(apply_fn, params, images_BHWC):
-  """Returns (reconstructions [B,H,W,C], mean squared error per example [B]).
-
-  Raises:
-    ValueError: images that are not float [B, H, W, 3] (NHWC), or whose reconstruction comes back
-      in another shape (sides the encoder cannot halve evenly, e.g. 28x28).
-  """
-  shape, dtype = tuple(images_BHWC.shape), images_BHWC.dtype
-  expected = (f"float images [B, H, W, {IMAGE_SHAPE[-1]}] (NHWC, normalized, as mean_images "
-              "returns them; sides divisible by 2 per encoder layer, e.g. 32x32)")
-  if len(shape) != 4 or shape[-1] != IMAGE_SHAPE[-1] or not jnp.issubdtype(dtype, jnp.floating):
-    raise ValueError(f"Expected {expected}; got {dtype} {list(shape)}.")
-  reconstructions = apply_fn({"params": params}, images_BHWC)
-  if reconstructions.shape != images_BHWC.shape:
-    raise ValueError(f"Expected {expected}; got {dtype} {list(shape)}, which the model "
-                     f"reconstructs as {list(reconstructions.shape)}.")
-  return reconstructions, jnp.mean(jnp.square(reconstructions - images_BHWC), axis=(1, 2, 3))
+def batch_size_of(batch) -> int:
+  """The leading (example) dimension of a batch: an image array or a task's dict of arrays."""
+  return int(jax.tree.leaves(batch)[0].shape[0])
 
 
 def masked_mean(values_B, mask_B=None):
@@ -85,33 +87,35 @@ def masked_mean(values_B, mask_B=None):
   return jnp.sum(values_B * mask_B) / jnp.maximum(jnp.sum(mask_B), 1.0)
 
 
-def loss_and_grad_sums(apply_fn, params, images_BHWC: jax.Array, mask_B: jax.Array,
+def loss_and_grad_sums(task, apply_fn, params, batch, mask_B: jax.Array,
                        microbatch_size: int | None = None):
   """(sum of mask * per-example loss, its gradient), computed `microbatch_size` examples at a time.
 
-  Microbatches run one after another in a `lax.scan`, so each one's activations stay in cache
-  (and memory is bounded); the sums are those of the whole batch. The batch is padded with
-  masked examples to a whole number of microbatches. Example j of microbatch c is row
-  j * num_microbatches + c, so a batch split over devices gives every device a share of every
-  microbatch.
+  `task.loss` gives the per-example loss of `batch` (an image array, or a dict of arrays with a
+  leading example axis). Microbatches run one after another in a `lax.scan`, so each one's
+  activations stay in cache (and memory is bounded); the sums are those of the whole batch. The
+  batch is padded with masked examples to a whole number of microbatches. Example j of
+  microbatch c is row j * num_microbatches + c, so a batch split over devices gives every device
+  a share of every microbatch.
   """
-  def sums(params, images, mask):
-    _, per_example = per_example_mse(apply_fn, params, images)
+  def sums(params, batch, mask):
+    _, per_example = task.loss(apply_fn, params, batch)
     return jnp.sum(per_example * mask)
 
-  batch = images_BHWC.shape[0]
+  size = batch_size_of(batch)
   if microbatch_size is not None and (not isinstance(microbatch_size, int) or microbatch_size <= 0):
     raise ValueError(f"microbatch_size must be a positive int or None, got {microbatch_size!r}.")
-  if microbatch_size is None or microbatch_size >= batch:
-    return jax.value_and_grad(sums)(params, images_BHWC, mask_B)
-  count = -(-batch // microbatch_size)
-  pad = count * microbatch_size - batch
-  images_BHWC = jnp.pad(images_BHWC, ((0, pad),) + ((0, 0),) * (images_BHWC.ndim - 1))
-  mask_B = jnp.pad(mask_B, (0, pad))
-  images_CMHWC = images_BHWC.reshape(microbatch_size, count, *images_BHWC.shape[1:]).swapaxes(0, 1)
-  mask_CM = mask_B.reshape(microbatch_size, count).swapaxes(0, 1)
+  if microbatch_size is None or microbatch_size >= size:
+    return jax.value_and_grad(sums)(params, batch, mask_B)
+  count = -(-size // microbatch_size)
+  pad = count * microbatch_size - size
+
+  def split(x):  # [B, ...] -> [count, microbatch, ...], padded.
+    x = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
+    return x.reshape(microbatch_size, count, *x.shape[1:]).swapaxes(0, 1)
+
   return scan_sums(lambda inputs: jax.value_and_grad(sums)(params, *inputs), params,
-                   (images_CMHWC, mask_CM))
+                   (jax.tree.map(split, batch), split(mask_B)))
 
 
 def scan_sums(loss_and_grads_fn, params, xs):
@@ -132,13 +136,15 @@ def apply_mean_gradient(state: TrainState, loss_sum, grad_sums, count):
   return state.apply_gradients(grads=grads), {"loss": loss_sum / count}
 
 
-def train_step(state: TrainState, images_BHWC: jax.Array, mask_B: jax.Array | None = None, *,
+def train_step(state: TrainState, batch, mask_B: jax.Array | None = None, *,
                microbatch_size: int | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step on the MSE between images and their reconstructions.
+  """One optimizer step on the loss of the state's task (MSE of the reconstructions by default).
 
   Args:
     state: the TrainState from `create_train_state`.
-    images_BHWC: float32 [B, 32, 32, 3] normalized images.
+    batch: what the state's task trains on (`state.task.examples`, batched): for "reconstruct"
+      float32 [B, 32, 32, 3] normalized mean images; for "separate" {"mixture": those images,
+      "digit": [B, 32, 32, 1] grey digits in [0, 1]}.
     mask_B: optional [B] weights, 1 for real examples and 0 for padding, so a padded last batch
       keeps the compiled shape and its padding contributes nothing.
     microbatch_size: if set and smaller than B, the gradient is summed over microbatches of this
@@ -148,38 +154,44 @@ def train_step(state: TrainState, images_BHWC: jax.Array, mask_B: jax.Array | No
   Returns:
     (new_state, {"loss": mean loss over the (unmasked) batch before the step}).
   """
+  dtype = jnp.float32
   if mask_B is None:
-    mask_B = jnp.ones(images_BHWC.shape[:1], images_BHWC.dtype)
-  mask_B = mask_B.astype(images_BHWC.dtype)
-  loss_sum, grad_sums = loss_and_grad_sums(state.apply_fn, state.params, images_BHWC, mask_B,
+    mask_B = jnp.ones((batch_size_of(batch),), dtype)
+  mask_B = mask_B.astype(dtype)
+  loss_sum, grad_sums = loss_and_grad_sums(state.task, state.apply_fn, state.params, batch, mask_B,
                                            microbatch_size)
   return apply_mean_gradient(state, loss_sum, grad_sums, jnp.maximum(jnp.sum(mask_B), 1.0))
 
 
-def eval_step(params_or_state: Any, images_BHWC: jax.Array, mask_B: jax.Array | None = None, *,
-              apply_fn: Callable[..., jax.Array] | None = None) -> dict[str, jax.Array]:
-  """Loss and reconstructions, without changing anything.
+def eval_step(params_or_state: Any, batch, mask_B: jax.Array | None = None, *,
+              apply_fn: Callable[..., jax.Array] | None = None,
+              task: Any = None) -> dict[str, jax.Array]:
+  """Loss and predictions, without changing anything.
 
   Args:
     params_or_state: a TrainState, or a params tree (then `apply_fn`, default the default
-      Autoencoder's apply, computes the model).
-    images_BHWC: float32 [B, 32, 32, 3].
+      Autoencoder's apply, computes the model, and `task`, default reconstruct, the loss).
+    batch: as for `train_step`.
     mask_B: optional [B] 0/1 weights for the loss, as in `train_step`.
     apply_fn: the model's apply function when `params_or_state` is a bare params tree.
+    task: the task when `params_or_state` is a bare params tree (jaxae.tasks).
 
   Returns:
-    {"loss": scalar, "per_example_loss": [B], "reconstructions": [B, 32, 32, 3]}.
+    {"loss": scalar, "per_example_loss": [B], and the task's predictions}: for "reconstruct"
+    "reconstructions" [B, 32, 32, 3]; for "separate" "digit" [B, 32, 32, 1] and "photo"
+    [B, 32, 32, 3], in [0, 1] units and consistent with the mean image.
   """
   if isinstance(params_or_state, TrainState):
-    params, apply_fn = params_or_state.params, params_or_state.apply_fn
+    params, apply_fn, task = (params_or_state.params, params_or_state.apply_fn,
+                              params_or_state.task)
   else:
-    params = params_or_state
+    params, task = params_or_state, task or RECONSTRUCT
     if apply_fn is None:
       _check_default_model_params(params)
       apply_fn = model_from_config(Config()).apply
-  reconstructions, per_example = per_example_mse(apply_fn, params, images_BHWC)
+  predictions, per_example = task.loss(apply_fn, params, batch)
   return {"loss": masked_mean(per_example, mask_B), "per_example_loss": per_example,
-          "reconstructions": reconstructions}
+          **predictions}
 
 
 def _param_shapes(params) -> list[tuple[str, tuple[int, ...]]]:

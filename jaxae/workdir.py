@@ -34,7 +34,7 @@ LOCK_FILE = ".jaxae.lock"
 # Files a run writes at the top of its workdir; --overwrite removes these, the step folders jaxae
 # wrote in checkpoints/ and damaged_checkpoints/, and nothing else.
 RUN_FILES = (SETTINGS_FILE, METRICS_FILE, "loss_curve.png", "reconstructions.png",
-             "comparison.png", "eval.json")
+             "comparison.png", "separation.png", "eval.json")
 # A step folder of orbax's, finished or being written (orbax's TMP_DIR_SUFFIX); moved-aside damaged
 # steps are named <epoch> or <epoch>.<n>.
 _STEP_DIR = re.compile(r"\d+(\.orbax-checkpoint-tmp.*)?")
@@ -146,6 +146,10 @@ def run_settings(config: Config, train_limit: int, test_limit: int) -> dict[str,
 _FORMULATION_KEYS = ("conv_impl", "conv_transpose")
 
 
+# Settings added after the first release; a settings.json without them means their defaults.
+_ADDED_SETTINGS = ("task", "separation", "separation_loss", "model")
+
+
 def holds_other_run(workdir: pathlib.Path, settings: dict[str, Any], overwrite: bool) -> bool:
   """Whether `workdir` holds another run, which `overwrite` allows replacing (`clear_run`).
 
@@ -170,6 +174,9 @@ def holds_other_run(workdir: pathlib.Path, settings: dict[str, Any], overwrite: 
     existing = None
   if isinstance(existing, dict):
     existing = {k: v for k, v in existing.items() if k not in _FORMULATION_KEYS}
+    # Runs from before a setting existed ran with its default.
+    for key in _ADDED_SETTINGS:
+      existing.setdefault(key, getattr(Config(), key))
   settings = {k: v for k, v in settings.items() if k not in _FORMULATION_KEYS}
   if existing == settings:
     return False

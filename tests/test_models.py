@@ -1,11 +1,12 @@
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxae import Autoencoder
 from jaxae.conv import CONV_IMPLS
-from jaxae.models import TorchConv, TorchConvTranspose
+from jaxae.models import MODELS, TorchConv, TorchConvTranspose, UNet
 
 
 def numpy_conv_transpose(x_nchw, w_torch, stride, padding):
@@ -186,3 +187,85 @@ def test_model_supports_jvp_jacfwd_and_hessian_vector_products():
                 ("gemm", "reference"))
     for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
       np.testing.assert_allclose(g, r, rtol=2e-3, atol=1e-5)
+
+
+# The U-Net's shapes: 3x3 stride 1 (padding 1) and 1x1 convolutions, computed as GEMMs too.
+STRIDE_ONE = [(3, 1), (1, 0)]
+
+
+@pytest.mark.parametrize("impl", sorted(CONV_IMPLS))
+@pytest.mark.parametrize("k,p", STRIDE_ONE)
+def test_stride_one_layers_compute_pytorch_layers(impl, k, p):
+  rng = np.random.default_rng(k)
+  x = rng.normal(size=(2, 3, 5, 6))
+  w_conv, w_convt, b = rng.normal(size=(4, 3, k, k)), rng.normal(size=(3, 4, k, k)), rng.normal(size=4)
+  got = apply_nchw(TorchConv(4, k, 1, p, impl=impl), w_conv.transpose(2, 3, 1, 0), b, x)
+  np.testing.assert_allclose(got, numpy_conv(x, w_conv, b, 1, p), atol=1e-4)
+  got = apply_nchw(TorchConvTranspose(4, k, 1, p, impl=impl), w_convt.transpose(2, 3, 0, 1), b, x)
+  expected = numpy_conv_transpose(x, w_convt, 1, p) + b[None, :, None, None]
+  np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("layer", ["conv", "conv_transpose"])
+@pytest.mark.parametrize("k,p", STRIDE_ONE)
+def test_stride_one_gemm_layers_have_the_reference_gradients_and_tangents(layer, k, p):
+  rng = np.random.default_rng(k + 7)
+  index = 0 if layer == "conv" else 1
+  x, dx = (jnp.asarray(rng.normal(size=(3, 6, 5, 4)), jnp.float32) for _ in range(2))
+  kernel, dk = (jnp.asarray(rng.normal(size=(k, k, 4, 6)) * 0.2, jnp.float32) for _ in range(2))
+  target = jnp.asarray(rng.normal(size=(3, 6, 5, 6)), jnp.float32)
+
+  def loss(impl):
+    fn = CONV_IMPLS[impl][index]
+    return lambda x, w: jnp.mean((jnp.sin(fn(x, w, 1, p)) - target) ** 2)
+
+  ref = jax.grad(loss("reference"), argnums=(0, 1))(x, kernel)
+  for impl in ("gemm", "gemm_vjp"):
+    for r, f in zip(ref, jax.jit(jax.grad(loss(impl), argnums=(0, 1)))(x, kernel)):
+      np.testing.assert_allclose(f, r, rtol=1e-4, atol=1e-6, err_msg=impl)
+  tangents = {impl: jax.jvp(lambda x, w, fn=CONV_IMPLS[impl][index]: fn(x, w, 1, p),
+                            (x, kernel), (dx, dk)) for impl in ("gemm", "reference")}
+  for got, want in zip(tangents["gemm"], tangents["reference"]):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _conv_primitives(jaxpr) -> set[str]:
+  found = set()
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "conv_general_dilated":
+      found.add(eqn.primitive.name)
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      found |= _conv_primitives(sub)
+  return found
+
+
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_every_layer_of_every_model_trains_as_gemms(model_name):
+  """No lax convolution left in a training gradient: XLA:CPU's own are slow (README, Speed)."""
+  model = MODELS[model_name](features=(4, 8, 8), out_channels=1, conv_impl="gemm_vjp")
+  x = jnp.zeros((2, 32, 32, 3))
+  params = model.init(jax.random.key(0), x)
+  jaxpr = jax.make_jaxpr(jax.grad(lambda p: jnp.mean(model.apply(p, x) ** 2)))(params)
+  assert _conv_primitives(jaxpr.jaxpr) == set()
+  reference = MODELS[model_name](features=(4, 8, 8), out_channels=1, conv_impl="reference")
+  jaxpr = jax.make_jaxpr(jax.grad(lambda p: jnp.mean(reference.apply(p, x) ** 2)))(params)
+  assert "conv_general_dilated" in _conv_primitives(jaxpr.jaxpr)  # The check can fail.
+
+
+def test_unet_shapes_skips_and_formulations():
+  x = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (2, 8, 8, 3)), jnp.float32)
+  models = {impl: UNet(features=(4, 8, 16), out_channels=1, conv_impl=impl) for impl in CONV_IMPLS}
+  params = models["reference"].init(jax.random.key(0), x)
+  names = set(params["params"])
+  assert names == {"stem", "enc0", "down1", "enc1", "down2", "enc2", "up1", "dec1", "up0", "dec0",
+                   "head"}
+  assert params["params"]["dec0"]["kernel"].shape == (3, 3, 8, 4)  # Skip: 4 up + 4 from enc0.
+  assert params["params"]["head"]["kernel"].shape == (1, 1, 4, 1)
+  ref = models["reference"].apply(params, x)
+  assert ref.shape == (2, 8, 8, 1)
+  loss = lambda model: lambda p: jnp.mean((model.apply(p, x) - 0.5) ** 2)
+  ref_grad = jax.grad(loss(models["reference"]))(params)
+  for impl in ("gemm", "gemm_vjp"):
+    np.testing.assert_allclose(models[impl].apply(params, x), ref, atol=1e-5)
+    for r, f in zip(jax.tree.leaves(ref_grad), jax.tree.leaves(jax.grad(loss(models[impl]))(params))):
+      np.testing.assert_allclose(f, r, rtol=1e-3, atol=1e-6)

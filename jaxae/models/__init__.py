@@ -1,0 +1,53 @@
+"""The model family: every model maps normalized mean images [B, 32, 32, 3] to a task's output.
+
+    "seed": the original experiment's autoencoder (jaxae/models/autoencoder.py).
+    "unet": a U-Net-style encoder-decoder with skip connections (jaxae/models/unet.py).
+
+All share PyTorch's layer semantics and initialization (jaxae/models/layers.py), every conv
+formulation of jaxae/conv.py, and `Config.features` as their widths per resolution level.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jaxae.config import Config
+from jaxae.models.autoencoder import Autoencoder
+from jaxae.models.layers import TorchConv, TorchConvTranspose, make_activation, torch_uniform_init
+from jaxae.models.unet import UNet
+
+MODELS = {"seed": Autoencoder, "unet": UNet}
+
+
+def model_from_config(config: Config, out_channels: int = 3):
+  """The config's model with `out_channels` outputs (the task's, see jaxae/tasks.py).
+
+  One object per distinct model, so that states built from equal configs share their `apply_fn`
+  (a static part of the TrainState, and so of every jit cache key).
+  """
+  return _model(config.model, tuple(config.features), out_channels, config.activation,
+                config.negative_slope, config.conv_impl)
+
+
+@functools.cache
+def _model(name, features, out_channels, activation, negative_slope, conv_impl):
+  if name not in MODELS:
+    raise ValueError(f"Unknown model {name!r}; use one of {sorted(MODELS)}.")
+  return MODELS[name](features=features, out_channels=out_channels, activation=activation,
+                      negative_slope=negative_slope, conv_impl=conv_impl)
+
+
+__all__ = ["Autoencoder", "MODELS", "forward_flops", "TorchConv", "TorchConvTranspose", "UNet", "make_activation",
+           "model_from_config", "torch_uniform_init"]
+
+
+def forward_flops(state) -> float:
+  """FLOPs of the state's model on one image (forward), by XLA's cost analysis of its program."""
+  image = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  lowered = jax.jit(lambda p, x: state.apply_fn({"params": p}, x)).lower(state.params, image)
+  cost = lowered.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", 0.0)) if cost else 0.0
