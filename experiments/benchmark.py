@@ -16,16 +16,15 @@ import time
 
 from absl import flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxae import cli, parallel
 from jaxae.config import Config
 from jaxae.conv import CONV_IMPLS, SCRIPT_CONV_IMPL
-from jaxae.loop import (EVAL_BATCH_SIZE, epoch_batches, epoch_key, evaluate, microbatch_size,
-                        sharded_train_epoch, train_epoch)
+from jaxae.loop import (epoch_batches, epoch_key, evaluate, microbatch_size,
+                        sharded_train_epoch, steps_per_epoch, train_epoch)
 from jaxae.dataset import load_mixed, mix
-from jaxae.models import MODELS
+from jaxae.models import MODELS, cpu_batch_sizes
 from jaxae.tasks import SEPARATION_LOSSES, SEPARATIONS, TASKS, task_from_config
 from jaxae.train import batch_size_of, create_train_state
 
@@ -56,7 +55,9 @@ def emit(lines, **record):
 
 def time_training(examples, batch_size, epochs, config, lines):
   mesh = parallel.data_mesh()
-  state = parallel.replicate(create_train_state(jax.random.key(0), config), mesh)
+  state = parallel.replicate(create_train_state(
+      jax.random.key(0), config,
+      steps_per_epoch=steps_per_epoch(batch_size_of(examples), batch_size)), mesh)
   examples = parallel.replicate(examples, mesh)
   n = batch_size_of(examples)
   # Compile time: lower + compile the epoch program alone, before anything is cached.
@@ -64,15 +65,18 @@ def time_training(examples, batch_size, epochs, config, lines):
   idx, mask = epoch_batches(epoch_key(0, 0), n, batch_size, width)
   idx, mask = parallel.put((idx, mask), parallel.batch_sharded(mesh, batch_dim=1))
   start = time.perf_counter()
-  sharded_train_epoch(mesh, microbatch_size(width, mesh)).lower(state, examples, idx,
-                                                                mask).compile()
+  micro, _ = cpu_batch_sizes(config)
+  sharded_train_epoch(mesh, microbatch_size(width, mesh, micro)).lower(state, examples, idx,
+                                                                       mask).compile()
   emit(lines, metric="compile_s", value=round(time.perf_counter() - start, 3),
        batch_size=batch_size)
-  state = train_epoch(state, examples, seed=0, epoch=0, batch_size=batch_size).state  # Warm-up.
+  state = train_epoch(state, examples, seed=0, epoch=0, batch_size=batch_size,
+                      microbatch_per_device=micro).state  # Warm-up.
   seconds = []
   for epoch in range(1, epochs + 1):
     start = time.perf_counter()
-    result = train_epoch(state, examples, seed=0, epoch=epoch, batch_size=batch_size)
+    result = train_epoch(state, examples, seed=0, epoch=epoch, batch_size=batch_size,
+                         microbatch_per_device=micro)
     jax.block_until_ready(result.state.params)
     seconds.append(time.perf_counter() - start)
     state = result.state
@@ -124,11 +128,12 @@ def main(argv):
 
   test = split.take(min(FLAGS.num_images, 10_000))
   test_examples = state.task.examples(test)
-  evaluate(state, test_examples)  # Compile (the timed call below is the same call).
+  eval_batch = cpu_batch_sizes(config)[1]
+  evaluate(state, test_examples, batch_size=eval_batch)  # Compile (the timed call is the same).
   start = time.perf_counter()
-  out = evaluate(state, test_examples)
+  out = evaluate(state, test_examples, batch_size=eval_batch)
   emit(lines, metric="eval_images_per_s", value=round(len(test) / (time.perf_counter() - start), 1),
-       batch_size=EVAL_BATCH_SIZE)
+       batch_size=eval_batch)
   predictions = {k: v for k, v in out.items() if k not in ("loss", "per_example_loss")}
   state.task.final_metrics(test, predictions)  # Compile.
   start = time.perf_counter()

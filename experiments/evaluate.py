@@ -22,7 +22,7 @@ from jaxae import workdir as workdir_lib
 from jaxae.checkpoints import Checkpointer, IncompatibleCheckpointError, NoUsableCheckpointError
 from jaxae.config import Config
 from jaxae.experiment import final_metrics, summary
-from jaxae.loop import EVAL_BATCH_SIZE
+from jaxae.models import cpu_batch_sizes
 from jaxae.provenance import provenance
 from jaxae.train import create_train_state
 from jaxae.workdir import CHECKPOINT_DIR, SETTINGS_FILE, RunError, write_json
@@ -31,7 +31,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "tfds data directory holding mnist and cifar10.")
 flags.DEFINE_string("workdir", None, "A training run's workdir (holds checkpoints/).")
 flags.DEFINE_integer("test_limit", 0, "Evaluate the first N test pairs (0 = all).")
-flags.DEFINE_integer("eval_batch_size", EVAL_BATCH_SIZE, "Batch size of evaluation.")
+flags.DEFINE_integer("eval_batch_size", 0, "Batch size of evaluation (0: the model's, which "
+                     "keeps its activations in cache on CPU).")
 
 
 def main(argv):
@@ -40,8 +41,8 @@ def main(argv):
   cli.quiet_logs()
   if not FLAGS.workdir:
     cli.fail("--workdir is required.")
-  if FLAGS.test_limit < 0 or FLAGS.eval_batch_size <= 0:
-    cli.fail("--test_limit must be >= 0 and --eval_batch_size positive.")
+  if FLAGS.test_limit < 0 or FLAGS.eval_batch_size < 0:
+    cli.fail("--test_limit and --eval_batch_size must be 0 or positive.")
   workdir = pathlib.Path(FLAGS.workdir)
   checkpoints = workdir / CHECKPOINT_DIR
   if not workdir_lib.jaxae_checkpoints(workdir):
@@ -67,7 +68,9 @@ def main(argv):
 def evaluate(workdir: pathlib.Path, checkpoints: pathlib.Path, config: Config) -> None:
   checkpointer = Checkpointer(checkpoints)
   try:
-    restored = checkpointer.restore_latest(create_train_state(jax.random.key(config.seed), config))
+    # A template for the restore: its values are replaced, so any steps_per_epoch will do.
+    template = create_train_state(jax.random.key(config.seed), config, steps_per_epoch=1)
+    restored = checkpointer.restore_latest(template)
   except (NoUsableCheckpointError, IncompatibleCheckpointError) as e:
     cli.fail(str(e))
   finally:
@@ -77,7 +80,8 @@ def evaluate(workdir: pathlib.Path, checkpoints: pathlib.Path, config: Config) -
 
   _, test = cli.load_data(FLAGS.data_dir, config, 0, FLAGS.test_limit)
   start = time.perf_counter()
-  final = final_metrics(restored.state, test, FLAGS.eval_batch_size)
+  final = final_metrics(restored.state, test,
+                        FLAGS.eval_batch_size or cpu_batch_sizes(config)[1])
   seconds = time.perf_counter() - start
   predictions = final.pop("_predictions")
   task = restored.state.task

@@ -4,15 +4,19 @@
 
 One Markdown row per workdir: epochs, optimizer steps, final train and test loss, SSIM and PSNR
 (mean ± std over the test images) in both conventions, wall time (sum of the epochs' times) and
-device, all read from the run's own metrics.json.
+device, all read from the run's own metrics.json. Separation runs (--task=separate) get a table of
+their own: digit and photo PSNR/SSIM, each run followed by the trivial estimate's row.
 """
 
 import json
 import pathlib
 
 from absl import flags
+import jax
 
 from jaxae import cli
+from jaxae.config import Config
+from jaxae.train import count_params, create_train_state
 from jaxae.workdir import METRICS_FILE
 
 FLAGS = flags.FLAGS
@@ -21,21 +25,53 @@ flags.DEFINE_list("workdirs", None, "Training runs' workdirs, one row each.")
 HEADER = ("| run | epochs | optimizer steps | train loss | test loss | SSIM original | "
           "PSNR original (dB) | SSIM standard | PSNR standard (dB) | wall time | device |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|")
+SEPARATE_HEADER = ("| run | model | parameters | epochs | digit PSNR (dB) | digit SSIM | "
+                   "photo PSNR (dB) | photo SSIM | training time | device |\n"
+                   "|---|---|---|---|---|---|---|---|---|---|")
+
+
+def _pm(values: dict, key: str, digits: int) -> str:
+  return f"{values[key + '_mean']:.{digits}f} ± {values[key + '_std']:.{digits}f}"
+
+
+def _time_and_device(metrics: dict) -> tuple[str, str]:
+  minutes = sum(h["seconds"] for h in metrics["history"]) / 60
+  device = metrics["platform"].upper() if metrics["platform"] == "cpu" else metrics["device"]
+  return f"{minutes:.1f} min", device
 
 
 def row(name: str, metrics: dict) -> str:
   final = metrics["final"]
-
-  def pm(key: str, digits: int) -> str:
-    return f"{final[key + '_mean']:.{digits}f} ± {final[key + '_std']:.{digits}f}"
-
-  minutes = sum(h["seconds"] for h in metrics["history"]) / 60
-  device = metrics["platform"].upper() if metrics["platform"] == "cpu" else metrics["device"]
+  minutes, device = _time_and_device(metrics)
   cells = [name, str(len(metrics["history"])), f"{metrics['optimizer_steps']:,}",
            f"{final['train_loss']:.4f}", f"{final['test_loss']:.4f}",
-           pm("ssim_original", 4), pm("psnr_original", 2), pm("ssim_standard", 4),
-           pm("psnr_standard", 2), f"{minutes:.1f} min", device]
+           _pm(final, "ssim_original", 4), _pm(final, "psnr_original", 2),
+           _pm(final, "ssim_standard", 4), _pm(final, "psnr_standard", 2), minutes, device]
   return "| " + " | ".join(cells) + " |"
+
+
+def _num_params(metrics: dict) -> int:
+  """From metrics.json, or (runs from before it was recorded) from the run's config."""
+  if "num_params" in metrics:
+    return metrics["num_params"]
+  state = create_train_state(jax.random.key(0), Config.from_dict(metrics["config"]),
+                             steps_per_epoch=1)
+  return count_params(state.params)
+
+
+def separate_rows(name: str, metrics: dict) -> list[str]:
+  """The run's estimate, then the trivial estimate (blank digit) on the same test pairs."""
+  final, config = metrics["final"], metrics["config"]
+  minutes, device = _time_and_device(metrics)
+
+  def cells(label, values, model, params, epochs, time):
+    return ("| " + " | ".join([label, model, params, epochs, _pm(values, "digit_psnr", 2),
+                               _pm(values, "digit_ssim", 4), _pm(values, "photo_psnr", 2),
+                               _pm(values, "photo_ssim", 4), time, device]) + " |")
+  model = f"{config['model']} {','.join(map(str, config['features']))}"
+  return [cells(name, final, model, f"{_num_params(metrics):,}", str(len(metrics["history"])),
+                minutes),
+          cells("trivial (blank digit)", final["trivial"], "—", "—", "—", "—")]
 
 
 def main(argv):
@@ -43,7 +79,7 @@ def main(argv):
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.workdirs:
     cli.fail("--workdirs is required.")
-  rows = []
+  rows, separate = [], []
   for workdir in map(pathlib.Path, FLAGS.workdirs):
     try:
       metrics = json.loads((workdir / METRICS_FILE).read_text())
@@ -51,12 +87,17 @@ def main(argv):
       cli.fail(f"{workdir / METRICS_FILE} cannot be read ({type(e).__name__}); a finished "
                "experiments/train.py run writes it.")
     try:
-      rows.append(row(workdir.name, metrics))
+      if metrics["config"].get("task", "reconstruct") == "separate":
+        separate.extend(separate_rows(workdir.name, metrics))
+      else:
+        rows.append(row(workdir.name, metrics))
     except (KeyError, TypeError, ValueError) as e:
       cli.fail(f"{workdir / METRICS_FILE} lacks what a finished run writes ({type(e).__name__}: "
                f"{e}); train it to the end with experiments/train.py.")
-  print(HEADER)
-  print("\n".join(rows))
+  for header, lines in ((HEADER, rows), (SEPARATE_HEADER, separate)):
+    if lines:
+      print(header)
+      print("\n".join(lines))
 
 
 if __name__ == "__main__":

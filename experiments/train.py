@@ -23,10 +23,9 @@ from jaxae.config import MAX_SEED, Config
 from jaxae.conv import CONV_IMPLS, SCRIPT_CONV_IMPL
 from jaxae.experiment import train_and_evaluate
 from jaxae.workdir import RunError, run_settings
-from jaxae.loop import EVAL_BATCH_SIZE
 from jaxae.models import MODELS
 from jaxae.tasks import SEPARATION_LOSSES, SEPARATIONS, TASKS
-from jaxae.train import OPTIMIZERS
+from jaxae.train import LR_SCHEDULES, OPTIMIZERS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "tfds data directory holding mnist and cifar10 "
@@ -49,6 +48,10 @@ flags.DEFINE_integer("epochs", 50, "Training epochs.")
 flags.DEFINE_integer("batch_size", 32, "Minibatch size (ignored with --full_batch).")
 flags.DEFINE_float("learning_rate", 1e-3, "Optimizer learning rate.")
 flags.DEFINE_enum("optimizer", "adam", sorted(OPTIMIZERS), "Optimizer.")
+flags.DEFINE_enum("lr_schedule", "constant", list(LR_SCHEDULES), "Learning rate over the run: "
+                  "'constant' (the original's) or 'cosine' (decays to 0 at the last epoch, "
+                  "after --warmup_steps of linear warmup).")
+flags.DEFINE_integer("warmup_steps", 0, "With --lr_schedule=cosine: linear warmup steps.")
 flags.DEFINE_integer("seed", 0, "Seed of the initialization and of every epoch's shuffle "
                      f"(0..{MAX_SEED}).")
 flags.DEFINE_integer("train_limit", 0, "Use the first N training pairs (0 = all).")
@@ -61,7 +64,8 @@ flags.DEFINE_enum("conv_impl", SCRIPT_CONV_IMPL, sorted(CONV_IMPLS),
                   "compute the same function.")
 flags.DEFINE_bool("overwrite", False, "Replace a run with different settings (or unreadable "
                   "checkpoints) in --workdir instead of refusing.")
-flags.DEFINE_integer("eval_batch_size", EVAL_BATCH_SIZE, "Batch size of evaluation.")
+flags.DEFINE_integer("eval_batch_size", 0, "Batch size of evaluation (0: the model's, which "
+                     "keeps its activations in cache on CPU).")
 flags.DEFINE_integer("keep_checkpoints", 3, "How many of the newest checkpoints to keep.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a multi-process "
                     "run (jax.distributed); every process passes the same one.")
@@ -81,8 +85,9 @@ def validate_flags() -> Config:
   for name in ("train_limit", "test_limit"):
     if FLAGS[name].value < 0:
       cli.fail(f"--{name} must be 0 (all) or positive, got {FLAGS[name].value}.")
-  if FLAGS.eval_batch_size <= 0 or FLAGS.keep_checkpoints <= 0:
-    cli.fail("--eval_batch_size and --keep_checkpoints must be positive.")
+  if FLAGS.eval_batch_size < 0 or FLAGS.keep_checkpoints <= 0:
+    cli.fail("--eval_batch_size must be 0 (the model's) or positive, and --keep_checkpoints "
+             "positive.")
   distributed = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if any(v is not None for v in distributed):
     if any(v is None for v in distributed):
@@ -100,11 +105,11 @@ def validate_flags() -> Config:
     cli.fail(f"--features must be comma-separated integers, got {','.join(FLAGS.features)!r}.")
   try:
     config = Config(task=FLAGS.task, model=FLAGS.model, features=features,
-                    separation=FLAGS.separation,
-                    separation_loss=FLAGS.separation_loss, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
-                    learning_rate=FLAGS.learning_rate, optimizer=FLAGS.optimizer,
-                    seed=FLAGS.seed, full_batch=FLAGS.full_batch,
-                    conv_impl=FLAGS.conv_impl).validate()
+                    separation=FLAGS.separation, separation_loss=FLAGS.separation_loss,
+                    epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+                    learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule,
+                    warmup_steps=FLAGS.warmup_steps, optimizer=FLAGS.optimizer, seed=FLAGS.seed,
+                    full_batch=FLAGS.full_batch, conv_impl=FLAGS.conv_impl).validate()
   except ValueError as e:
     cli.fail(f"--{e}")
   cli.check_writable(FLAGS.workdir)
@@ -140,7 +145,7 @@ def main(argv):
       train_and_evaluate(config, train, test, FLAGS.workdir, train_limit=FLAGS.train_limit,
                          test_limit=FLAGS.test_limit, overwrite=FLAGS.overwrite,
                          keep_checkpoints=FLAGS.keep_checkpoints,
-                         eval_batch_size=FLAGS.eval_batch_size, log=log,
+                         eval_batch_size=FLAGS.eval_batch_size or None, log=log,
                          warn=lambda line: print(f"warning: {line}", file=sys.stderr, flush=True),
                          lock=False)
   except RunError as e:

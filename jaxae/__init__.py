@@ -1,17 +1,18 @@
-"""jaxae: the MNIST + CIFAR-10 mean-image autoencoder experiment in pure-functional JAX."""
+"""jaxae: the MNIST + CIFAR-10 mean-image experiment (reconstruct, separate) in pure-functional JAX."""
 
 from jaxae.config import CIFAR_NORMALIZATION, MNIST_NORMALIZATION, Config, Normalization
 from jaxae.data import DatasetNotFoundError, load_split, load_splits
 from jaxae.dataset import MixedSplit, load_mixed, mix
 from jaxae.metrics import image_quality, psnr, ssim
-from jaxae.models import Autoencoder
+from jaxae.models import Autoencoder, UNet
 from jaxae.preprocess import mean_images, to_unit_range
+from jaxae.tasks import Reconstruct, Separate, task_from_config
 from jaxae.train import TrainState, create_train_state, eval_step, train_step
 
 __all__ = [
     "Autoencoder", "CIFAR_NORMALIZATION", "Config", "DatasetNotFoundError", "MNIST_NORMALIZATION",
-    "MixedSplit", "Normalization", "TrainState", "create_train_state", "eval_step",
-    "image_quality", "load_mixed", "load_split", "load_splits", "mean_images", "mix", "psnr",
-    "ssim", "to_unit_range", "train_step",
+    "MixedSplit", "Normalization", "Reconstruct", "Separate", "TrainState", "UNet",
+    "create_train_state", "eval_step", "image_quality", "load_mixed", "load_split", "load_splits",
+    "mean_images", "mix", "psnr", "ssim", "task_from_config", "to_unit_range", "train_step",
 ]
 __version__ = "0.1.0"

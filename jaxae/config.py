@@ -54,6 +54,10 @@ class Config:
   # Optimizer.
   optimizer: str = "adam"
   learning_rate: float = 1e-3
+  # "constant" (the original's) or "cosine": linear warmup over warmup_steps, then cosine decay
+  # to 0 at the end of the last epoch (jaxae/train.py, make_optimizer).
+  lr_schedule: str = "constant"
+  warmup_steps: int = 0
   # Procedure.
   epochs: int = 50
   batch_size: int = 32
@@ -91,6 +95,10 @@ class Config:
     need(_is_number(self.negative_slope), "negative_slope", "a number")
     need(_is_number(self.learning_rate) and self.learning_rate > 0, "learning_rate",
          "a positive number")
+    need(isinstance(self.lr_schedule, str) and self.lr_schedule in ("constant", "cosine"),
+         "lr_schedule", "constant or cosine")
+    need(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps",
+         "a non-negative integer")
     need(_is_int(self.epochs) and self.epochs > 0, "epochs", "a positive integer")
     need(_is_int(self.batch_size) and self.batch_size > 0, "batch_size", "a positive integer")
     # JAX keys take 32-bit seeds: 2**32 would silently repeat seed 0, and -1 seed 2**32 - 1.

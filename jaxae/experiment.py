@@ -19,9 +19,9 @@ from jaxae.checkpoints import (CheckpointSaveError, Checkpointer, IncompatibleCh
                                InconsistentCheckpointError, NoUsableCheckpointError)
 from jaxae.config import Config
 from jaxae.dataset import MixedSplit
-from jaxae.loop import EVAL_BATCH_SIZE, evaluate, train_epoch, train_full_batch_epoch
+from jaxae.loop import evaluate, steps_per_epoch, train_epoch, train_full_batch_epoch
 from jaxae.provenance import provenance, version_changes
-from jaxae.models import forward_flops
+from jaxae.models import cpu_batch_sizes, forward_flops
 from jaxae.tasks import RECONSTRUCT
 from jaxae.train import TrainState, count_params, create_train_state
 from jaxae.workdir import (CHECKPOINT_DIR, METRICS_FILE, SETTINGS_FILE, RunError, run_settings,
@@ -38,7 +38,7 @@ def _line(epoch: int, epochs: int, train_loss: float, test_loss: float, seconds:
 
 def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit, workdir: str | os.PathLike,
                        *, train_limit: int = 0, test_limit: int = 0, overwrite: bool = False,
-                       keep_checkpoints: int = 3, eval_batch_size: int = EVAL_BATCH_SIZE,
+                       keep_checkpoints: int = 3, eval_batch_size: int | None = None,
                        log: Callable[[str], None] = print, warn: Callable[[str], None] | None = None,
                        mesh: Mesh | None = None, lock: bool = True) -> dict[str, Any]:
   """Trains (resuming from the newest good checkpoint), evaluates, writes the run's files.
@@ -49,7 +49,8 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit, work
 
   The workdir is held (`workdir.hold`) for the whole call; pass `lock=False` when the caller
   already holds it. A refused run writes nothing. `warn` gets the one-line warnings (damaged
-  checkpoints moved aside, other package versions); default `log`.
+  checkpoints moved aside, other package versions); default `log`. `eval_batch_size` (default:
+  the model's, `models.cpu_batch_sizes`) is the evaluation batch.
 
   Returns the contents of metrics.json.
 
@@ -65,7 +66,8 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit, work
   with workdir_lib.hold(workdir) if lock else contextlib.nullcontext():
     return _train_and_evaluate(config, train, test, workdir, train_limit=train_limit,
                                test_limit=test_limit, overwrite=overwrite,
-                               keep_checkpoints=keep_checkpoints, eval_batch_size=eval_batch_size,
+                               keep_checkpoints=keep_checkpoints,
+                               eval_batch_size=eval_batch_size or cpu_batch_sizes(config)[1],
                                log=log, warn=warn or log, mesh=mesh or parallel.data_mesh())
 
 
@@ -82,7 +84,9 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   replace = workdir_lib.holds_other_run(workdir, settings, overwrite)  # Raises unless overwrite.
   _clear(workdir, primary and replace)
 
-  state = parallel.replicate(create_train_state(jax.random.key(config.seed), config), mesh)
+  state = parallel.replicate(create_train_state(
+      jax.random.key(config.seed), config,
+      steps_per_epoch=steps_per_epoch(len(train), config.batch_size, config.full_batch)), mesh)
   task = state.task
   train_examples, test_examples = parallel.replicate((task.examples(train), task.examples(test)),
                                                      mesh)
@@ -119,9 +123,10 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   if primary:
     _write(lambda: write_json(workdir / SETTINGS_FILE, settings), workdir / SETTINGS_FILE)
   parallel.sync("jaxae:workdir_ready")
+  size = {"num_params": count_params(state.params), "forward_flops_per_image": forward_flops(state)}
   log(f"Task {config.task}" + (f" ({config.separation})" if config.task == "separate" else "")
-      + f", model {config.model} {list(config.features)}: {count_params(state.params):,} "
-      f"parameters, {forward_flops(state) / 1e6:,.1f} MFLOPs per image (forward).")
+      + f", model {config.model} {list(config.features)}: {size['num_params']:,} parameters, "
+      f"{size['forward_flops_per_image'] / 1e6:,.1f} MFLOPs per image (forward).")
   log(f"Training on {len(train):,} mean images (test {len(test):,}) on {_devices(mesh)}, "
       + ("full batch (one step per epoch)" if config.full_batch else f"batch {config.batch_size}")
       + f", {config.epochs} epochs.")
@@ -131,13 +136,16 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
         f"examples to split evenly over {parallel.mesh_size(mesh)} devices (same loss and "
         "gradient, some idle compute); a multiple of the device count avoids that.")
 
+  microbatch = cpu_batch_sizes(config)[0]
   for epoch in range(len(history) + 1, config.epochs + 1):
     start = time.perf_counter()
     if config.full_batch:
-      result = train_full_batch_epoch(state, train_examples, mesh=mesh)
+      result = train_full_batch_epoch(state, train_examples, mesh=mesh,
+                                      chunk_size=min(32, microbatch))
     else:
       result = train_epoch(state, train_examples, seed=config.seed, epoch=epoch,
-                           batch_size=config.batch_size, mesh=mesh)
+                           batch_size=config.batch_size, mesh=mesh,
+                           microbatch_per_device=microbatch)
     bad = np.flatnonzero(~np.isfinite(result.step_losses))
     if bad.size:
       step = int(bad[0]) + 1
@@ -168,7 +176,7 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   metrics = {"config": config.to_dict(), "train_limit": train_limit, "test_limit": test_limit,
              "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
              "num_devices": parallel.mesh_size(mesh), "num_processes": jax.process_count(),
-             "optimizer_steps": int(state.step), "provenance": now, "history": history,
+             "optimizer_steps": int(state.step), **size, "provenance": now, "history": history,
              "final": final}
   if not primary:
     return metrics
@@ -177,7 +185,8 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
     _write(lambda: plots.loss_curve(
         history, workdir / "loss_curve.png",
         title=("Full batch" if config.full_batch else f"Batch {config.batch_size}")
-        + f", {config.optimizer} lr {config.learning_rate:g}"), workdir / "loss_curve.png")
+        + f", {config.optimizer} lr {config.learning_rate:g}", ylabel=task.loss_label),
+        workdir / "loss_curve.png")
   figure = workdir / task.run_figure
   _write(lambda: task.draw(test, predictions, figure), figure)
   log(summary(final, task))

@@ -57,6 +57,11 @@ def epoch_key(seed: int, epoch: int) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), epoch)
 
 
+def steps_per_epoch(num_examples: int, batch_size: int, full_batch: bool = False) -> int:
+  """Optimizer steps in an epoch: one per (padded) batch, or one for the full-batch procedure."""
+  return 1 if full_batch else math.ceil(num_examples / batch_size)
+
+
 @functools.partial(jax.jit, static_argnames=("num_examples", "batch_size", "width"))
 def epoch_batches(key: jax.Array, num_examples: int, batch_size: int, width: int | None = None):
   """A shuffled epoch as (indices [S, W] int32, mask [S, W] float32), S = ceil(N / B).
@@ -108,10 +113,11 @@ def sharded_train_epoch(mesh: Mesh, microbatch_size: int | None = None):
                  out_shardings=(replicated, replicated))
 
 
-def microbatch_size(batch_width: int, mesh: Mesh) -> int | None:
+def microbatch_size(batch_width: int, mesh: Mesh,
+                    per_device: int = MICROBATCH_PER_DEVICE) -> int | None:
   """The microbatch `train_epoch` uses for a (device-padded) batch of `batch_width`, or None."""
-  per_device = MICROBATCH_PER_DEVICE * parallel.mesh_size(mesh)
-  return per_device if batch_width > per_device else None
+  size = per_device * parallel.mesh_size(mesh)
+  return size if batch_width > size else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,8 +128,13 @@ class EpochResult:
 
 
 def train_epoch(state: TrainState, examples, *, seed: int, epoch: int, batch_size: int,
-                mesh: Mesh | None = None) -> EpochResult:
-  """One shuffled pass of minibatch steps. `state` is donated: use the returned one."""
+                mesh: Mesh | None = None,
+                microbatch_per_device: int = MICROBATCH_PER_DEVICE) -> EpochResult:
+  """One shuffled pass of minibatch steps. `state` is donated: use the returned one.
+
+  Batches of more than `microbatch_per_device` examples per device sum their gradient over
+  microbatches of that size (the same steps; see `train.loss_and_grad_sums`).
+  """
   mesh = mesh or parallel.data_mesh()
   n = batch_size_of(examples)
   state, examples = parallel.replicate((state, examples), mesh)
@@ -132,7 +143,8 @@ def train_epoch(state: TrainState, examples, *, seed: int, epoch: int, batch_siz
   counts = np.asarray(mask.sum(axis=1), np.float64)
   # Each process places only the columns (batch slices) of its own devices.
   indices, mask = parallel.put((indices, mask), parallel.batch_sharded(mesh, batch_dim=1))
-  epoch_fn = sharded_train_epoch(mesh, microbatch_size(indices.shape[1], mesh))
+  epoch_fn = sharded_train_epoch(mesh, microbatch_size(indices.shape[1], mesh,
+                                                       microbatch_per_device))
   state, step_losses = epoch_fn(state, examples, indices, mask)
   step_losses = np.asarray(step_losses, np.float64)
   return EpochResult(state, float(np.sum(step_losses * counts) / n), step_losses)
@@ -180,8 +192,9 @@ def full_batch_step(state: TrainState, examples, chunk_size: int = 32,
   return _full_batch_step(mesh, chunk_size)(state, examples)
 
 
-def train_full_batch_epoch(state: TrainState, examples, mesh: Mesh | None = None) -> EpochResult:
-  state, metrics = full_batch_step(state, examples, mesh=mesh)
+def train_full_batch_epoch(state: TrainState, examples, mesh: Mesh | None = None,
+                           chunk_size: int = 32) -> EpochResult:
+  state, metrics = full_batch_step(state, examples, chunk_size=chunk_size, mesh=mesh)
   loss = float(metrics["loss"])
   return EpochResult(state, loss, np.array([loss]))
 

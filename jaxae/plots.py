@@ -18,15 +18,18 @@ def _pyplot():
   return plt
 
 
-def loss_curve(history: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "") -> None:
+def loss_curve(history: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "",
+               ylabel: str = "MSE (normalized images)") -> None:
+  """Train and test loss per epoch; log scale unless a loss is <= 0 (log10 losses)."""
   plt = _pyplot()
   epochs = [h["epoch"] for h in history]
   fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
   ax.plot(epochs, [h["train_loss"] for h in history], marker=".", label="train")
   ax.plot(epochs, [h["test_loss"] for h in history], marker=".", label="test")
   ax.set_xlabel("epoch")
-  ax.set_ylabel("MSE (normalized images)")
-  ax.set_yscale("log")
+  ax.set_ylabel(ylabel)
+  if all(h["train_loss"] > 0 and h["test_loss"] > 0 for h in history):
+    ax.set_yscale("log")
   ax.set_title(title or "Loss per epoch")
   ax.grid(True, which="both", alpha=0.3)
   ax.legend()

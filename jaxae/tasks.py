@@ -62,6 +62,7 @@ class Reconstruct:
 
   name: ClassVar[str] = "reconstruct"
   out_channels: ClassVar[int] = 3
+  loss_label: ClassVar[str] = "MSE (normalized images)"
   mnist_normalization: Normalization = MNIST_NORMALIZATION
   cifar_normalization: Normalization = CIFAR_NORMALIZATION
 
@@ -131,6 +132,11 @@ class Separate:
   loss_kind: str = "log_mse"
   mnist_normalization: Normalization = MNIST_NORMALIZATION
   cifar_normalization: Normalization = CIFAR_NORMALIZATION
+
+  @property
+  def loss_label(self) -> str:
+    mse = "digit MSE + photo MSE ([0, 1] units)"
+    return f"log10({mse})" if self.loss_kind == "log_mse" else mse
 
   @property
   def out_channels(self) -> int:

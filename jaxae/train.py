@@ -43,20 +43,50 @@ OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
 }
 
 
-def make_optimizer(config: Config) -> optax.GradientTransformation:
-  """The config's optimizer; one object per (name, learning rate), see `create_train_state`."""
-  return _optimizer(config.optimizer, config.learning_rate)
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def make_optimizer(config: Config, steps_per_epoch: int | None = None) -> optax.GradientTransformation:
+  """The config's optimizer and learning-rate schedule; one object per distinct setting (see
+  `create_train_state`).
+
+  "constant" is the original's; "cosine" warms up linearly over `config.warmup_steps` steps and
+  then decays to 0 by the last step of `config.epochs` epochs of `steps_per_epoch` steps.
+
+  Raises:
+    ValueError: an unknown optimizer or schedule, or "cosine" without `steps_per_epoch`.
+  """
+  if config.lr_schedule not in LR_SCHEDULES:
+    raise ValueError(f"Unknown lr_schedule {config.lr_schedule!r}; use one of {LR_SCHEDULES}.")
+  total = None
+  if config.lr_schedule != "constant":
+    if not steps_per_epoch or steps_per_epoch <= 0:
+      raise ValueError(f"lr_schedule={config.lr_schedule!r} needs the run's steps_per_epoch "
+                       "(its steps decay over config.epochs epochs).")
+    total = config.epochs * steps_per_epoch
+  return _optimizer(config.optimizer, config.learning_rate, config.lr_schedule,
+                    config.warmup_steps, total)
 
 
 @functools.cache
-def _optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
+def _optimizer(name: str, learning_rate: float, schedule: str = "constant", warmup_steps: int = 0,
+               total_steps: int | None = None) -> optax.GradientTransformation:
   if name not in OPTIMIZERS:
     raise ValueError(f"Unknown optimizer {name!r}; use one of {sorted(OPTIMIZERS)}.")
-  return OPTIMIZERS[name](learning_rate)
+  if schedule == "constant":
+    return OPTIMIZERS[name](learning_rate)
+  warmup = min(warmup_steps, total_steps - 1)
+  return OPTIMIZERS[name](optax.warmup_cosine_decay_schedule(
+      init_value=0.0 if warmup else learning_rate, peak_value=learning_rate, warmup_steps=warmup,
+      decay_steps=total_steps, end_value=0.0))
 
 
-def create_train_state(rng: jax.Array, config: Config | None = None) -> TrainState:
+def create_train_state(rng: jax.Array, config: Config | None = None, *,
+                       steps_per_epoch: int | None = None) -> TrainState:
   """Model parameters and optimizer state; with no config, the original experiment's.
+
+  `steps_per_epoch` is needed by learning-rate schedules that decay over the run
+  (`make_optimizer`); a state used only as a template to restore a checkpoint into may pass 1.
 
   The config's task (Config.task) sets the model's output head and the loss; its model
   (Config.model) the architecture. States of equal models and optimizers share one `apply_fn` and
@@ -68,8 +98,8 @@ def create_train_state(rng: jax.Array, config: Config | None = None) -> TrainSta
   task = task_from_config(config)
   model = model_from_config(config, task.out_channels)
   params = model.init(rng, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32))["params"]
-  state = TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config),
-                            task=task)
+  state = TrainState.create(apply_fn=model.apply, params=params,
+                            tx=make_optimizer(config, steps_per_epoch), task=task)
   # An int32 array rather than Python's 0: the same type every step (no retrace) and checkpointable.
   return state.replace(step=jnp.zeros((), jnp.int32))
 

@@ -48,6 +48,14 @@ def devices(workdir):
   out.update(history_one=history(one), history_four=history(four),
              ssim_one=one["final"]["ssim_standard_mean"],
              ssim_four=four["final"]["ssim_standard_mean"])
+  # The separation task (a dict of examples per batch) on a U-Net, batch 6 padded to 8.
+  separate = config(batch_size=6).replace(task="separate", model="unet", features=(4, 8),
+                                          conv_impl="gemm_vjp")
+  for name, mesh in (("one", parallel.data_mesh(jax.devices()[:1])), ("four", parallel.data_mesh())):
+    run = train_and_evaluate(separate, train, test, f"{workdir}/separate_{name}", log=quiet,
+                             mesh=mesh)
+    out[f"separate_{name}"] = history(run) + [[run["final"]["digit_psnr_mean"],
+                                               run["final"]["photo_ssim_mean"]]]
   # Batch 6, which four devices do not divide: padded to 8 with masked examples.
   meshes = (("one", parallel.data_mesh(jax.devices()[:1])), ("four", parallel.data_mesh()))
   for name, mesh in meshes:

@@ -95,7 +95,8 @@ def test_train_and_evaluate_scripts_on_real_data(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["epochs", "batch", "limit", "data_dir", "workdir",
-                                  "processes_incomplete", "process_id"])
+                                  "processes_incomplete", "process_id", "task", "model",
+                                  "features"])
 def test_bad_flags_get_one_line_exit_2_and_write_nothing(tmp_path, case):
   (tmp_path / "a_file").write_text("")
   workdir = tmp_path / "run"
@@ -109,6 +110,9 @@ def test_bad_flags_get_one_line_exit_2_and_write_nothing(tmp_path, case):
                                "needs all of --coordinator_address"),
       "process_id": ([good_data, "--coordinator_address=localhost:1234", "--num_processes=2",
                       "--process_id=2"], "--process_id must be in 0..1"),
+      "task": ([good_data, "--task=denoise"], "--task"),
+      "model": ([good_data, "--model=resnet"], "--model"),
+      "features": ([good_data, "--features=16,x"], "--features must be comma-separated integers"),
   }.get(case, ([good_data], "cannot be written"))
   if case == "workdir":
     workdir = tmp_path / "a_file" / "run"  # A file where a folder must be.

@@ -1,0 +1,164 @@
+"""The separation task: consistent estimates, per-source metrics, and runs that resume."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from conftest import tiny_splits
+from jaxae import Config
+from jaxae.config import CIFAR_NORMALIZATION, MNIST_NORMALIZATION
+from jaxae.experiment import train_and_evaluate
+from jaxae.metrics import unit_psnr, unit_ssim
+from jaxae.preprocess import grey_digits
+from jaxae.tasks import Reconstruct, Separate, task_from_config
+from jaxae.train import create_train_state, eval_step, train_step
+
+QUIET = lambda _: None
+
+
+def _normalized(images_01, norm):
+  return (images_01 - jnp.asarray(norm.mean)) / jnp.asarray(norm.std)
+
+
+@pytest.mark.parametrize("separation", ["digit", "project"])
+def test_estimates_are_consistent_with_the_mean_image(separation):
+  """0.5 * (normalized digit + normalized photo) is the mean image, whatever the model outputs."""
+  task = Separate(separation=separation)
+  rng = np.random.default_rng(0)
+  mixture = jnp.asarray(rng.uniform(-2, 2, (3, 8, 8, 3)), jnp.float32)
+  outputs = jnp.asarray(rng.normal(size=(3, 8, 8, task.out_channels)), jnp.float32)
+  digit, photo = task.estimate(outputs, mixture)
+  assert digit.shape == (3, 8, 8, 1) and photo.shape == (3, 8, 8, 3)
+  mean = 0.5 * (_normalized(digit, MNIST_NORMALIZATION) + _normalized(photo, CIFAR_NORMALIZATION))
+  np.testing.assert_allclose(mean, mixture, atol=2e-6)
+
+
+def test_true_sources_are_a_fixed_point_of_both_formulations():
+  """The true pair is consistent, so predicting it exactly gives it back (projection included)."""
+  train, _ = tiny_splits(4, 1)
+  digit = grey_digits(train.mnist_images)
+  photo = jnp.asarray(train.cifar_images, jnp.float32) / 255
+  for task, outputs in ((Separate("digit"), digit),
+                        (Separate("project"), jnp.concatenate([digit, photo], axis=-1))):
+    got_digit, got_photo = task.estimate(outputs, train.images)
+    np.testing.assert_allclose(got_digit, digit, atol=1e-5)
+    np.testing.assert_allclose(got_photo, photo, atol=1e-5)
+
+
+def test_projection_is_the_nearest_consistent_pair():
+  """Moving the projected digit either way makes the pair farther from the model's output."""
+  task = Separate("project")
+  rng = np.random.default_rng(1)
+  mixture = jnp.asarray(rng.uniform(-1, 1, (1, 2, 2, 3)), jnp.float32)
+  outputs = jnp.asarray(rng.uniform(0, 1, (1, 2, 2, 4)), jnp.float32)
+  digit, _ = task.estimate(outputs, mixture)
+
+  def distance(d):
+    return float(jnp.sum((d - outputs[..., :1]) ** 2)
+                 + jnp.sum((task.photo_from_digit(d, mixture) - outputs[..., 1:]) ** 2))
+  for step in (1e-2, -1e-2):
+    assert distance(digit + step) > distance(digit)
+
+
+def test_per_source_metrics_match_scikit_image():
+  rng = np.random.default_rng(2)
+  truth = rng.uniform(0, 1, (3, 16, 16, 3)).astype(np.float32)
+  estimate = np.clip(truth + rng.normal(0, 0.1, truth.shape), 0, 1).astype(np.float32)
+  np.testing.assert_allclose(unit_psnr(truth, estimate),
+                             [peak_signal_noise_ratio(t, e, data_range=1)
+                              for t, e in zip(truth, estimate)], atol=1e-4)
+  np.testing.assert_allclose(unit_ssim(truth, estimate),
+                             [structural_similarity(t, e, channel_axis=-1, data_range=1,
+                                                    gaussian_weights=True, sigma=1.5,
+                                                    use_sample_covariance=False)
+                              for t, e in zip(truth, estimate)], atol=1e-4)
+  grey = truth[..., :1]
+  np.testing.assert_allclose(unit_psnr(grey, np.zeros_like(grey)),
+                             [peak_signal_noise_ratio(t, np.zeros_like(t), data_range=1)
+                              for t in grey], atol=1e-4)
+  with pytest.raises(ValueError, match="not in \\[0, 1\\]"):
+    unit_psnr(truth * 255, estimate)
+  with pytest.raises(ValueError, match="float images"):
+    unit_ssim((truth * 255).astype(np.uint8), estimate)
+
+
+def test_trivial_row_is_the_blank_digit_and_the_leftover_photo():
+  _, test = tiny_splits(1, 12)
+  task = Separate()
+  metrics = task.final_metrics(test, dict(zip(("digit", "photo"), task.trivial_estimate(test))))
+  assert metrics["digit_psnr_mean"] == pytest.approx(metrics["trivial"]["digit_psnr_mean"])
+  digit = np.asarray(grey_digits(test.mnist_images), np.float64)
+  expected = np.mean(-10 * np.log10(np.mean(digit ** 2, axis=(1, 2, 3))))
+  assert metrics["trivial"]["digit_psnr_mean"] == pytest.approx(expected, abs=1e-3)
+
+
+def test_the_task_follows_the_config_and_steps_train_it():
+  assert task_from_config(Config()) == Reconstruct()
+  config = Config(task="separate", model="unet", features=(4, 8), separation="project",
+                  separation_loss="mse", conv_impl="gemm_vjp")
+  state = create_train_state(jax.random.key(0), config)
+  assert state.task == Separate("project", "mse")
+  train, _ = tiny_splits(8, 1)
+  batch = state.task.examples(train)
+  before = eval_step(state, batch)
+  assert before["digit"].shape == (8, 32, 32, 1) and before["photo"].shape == (8, 32, 32, 3)
+  step = jax.jit(train_step)
+  for _ in range(3):
+    state, metrics = step(state, batch)
+  assert float(eval_step(state, batch)["loss"]) < float(before["loss"])
+  with pytest.raises(ValueError, match="separate task takes batches"):
+    train_step(state, train.images)
+  with pytest.raises(ValueError, match="task must be one of"):
+    Config(task="denoise").validate()
+  with pytest.raises(ValueError, match="model must be one of"):
+    Config(model="resnet").validate()
+
+
+def test_separate_run_resumes_to_the_uninterrupted_history(tmp_path):
+  train, test = tiny_splits(24, 8)
+  config = Config(task="separate", model="unet", features=(4, 8), epochs=2, batch_size=8,
+                  conv_impl="gemm_vjp")
+  straight = train_and_evaluate(config, train, test, tmp_path / "a", log=QUIET)
+  train_and_evaluate(config.replace(epochs=1), train, test, tmp_path / "b", log=QUIET)
+  resumed = train_and_evaluate(config, train, test, tmp_path / "b", log=QUIET)
+  assert resumed["history"] and [h["train_loss"] for h in resumed["history"]] == [
+      h["train_loss"] for h in straight["history"]]
+  assert resumed["final"] == straight["final"]
+  final = straight["final"]
+  assert {"digit_psnr_mean", "photo_ssim_std", "trivial"} <= set(final)
+  assert (tmp_path / "b" / "separation.png").stat().st_size > 1000
+  with pytest.raises(Exception, match="different settings.*task"):
+    train_and_evaluate(Config(epochs=1, batch_size=8), train, test, tmp_path / "b", log=QUIET)
+
+
+def test_cosine_schedule_run_killed_mid_run_resumes_to_the_same_history(tmp_path):
+  """A run killed after epoch 1 of 2 (its epoch-2 checkpoint never written) resumes with the same
+  learning rates: the schedule is a function of the step, which the checkpoint holds."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  train, test = tiny_splits(24, 8)
+  config = Config(task="separate", features=(4, 8), epochs=2, batch_size=8,
+                  lr_schedule="cosine", warmup_steps=2, conv_impl="gemm_vjp")
+  straight = train_and_evaluate(config, train, test, tmp_path, log=QUIET)
+  shutil.rmtree(tmp_path / "checkpoints" / "2")
+  (tmp_path / "metrics.json").unlink()
+  lines = []
+  resumed = train_and_evaluate(config, train, test, tmp_path, log=lines.append)
+  assert f"Resuming {tmp_path} after epoch 1." in lines
+  assert resumed["history"][1]["train_loss"] == straight["history"][1]["train_loss"]
+  assert resumed["final"] == straight["final"]
+
+
+def test_cosine_schedule_warms_up_from_zero_and_needs_the_epoch_length():
+  config = Config(lr_schedule="cosine", warmup_steps=2, epochs=1)
+  with pytest.raises(ValueError, match="needs the run's steps_per_epoch"):
+    create_train_state(jax.random.key(0), config)
+  state = create_train_state(jax.random.key(0), config, steps_per_epoch=4)
+  images = tiny_splits(4, 1)[0].images
+  first, _ = train_step(state, images)
+  second, _ = train_step(first, images)
+  for p0, p1, p2 in zip(*(jax.tree.leaves(s.params) for s in (state, first, second))):
+    np.testing.assert_array_equal(p1, p0)  # Learning rate 0 at step 0.
+  assert any(not np.array_equal(p2, p1) for p1, p2 in zip(jax.tree.leaves(first.params),
+                                                          jax.tree.leaves(second.params)))
