@@ -42,6 +42,9 @@ flags.DEFINE_enum("separation", "digit", list(SEPARATIONS), "With --task=separat
 flags.DEFINE_enum("separation_loss", "log_mse", list(SEPARATION_LOSSES), "With --task=separate: "
                   "its loss.")
 flags.DEFINE_string("data_dir", None, "If set, also time loading + preprocessing the real data.")
+flags.DEFINE_integer("microbatch", 0, "Training microbatch per device (0: the model's, "
+                     "models.CPU_BATCH_SIZES); batches no larger than it run whole.")
+flags.DEFINE_integer("eval_batch_size", 0, "Evaluation batch (0: the model's).")
 flags.DEFINE_string("output", None, "Also write the JSON lines to this file.")
 
 
@@ -65,7 +68,7 @@ def time_training(examples, batch_size, epochs, config, lines):
   idx, mask = epoch_batches(epoch_key(0, 0), n, batch_size, width)
   idx, mask = parallel.put((idx, mask), parallel.batch_sharded(mesh, batch_dim=1))
   start = time.perf_counter()
-  micro, _ = cpu_batch_sizes(config)
+  micro = FLAGS.microbatch or cpu_batch_sizes(config)[0]
   sharded_train_epoch(mesh, microbatch_size(width, mesh, micro)).lower(state, examples, idx,
                                                                        mask).compile()
   emit(lines, metric="compile_s", value=round(time.perf_counter() - start, 3),
@@ -84,7 +87,7 @@ def time_training(examples, batch_size, epochs, config, lines):
   emit(lines, metric="train_images_per_s", value=round(n / per_epoch, 1),
        batch_size=batch_size, seconds_per_epoch=round(per_epoch, 4), num_images=n,
        conv_impl=config.conv_impl, task=config.task, model=config.model,
-       features=list(config.features))
+       features=list(config.features), microbatch=micro)
   return state
 
 
@@ -102,6 +105,8 @@ def main(argv):
       cli.fail(f"--output={FLAGS.output} cannot be written ({problem}).")
   if any(b <= 0 for b in sizes) or FLAGS.num_images <= 0 or FLAGS.epochs <= 0:
     cli.fail("--batch_size(s), --num_images and --epochs must be positive.")
+  if FLAGS.microbatch < 0 or FLAGS.eval_batch_size < 0:
+    cli.fail("--microbatch and --eval_batch_size must be 0 (the model's) or positive.")
   if max(sizes) > FLAGS.num_images:
     cli.fail(f"a batch size ({max(sizes)}) is larger than --num_images ({FLAGS.num_images}).")
   if FLAGS.data_dir:
@@ -128,7 +133,7 @@ def main(argv):
 
   test = split.take(min(FLAGS.num_images, 10_000))
   test_examples = state.task.examples(test)
-  eval_batch = cpu_batch_sizes(config)[1]
+  eval_batch = FLAGS.eval_batch_size or cpu_batch_sizes(config)[1]
   evaluate(state, test_examples, batch_size=eval_batch)  # Compile (the timed call is the same).
   start = time.perf_counter()
   out = evaluate(state, test_examples, batch_size=eval_batch)

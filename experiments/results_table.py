@@ -79,6 +79,7 @@ def main(argv):
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.workdirs:
     cli.fail("--workdirs is required.")
+  cli.quiet_logs()
   rows, separate = [], []
   for workdir in map(pathlib.Path, FLAGS.workdirs):
     try:
@@ -88,7 +89,8 @@ def main(argv):
                "experiments/train.py run writes it.")
     try:
       if metrics["config"].get("task", "reconstruct") == "separate":
-        separate.extend(separate_rows(workdir.name, metrics))
+        # The trivial row once per distinct test set (it does not depend on the run).
+        separate.extend(r for r in separate_rows(workdir.name, metrics) if r not in separate)
       else:
         rows.append(row(workdir.name, metrics))
     except (KeyError, TypeError, ValueError) as e:

@@ -129,10 +129,14 @@ def test_evaluate_without_checkpoint_is_one_line(tmp_path):
   assert "Traceback" not in run.stderr
 
 
-def test_killed_run_resumes_to_the_uninterrupted_history(tmp_path):
+TASK_FLAGS = {"reconstruct": [], "separate": ["--task=separate", "--model=unet", "--features=4,8"]}
+
+
+@pytest.mark.parametrize("task", sorted(TASK_FLAGS))
+def test_killed_run_resumes_to_the_uninterrupted_history(tmp_path, task):
   data_dir = shared_data_dir()
   args = [f"--data_dir={data_dir}", "--train_limit=96", "--test_limit=16", "--epochs=4",
-          "--batch_size=32"]
+          "--batch_size=32", *TASK_FLAGS[task]]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   killed = subprocess.Popen([sys.executable, str(REPO / "experiments" / "train.py"), *args,
                              f"--workdir={tmp_path / 'killed'}"], env=env, cwd=REPO,
@@ -154,13 +158,15 @@ def test_killed_run_resumes_to_the_uninterrupted_history(tmp_path):
   assert _losses(a) == _losses(b) and len(a["history"]) == 4
 
 
-def test_benchmark_prints_json_lines(tmp_path):
+@pytest.mark.parametrize("task", sorted(TASK_FLAGS))
+def test_benchmark_prints_json_lines(tmp_path, task):
   out = tmp_path / "bench.jsonl"
   run = run_script("benchmark.py", "--num_images=96", "--epochs=1", "--batch_sizes=32",
-             f"--output={out}")
+                   f"--output={out}", *TASK_FLAGS[task])
   assert run.returncode == 0, run.stderr
   records = [json.loads(line) for line in out.read_text().splitlines()]
   metrics = {r["metric"] for r in records}
   assert {"compile_s", "train_images_per_s", "eval_images_per_s", "metrics_s"} <= metrics
   train = next(r for r in records if r["metric"] == "train_images_per_s")
   assert train["batch_size"] == 32 and train["value"] > 0 and train["device"]
+  assert train["task"] == task
