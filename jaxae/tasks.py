@@ -32,7 +32,8 @@ _EXPECTED = ("float images [B, H, W, 3] (NHWC, normalized, as mean_images return
 def _check_images(images_BHWC, name: str = "images") -> None:
   shape, dtype = tuple(images_BHWC.shape), images_BHWC.dtype
   if len(shape) != 4 or shape[-1] != IMAGE_SHAPE[-1] or not jnp.issubdtype(dtype, jnp.floating):
-    raise ValueError(f"Expected {name} as {_EXPECTED}; got {dtype} {list(shape)}.")
+    what = _EXPECTED if name == "images" else f"{name} as {_EXPECTED}"
+    raise ValueError(f"Expected {what}; got {dtype} {list(shape)}.")
 
 
 def _check_output(outputs_BHWC, images_BHWC, channels: int) -> None:

@@ -49,8 +49,8 @@ def devices(workdir):
              ssim_one=one["final"]["ssim_standard_mean"],
              ssim_four=four["final"]["ssim_standard_mean"])
   # The separation task (a dict of examples per batch) on a U-Net, batch 6 padded to 8.
-  separate = config(batch_size=6).replace(task="separate", model="unet", features=(4, 8),
-                                          conv_impl="gemm_vjp")
+  separate = config(batch_size=6, epochs=1).replace(task="separate", model="unet",
+                                                    features=(4, 8), conv_impl="gemm_vjp")
   for name, mesh in (("one", parallel.data_mesh(jax.devices()[:1])), ("four", parallel.data_mesh())):
     run = train_and_evaluate(separate, train, test, f"{workdir}/separate_{name}", log=quiet,
                              mesh=mesh)

@@ -65,7 +65,7 @@ def test_four_devices_train_like_one_and_split_every_batch(tmp_path):
   np.testing.assert_allclose(out["history_four"], out["history_one"], rtol=1e-5)
   np.testing.assert_allclose(out["ssim_four"], out["ssim_one"], rtol=1e-5)
   # So does the separation task (dicts of examples, the U-Net, its per-source metrics).
-  assert len(out["separate_four"]) == 3
+  assert len(out["separate_four"]) == 2
   np.testing.assert_allclose(out["separate_four"], out["separate_one"], rtol=1e-5)
   # Batch 6 on 4 devices (padded to 8, masked): the same loss at every step as on one device.
   assert len(out["batch6_four"]) == 7  # ceil(40 / 6) steps.

@@ -151,13 +151,14 @@ def test_cosine_schedule_run_killed_mid_run_resumes_to_the_same_history(tmp_path
 
 
 def test_cosine_schedule_warms_up_from_zero_and_needs_the_epoch_length():
-  config = Config(lr_schedule="cosine", warmup_steps=2, epochs=1)
+  config = Config(lr_schedule="cosine", warmup_steps=2, epochs=1, features=(4, 8))
   with pytest.raises(ValueError, match="needs the run's steps_per_epoch"):
     create_train_state(jax.random.key(0), config)
   state = create_train_state(jax.random.key(0), config, steps_per_epoch=4)
   images = tiny_splits(4, 1)[0].images
-  first, _ = train_step(state, images)
-  second, _ = train_step(first, images)
+  step = jax.jit(train_step)
+  first, _ = step(state, images)
+  second, _ = step(first, images)
   for p0, p1, p2 in zip(*(jax.tree.leaves(s.params) for s in (state, first, second))):
     np.testing.assert_array_equal(p1, p0)  # Learning rate 0 at step 0.
   assert any(not np.array_equal(p2, p1) for p1, p2 in zip(jax.tree.leaves(first.params),
