@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 import tempfile
@@ -27,7 +28,12 @@ def run(main: Callable[[list[str]], None], interrupted: str = "interrupted.") ->
     try:
       main(argv)
     except KeyboardInterrupt:
-      fail(interrupted, 130)
+      # Leave at once, as kill -9 would (resuming after it is tested): orbax's and tensorstore's
+      # background threads may be mid-write, and at interpreter shutdown they print tracebacks
+      # (asyncio's "Event loop is closed"). Finished checkpoints are complete on disk.
+      print(f"error: {interrupted}", file=sys.stderr, flush=True)
+      sys.stdout.flush()
+      os._exit(130)  # pylint: disable=protected-access
 
   app.run(guarded, flags_parser=_parse_flags)
 
