@@ -8,6 +8,11 @@ model the same workload as ../shared/bench/torch_reference.py; --task, --model a
 time the others), compile_s of the training step, eval_images_per_s,
 metrics_s (the task's final metrics over up to 10,000 images) and, with --data_dir,
 load_preprocess_s (both splits of both datasets; cold = without the decoded-array cache).
+
+With --num_seeds=N (> 1), each batch size is also timed with N replicas (jaxae/seeds.py), run as
+--replica_strategy says (default: the platform's, loop.PLATFORM_REPLICA_STRATEGY):
+replica_images_per_s (N x images per second) and seeds_time_ratio, the time of an N-seed epoch
+over that of the single-seed epoch measured just before it.
 """
 
 import json
@@ -18,15 +23,15 @@ from absl import flags
 import jax
 import numpy as np
 
-from jaxae import cli, parallel
+from jaxae import cli, parallel, seeds
 from jaxae.config import Config
 from jaxae.conv import CONV_IMPLS, SCRIPT_CONV_IMPL
-from jaxae.loop import (epoch_batches, epoch_key, evaluate, microbatch_size,
+from jaxae.loop import (REPLICA_STRATEGIES, choose_replica_strategy, epoch_batches, epoch_key, evaluate, microbatch_size,
                         sharded_train_epoch, steps_per_epoch, train_epoch)
 from jaxae.dataset import load_mixed, mix
 from jaxae.models import MODELS, cpu_batch_sizes
 from jaxae.tasks import SEPARATION_LOSSES, SEPARATIONS, TASKS, task_from_config
-from jaxae.train import batch_size_of, create_train_state
+from jaxae.train import batch_size_of
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["32", "256"], "Training batch sizes to measure.")
@@ -45,6 +50,11 @@ flags.DEFINE_string("data_dir", None, "If set, also time loading + preprocessing
 flags.DEFINE_integer("microbatch", 0, "Training microbatch per device (0: the model's, "
                      "models.CPU_BATCH_SIZES); batches no larger than it run whole.")
 flags.DEFINE_integer("eval_batch_size", 0, "Evaluation batch (0: the model's).")
+flags.DEFINE_integer("num_seeds", 1, "Also time this many replicas as one program (1: only one "
+                     "seed).")
+flags.DEFINE_enum("replica_strategy", None, list(REPLICA_STRATEGIES), "With --num_seeds: "
+                  "'vmap' (one batched program) or 'loop' (the single-seed program per replica); "
+                  "default: the platform's.")
 flags.DEFINE_string("output", None, "Also write the JSON lines to this file.")
 
 
@@ -57,38 +67,44 @@ def emit(lines, **record):
 
 
 def time_training(examples, batch_size, epochs, config, lines):
+  """Times one seed's epochs (and returns the trained state), or N replicas' (config.num_seeds)."""
   mesh = parallel.data_mesh()
-  state = parallel.replicate(create_train_state(
-      jax.random.key(0), config,
-      steps_per_epoch=steps_per_epoch(batch_size_of(examples), batch_size)), mesh)
+  replicas = seeds.replicas_of(config)
+  strategy = choose_replica_strategy(mesh, FLAGS.replica_strategy) if replicas else None
+  state = parallel.replicate(seeds.initial_state(
+      config, steps_per_epoch=steps_per_epoch(batch_size_of(examples), batch_size)), mesh)
   examples = parallel.replicate(examples, mesh)
   n = batch_size_of(examples)
   # Compile time: lower + compile the epoch program alone, before anything is cached.
   width = parallel.padded_batch_size(batch_size, mesh)
   idx, mask = epoch_batches(epoch_key(0, 0), n, batch_size, width)
-  idx, mask = parallel.put((idx, mask), parallel.batch_sharded(mesh, batch_dim=1))
+  if replicas:
+    idx, mask = (np.stack([x] * replicas) for x in (idx, mask))
+  idx, mask = parallel.put((idx, mask), parallel.batch_sharded(mesh, batch_dim=mask.ndim - 1))
   start = time.perf_counter()
   micro = FLAGS.microbatch or cpu_batch_sizes(config)[0]
-  sharded_train_epoch(mesh, microbatch_size(width, mesh, micro)).lower(state, examples, idx,
-                                                                       mask).compile()
-  emit(lines, metric="compile_s", value=round(time.perf_counter() - start, 3),
-       batch_size=batch_size)
-  state = train_epoch(state, examples, seed=0, epoch=0, batch_size=batch_size,
-                      microbatch_per_device=micro).state  # Warm-up.
+  if strategy != "loop":  # "loop" runs the single-seed program, compiled already.
+    sharded_train_epoch(mesh, microbatch_size(width, mesh, micro), bool(replicas)).lower(
+        state, examples, idx, mask).compile()
+    emit(lines, metric="compile_s", value=round(time.perf_counter() - start, 3),
+         batch_size=batch_size, num_seeds=config.num_seeds)
+  run = dict(batch_size=batch_size, microbatch_per_device=micro, replicas=replicas,
+             replica_strategy=strategy)
+  state = train_epoch(state, examples, seed=0, epoch=0, **run).state  # Warm-up.
   seconds = []
   for epoch in range(1, epochs + 1):
     start = time.perf_counter()
-    result = train_epoch(state, examples, seed=0, epoch=epoch, batch_size=batch_size,
-                         microbatch_per_device=micro)
+    result = train_epoch(state, examples, seed=0, epoch=epoch, **run)
     jax.block_until_ready(result.state.params)
     seconds.append(time.perf_counter() - start)
     state = result.state
   per_epoch = float(np.median(seconds))
-  emit(lines, metric="train_images_per_s", value=round(n / per_epoch, 1),
-       batch_size=batch_size, seconds_per_epoch=round(per_epoch, 4), num_images=n,
-       conv_impl=config.conv_impl, task=config.task, model=config.model,
+  emit(lines, metric="replica_images_per_s" if replicas else "train_images_per_s",
+       value=round(config.num_seeds * n / per_epoch, 1), batch_size=batch_size,
+       seconds_per_epoch=round(per_epoch, 4), num_images=n, num_seeds=config.num_seeds,
+       **({"replica_strategy": strategy} if replicas else {}), conv_impl=config.conv_impl, task=config.task, model=config.model,
        features=list(config.features), microbatch=micro)
-  return state
+  return state, per_epoch
 
 
 def main(argv):
@@ -105,6 +121,8 @@ def main(argv):
       cli.fail(f"--output={FLAGS.output} cannot be written ({problem}).")
   if any(b <= 0 for b in sizes) or FLAGS.num_images <= 0 or FLAGS.epochs <= 0:
     cli.fail("--batch_size(s), --num_images and --epochs must be positive.")
+  if FLAGS.num_seeds < 1:
+    cli.fail(f"--num_seeds must be a positive integer, got {FLAGS.num_seeds}.")
   if FLAGS.microbatch < 0 or FLAGS.eval_batch_size < 0:
     cli.fail("--microbatch and --eval_batch_size must be 0 (the model's) or positive.")
   if max(sizes) > FLAGS.num_images:
@@ -129,7 +147,12 @@ def main(argv):
   examples = task_from_config(config).examples(split)
   state = None
   for batch_size in sizes:
-    state = time_training(examples, batch_size, FLAGS.epochs, config, lines)
+    state, one_seed = time_training(examples, batch_size, FLAGS.epochs, config, lines)
+    if FLAGS.num_seeds > 1:
+      _, many = time_training(examples, batch_size, FLAGS.epochs,
+                              config.replace(num_seeds=FLAGS.num_seeds), lines)
+      emit(lines, metric="seeds_time_ratio", value=round(many / one_seed, 3),
+           batch_size=batch_size, num_seeds=FLAGS.num_seeds)
 
   test = split.take(min(FLAGS.num_images, 10_000))
   test_examples = state.task.examples(test)

@@ -6,7 +6,8 @@ Writes eval.json (test loss, image count, versions and the task's metrics: for r
 and PSNR in both conventions, for separate per source beside the trivial estimate; mean and std)
 and a figure into --workdir: comparison.png (MNIST source, CIFAR-10 source, mean image,
 reconstruction) or, for separate, separation.png (mean image, true and estimated digit, true and
-estimated photo).
+estimated photo). A run of several seeds (--num_seeds) evaluates every replica: eval.json holds
+each one's metrics under "replicas" and their spread under "final"; the figure shows the first.
 """
 
 import json
@@ -17,14 +18,13 @@ import time
 from absl import flags
 import jax
 
-from jaxae import cli
+from jaxae import cli, seeds
 from jaxae import workdir as workdir_lib
 from jaxae.checkpoints import Checkpointer, IncompatibleCheckpointError, NoUsableCheckpointError
 from jaxae.config import Config
-from jaxae.experiment import final_metrics, summary
+from jaxae.experiment import replica_final_metrics, seeds_summary
 from jaxae.models import cpu_batch_sizes
 from jaxae.provenance import provenance
-from jaxae.train import create_train_state
 from jaxae.workdir import CHECKPOINT_DIR, SETTINGS_FILE, RunError, write_json
 
 FLAGS = flags.FLAGS
@@ -69,7 +69,7 @@ def evaluate(workdir: pathlib.Path, checkpoints: pathlib.Path, config: Config) -
   checkpointer = Checkpointer(checkpoints)
   try:
     # A template for the restore: its values are replaced, so any steps_per_epoch will do.
-    template = create_train_state(jax.random.key(config.seed), config, steps_per_epoch=1)
+    template = seeds.initial_state(config, steps_per_epoch=1)
     restored = checkpointer.restore_latest(template)
   except (NoUsableCheckpointError, IncompatibleCheckpointError) as e:
     cli.fail(str(e))
@@ -80,21 +80,27 @@ def evaluate(workdir: pathlib.Path, checkpoints: pathlib.Path, config: Config) -
 
   _, test = cli.load_data(FLAGS.data_dir, config, 0, FLAGS.test_limit)
   start = time.perf_counter()
-  final = final_metrics(restored.state, test,
-                        FLAGS.eval_batch_size or cpu_batch_sizes(config)[1])
+  replicas = seeds.replicas_of(config)
+  finals, predictions = replica_final_metrics(
+      restored.state, test, FLAGS.eval_batch_size or cpu_batch_sizes(config)[1], replicas)
   seconds = time.perf_counter() - start
-  predictions = final.pop("_predictions")
   task = restored.state.task
-  final.update(epoch=restored.epoch, seconds=seconds, device=jax.devices()[0].device_kind,
-               provenance=provenance())
+  if replicas:
+    result = {"seeds": seeds.seeds_of(config), "final": seeds.spread_of(finals),
+              "replicas": [{"seed": s, **f} for s, f in zip(seeds.seeds_of(config), finals)]}
+  else:
+    result = dict(finals[0])
+  result.update(epoch=restored.epoch, seconds=seconds, device=jax.devices()[0].device_kind,
+                provenance=provenance())
   try:
-    write_json(workdir / "eval.json", final)
+    write_json(workdir / "eval.json", result)
     task.draw(test, predictions, workdir / task.eval_figure, detailed=True,
-              title=f"Test pairs after epoch {restored.epoch}")
+              title=f"Test pairs after epoch {restored.epoch}"
+              + (f", seed {config.seed} (the first of {replicas})" if replicas else ""))
   except OSError as e:
     cli.fail(f"could not write into {workdir} ({e.strerror or e}).")
   print(f"Checkpoint of epoch {restored.epoch}; evaluated in {seconds:.2f} s.")
-  print(summary(final, task))
+  print(seeds_summary(finals, seeds.seeds_of(config), task))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@
 One Markdown row per workdir: epochs, optimizer steps, final train and test loss, SSIM and PSNR
 (mean ± std over the test images) in both conventions, wall time (sum of the epochs' times) and
 device, all read from the run's own metrics.json. Separation runs (--task=separate) get a table of
-their own: digit and photo PSNR/SSIM, each run followed by the trivial estimate's row.
+their own: digit and photo PSNR/SSIM, each run followed by the trivial estimate's row. Runs of
+several seeds (--num_seeds) get a table per task: each final number's mean ± standard deviation
+across the seeds, and [min, max].
 """
 
 import json
@@ -28,6 +30,44 @@ HEADER = ("| run | epochs | optimizer steps | train loss | test loss | SSIM orig
 SEPARATE_HEADER = ("| run | model | parameters | epochs | digit PSNR (dB) | digit SSIM | "
                    "photo PSNR (dB) | photo SSIM | training time | device |\n"
                    "|---|---|---|---|---|---|---|---|---|---|")
+
+
+# Per task, the columns of the several-seeds table: (heading, final metric, digits).
+SEEDS_COLUMNS = {
+    "reconstruct": [("train loss", "train_loss", 4), ("test loss", "test_loss", 4),
+                    ("SSIM original", "ssim_original_mean", 4),
+                    ("PSNR original (dB)", "psnr_original_mean", 2),
+                    ("SSIM standard", "ssim_standard_mean", 4),
+                    ("PSNR standard (dB)", "psnr_standard_mean", 2)],
+    "separate": [("test loss", "test_loss", 4), ("digit PSNR (dB)", "digit_psnr_mean", 2),
+                 ("digit SSIM", "digit_ssim_mean", 4), ("photo PSNR (dB)", "photo_psnr_mean", 2),
+                 ("photo SSIM", "photo_ssim_mean", 4)],
+}
+
+
+def seeds_header(task: str) -> str:
+  names = ["run", "seeds", "epochs"] + [c[0] for c in SEEDS_COLUMNS[task]] + ["wall time",
+                                                                              "device"]
+  return ("Mean ± standard deviation across seeds [min, max]:\n\n| " + " | ".join(names)
+          + " |\n" + "|---" * len(names) + "|")
+
+
+def seeds_row(name: str, metrics: dict) -> str:
+  """A run of several seeds: each final number's spread across its replicas."""
+  final, seeds = metrics["final"], metrics["seeds"]
+  minutes, device = _time_and_device(metrics)
+
+  def cell(key, digits):
+    s = final[key]
+    return (f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f} "
+            f"[{s['min']:.{digits}f}, {s['max']:.{digits}f}]")
+  cells = ([name, f"{len(seeds)} ({seeds[0]}..{seeds[-1]})", str(len(metrics["history"]))]
+           + [cell(key, d) for _, key, d in SEEDS_COLUMNS[_task(metrics)]] + [minutes, device])
+  return "| " + " | ".join(cells) + " |"
+
+
+def _task(metrics: dict) -> str:
+  return metrics["config"].get("task", "reconstruct")
 
 
 def _pm(values: dict, key: str, digits: int) -> str:
@@ -80,7 +120,7 @@ def main(argv):
   if not FLAGS.workdirs:
     cli.fail("--workdirs is required.")
   cli.quiet_logs()
-  rows, separate = [], []
+  rows, separate, several = [], [], {task: [] for task in SEEDS_COLUMNS}
   for workdir in map(pathlib.Path, FLAGS.workdirs):
     try:
       metrics = json.loads((workdir / METRICS_FILE).read_text())
@@ -88,7 +128,9 @@ def main(argv):
       cli.fail(f"{workdir / METRICS_FILE} cannot be read ({type(e).__name__}); a finished "
                "experiments/train.py run writes it.")
     try:
-      if metrics["config"].get("task", "reconstruct") == "separate":
+      if "replicas" in metrics:
+        several[_task(metrics)].append(seeds_row(workdir.name, metrics))
+      elif _task(metrics) == "separate":
         # The trivial row once per distinct test set (it does not depend on the run).
         separate.extend(r for r in separate_rows(workdir.name, metrics) if r not in separate)
       else:
@@ -96,7 +138,9 @@ def main(argv):
     except (KeyError, TypeError, ValueError) as e:
       cli.fail(f"{workdir / METRICS_FILE} lacks what a finished run writes ({type(e).__name__}: "
                f"{e}); train it to the end with experiments/train.py.")
-  for header, lines in ((HEADER, rows), (SEPARATE_HEADER, separate)):
+  tables = [(HEADER, rows), (SEPARATE_HEADER, separate)]
+  tables += [(seeds_header(task), lines) for task, lines in several.items()]
+  for header, lines in tables:
     if lines:
       print(header)
       print("\n".join(lines))

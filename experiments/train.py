@@ -4,6 +4,9 @@
     python experiments/train.py --data_dir=../shared/tensorflow_datasets --workdir=runs/separate \
         --task=separate --model=unet
 
+With --num_seeds=N, trains N replicas (seeds --seed .. --seed + N - 1) as one program and
+records each one and their spread.
+
 Writes metrics.json, loss_curve.png, reconstructions.png (separate: separation.png) and
 checkpoints/ (one per epoch).
 Running the same command again resumes from the newest good checkpoint.
@@ -54,6 +57,9 @@ flags.DEFINE_enum("lr_schedule", "constant", list(LR_SCHEDULES), "Learning rate 
 flags.DEFINE_integer("warmup_steps", 0, "With --lr_schedule=cosine: linear warmup steps.")
 flags.DEFINE_integer("seed", 0, "Seed of the initialization and of every epoch's shuffle "
                      f"(0..{MAX_SEED}).")
+flags.DEFINE_integer("num_seeds", 1, "Train this many replicas, seeds --seed .. --seed + N - 1, "
+                     "as one program (each its own initialization and shuffle); metrics.json "
+                     "holds each one's results and their spread.")
 flags.DEFINE_integer("train_limit", 0, "Use the first N training pairs (0 = all).")
 flags.DEFINE_integer("test_limit", 0, "Use the first N test pairs (0 = all).")
 flags.DEFINE_bool("full_batch", False, "The original's procedure: one optimizer step on the "
@@ -109,7 +115,8 @@ def validate_flags() -> Config:
                     epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
                     learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule,
                     warmup_steps=FLAGS.warmup_steps, optimizer=FLAGS.optimizer, seed=FLAGS.seed,
-                    full_batch=FLAGS.full_batch, conv_impl=FLAGS.conv_impl).validate()
+                    num_seeds=FLAGS.num_seeds, full_batch=FLAGS.full_batch,
+                    conv_impl=FLAGS.conv_impl).validate()
   except ValueError as e:
     cli.fail(f"--{e}")
   cli.check_writable(FLAGS.workdir)

@@ -62,6 +62,8 @@ class Config:
   epochs: int = 50
   batch_size: int = 32
   seed: int = 0
+  # Independent replicas trained as one program (jaxae/seeds.py): seeds seed, ..., seed+N-1.
+  num_seeds: int = 1
   # The original's procedure: one optimizer step on the whole training set per epoch.
   full_batch: bool = False
   # Data conventions.
@@ -104,6 +106,9 @@ class Config:
     # JAX keys take 32-bit seeds: 2**32 would silently repeat seed 0, and -1 seed 2**32 - 1.
     need(_is_int(self.seed) and 0 <= self.seed <= MAX_SEED, "seed",
          f"an integer in 0..{MAX_SEED} (JAX keys take 32-bit seeds)")
+    need(_is_int(self.num_seeds) and self.num_seeds >= 1, "num_seeds", "a positive integer")
+    need(self.seed + self.num_seeds - 1 <= MAX_SEED, "num_seeds",
+         f"at most {MAX_SEED + 1} - seed (the replicas' seeds seed..seed+num_seeds-1 are 32-bit)")
     need(isinstance(self.full_batch, bool), "full_batch", "true or false")
     for name in ("mnist_normalization", "cifar_normalization"):
       need(isinstance(getattr(self, name), Normalization), name, "a Normalization")

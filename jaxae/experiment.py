@@ -13,7 +13,7 @@ import numpy as np
 
 from jax.sharding import Mesh
 
-from jaxae import parallel, plots
+from jaxae import parallel, plots, seeds
 from jaxae import workdir as workdir_lib
 from jaxae.checkpoints import (CheckpointSaveError, Checkpointer, IncompatibleCheckpointError,
                                InconsistentCheckpointError, NoUsableCheckpointError)
@@ -23,15 +23,17 @@ from jaxae.loop import evaluate, steps_per_epoch, train_epoch, train_full_batch_
 from jaxae.provenance import provenance, version_changes
 from jaxae.models import cpu_batch_sizes, forward_flops
 from jaxae.tasks import RECONSTRUCT
-from jaxae.train import TrainState, count_params, create_train_state
+from jaxae.train import TrainState, count_params
 from jaxae.workdir import (CHECKPOINT_DIR, METRICS_FILE, SETTINGS_FILE, RunError, run_settings,
                            write_json)
 
 
 
-def _line(epoch: int, epochs: int, train_loss: float, test_loss: float, seconds: float,
-          images: int, remaining_s: float) -> str:
-  return (f"epoch {epoch:3d}/{epochs}  train_loss {train_loss:.6f}  test_loss {test_loss:.6f}  "
+def _line(epoch: int, epochs: int, train_loss, test_loss, seconds: float, images: int,
+          remaining_s: float) -> str:
+  """The epoch's console line; replicas' losses as their mean ± standard deviation."""
+  return (f"epoch {epoch:3d}/{epochs}  train_loss {seeds.format_value(train_loss)}  "
+          f"test_loss {seeds.format_value(test_loss)}  "
           f"{images / max(seconds, 1e-9):8.0f} images/s  {seconds:6.1f} s  "
           f"ETA {remaining_s / 60:5.1f} min")
 
@@ -84,9 +86,10 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   replace = workdir_lib.holds_other_run(workdir, settings, overwrite)  # Raises unless overwrite.
   _clear(workdir, primary and replace)
 
-  state = parallel.replicate(create_train_state(
-      jax.random.key(config.seed), config,
-      steps_per_epoch=steps_per_epoch(len(train), config.batch_size, config.full_batch)), mesh)
+  replicas = seeds.replicas_of(config)
+  state = parallel.replicate(seeds.initial_state(
+      config, steps_per_epoch=steps_per_epoch(len(train), config.batch_size, config.full_batch)),
+      mesh)
   task = state.task
   train_examples, test_examples = parallel.replicate((task.examples(train), task.examples(test)),
                                                      mesh)
@@ -123,10 +126,14 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   if primary:
     _write(lambda: write_json(workdir / SETTINGS_FILE, settings), workdir / SETTINGS_FILE)
   parallel.sync("jaxae:workdir_ready")
-  size = {"num_params": count_params(state.params), "forward_flops_per_image": forward_flops(state)}
+  one = seeds.one_replica(state, replicas)
+  size = {"num_params": count_params(one.params), "forward_flops_per_image": forward_flops(one)}
   log(f"Task {config.task}" + (f" ({config.separation})" if config.task == "separate" else "")
       + f", model {config.model} {list(config.features)}: {size['num_params']:,} parameters, "
       f"{size['forward_flops_per_image'] / 1e6:,.1f} MFLOPs per image (forward).")
+  if replicas:
+    log(f"{replicas} replicas (seeds {config.seed}..{config.seed + replicas - 1}) trained as one "
+        "program, each with its own initialization and shuffle.")
   log(f"Training on {len(train):,} mean images (test {len(test):,}) on {_devices(mesh)}, "
       + ("full batch (one step per epoch)" if config.full_batch else f"batch {config.batch_size}")
       + f", {config.epochs} epochs.")
@@ -141,25 +148,26 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
     start = time.perf_counter()
     if config.full_batch:
       result = train_full_batch_epoch(state, train_examples, mesh=mesh,
-                                      chunk_size=min(32, microbatch))
+                                      chunk_size=min(32, microbatch), replicas=replicas)
     else:
       result = train_epoch(state, train_examples, seed=config.seed, epoch=epoch,
                            batch_size=config.batch_size, mesh=mesh,
-                           microbatch_per_device=microbatch)
-    bad = np.flatnonzero(~np.isfinite(result.step_losses))
-    if bad.size:
-      step = int(bad[0]) + 1
+                           microbatch_per_device=microbatch, replicas=replicas)
+    if bad := seeds.first_non_finite(result.step_losses):
+      step, k = bad
+      value = result.step_losses[step] if k is None else result.step_losses[k, step]
       last = f"epoch {len(history)}" if history else "none (no epoch completed)"
       raise RunError(
-          f"Training diverged: the loss became {result.step_losses[bad[0]]} at epoch {epoch}, step "
-          f"{step} of {len(result.step_losses)}. The last good checkpoint ({last}) is kept in "
+          "Training diverged: " + ("" if k is None else f"replica {k} (seed {config.seed + k}): ")
+          + f"the loss became {value} at epoch {epoch}, step {step + 1} of "
+          f"{result.step_losses.shape[-1]}. The last good checkpoint ({last}) is kept in "
           f"{checkpoint_dir}; lower --learning_rate and run again.", exit_code=1)
     state = result.state
     test_loss = evaluate(state, test_examples, batch_size=eval_batch_size,
-                         with_predictions=False, mesh=mesh)["loss"]
+                         with_predictions=False, mesh=mesh, replicas=replicas)["loss"]
     seconds = time.perf_counter() - start
-    history.append({"epoch": epoch, "train_loss": result.loss, "test_loss": test_loss,
-                    "seconds": seconds})
+    history.append({"epoch": epoch, "train_loss": _plain(result.loss),
+                    "test_loss": _plain(test_loss), "seconds": seconds})
     try:
       checkpointer.save(epoch, state, history, provenance=now)
     except CheckpointSaveError as e:
@@ -169,15 +177,22 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
     log(_line(epoch, config.epochs, result.loss, test_loss, seconds, len(train), remaining))
   checkpointer.close()
 
-  final = final_metrics(state, test, eval_batch_size, mesh=mesh)
-  predictions = final.pop("_predictions")
+  finals, predictions = replica_final_metrics(state, test, eval_batch_size, replicas, mesh=mesh)
   if history:
-    final["train_loss"] = history[-1]["train_loss"]
+    for k, final in enumerate(finals):
+      final["train_loss"] = history[-1]["train_loss"][k] if replicas else history[-1]["train_loss"]
   metrics = {"config": config.to_dict(), "train_limit": train_limit, "test_limit": test_limit,
              "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
              "num_devices": parallel.mesh_size(mesh), "num_processes": jax.process_count(),
-             "optimizer_steps": int(state.step), **size, "provenance": now, "history": history,
-             "final": final}
+             "optimizer_steps": int(np.max(state.step)), **size, "provenance": now,
+             "history": history}
+  if replicas:
+    # "final": each number's spread across the replicas; each replica's own run under "replicas".
+    metrics.update(seeds=seeds.seeds_of(config), final=seeds.spread_of(finals), replicas=[
+        {"seed": seed, "history": seeds.replica_history(history, k), "final": finals[k]}
+        for k, seed in enumerate(seeds.seeds_of(config))])
+  else:
+    metrics["final"] = finals[0]
   if not primary:
     return metrics
   _write(lambda: write_json(workdir / METRICS_FILE, metrics), workdir / METRICS_FILE)
@@ -185,12 +200,20 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
     _write(lambda: plots.loss_curve(
         history, workdir / "loss_curve.png",
         title=("Full batch" if config.full_batch else f"Batch {config.batch_size}")
-        + f", {config.optimizer} lr {config.learning_rate:g}", ylabel=task.loss_label),
+        + f", {config.optimizer} lr {config.learning_rate:g}"
+        + (f", {replicas} seeds (mean, min-max band)" if replicas else ""),
+        ylabel=task.loss_label),
         workdir / "loss_curve.png")
   figure = workdir / task.run_figure
-  _write(lambda: task.draw(test, predictions, figure), figure)
-  log(summary(final, task))
+  _write(lambda: task.draw(test, predictions, figure,
+                          title=f"Seed {config.seed} (the first of {replicas} seeds)" if replicas else ""), figure)
+  log(seeds_summary(finals, seeds.seeds_of(config), task))
   return metrics
+
+
+def _plain(value):
+  """A float, or a list of floats for replicas (JSON for the history)."""
+  return value.tolist() if isinstance(value, np.ndarray) else value
 
 
 def _clear(workdir: pathlib.Path, clear: bool) -> None:
@@ -216,11 +239,26 @@ def final_metrics(state: TrainState, test: MixedSplit, eval_batch_size: int,
   Reconstruct: SSIM/PSNR in both conventions; separate: per source, beside the trivial estimate.
   The returned dict carries the predictions under "_predictions" for the caller's figures.
   """
-  ev = evaluate(state, state.task.examples(test), batch_size=eval_batch_size, mesh=mesh)
+  finals, predictions = replica_final_metrics(state, test, eval_batch_size, 0, mesh=mesh)
+  return {**finals[0], "_predictions": predictions}
+
+
+def replica_final_metrics(state: TrainState, test: MixedSplit, eval_batch_size: int,
+                          replicas: int, mesh: Mesh | None = None
+                          ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+  """`final_metrics` of every replica of a stacked state (replicas=R), or of a plain one (0).
+
+  Returns ([final metrics of each replica], the predictions of the first, for figures).
+  """
+  ev = evaluate(state, state.task.examples(test), batch_size=eval_batch_size, mesh=mesh,
+                replicas=replicas)
   predictions = {k: v for k, v in ev.items() if k not in ("loss", "per_example_loss")}
-  quality = state.task.final_metrics(test, predictions)
-  return {"test_loss": ev["loss"], "num_test_images": len(test), **quality,
-          "_predictions": predictions}
+  finals = []
+  for k in range(replicas or 1):
+    mine = {key: v[k] for key, v in predictions.items()} if replicas else predictions
+    finals.append({"test_loss": float(ev["loss"][k]) if replicas else ev["loss"],
+                   "num_test_images": len(test), **state.task.final_metrics(test, mine)})
+  return finals, ({key: v[0] for key, v in predictions.items()} if replicas else predictions)
 
 
 def _devices(mesh: Mesh) -> str:
@@ -229,6 +267,13 @@ def _devices(mesh: Mesh) -> str:
   if jax.process_count() > 1:
     where += f" in {jax.process_count()} processes"
   return where
+
+
+def seeds_summary(finals: list[dict[str, Any]], seeds_: list[int], task=RECONSTRUCT) -> str:
+  """`summary` of one run, or for replicas the spread of every final number across them."""
+  if len(finals) == 1:
+    return summary(finals[0], task)
+  return "\n".join(seeds.summary_lines(finals, seeds_))
 
 
 def summary(final: dict[str, Any], task=RECONSTRUCT) -> str:

@@ -5,6 +5,12 @@ function. A split is the task's examples (jaxae/tasks.py): an image array [N, ..
 arrays with a leading example axis; every function below takes either. The last partial batch is padded with index 0 and masked out, so every example counts
 exactly once per epoch and every step has the same shape.
 
+Every function also takes `replicas`: 0 for a TrainState of one seed, or N for a stacked state of
+N replicas (jaxae/seeds.py), whose replica k uses seed + k, each with its own shuffle, on shared
+examples. `replica_strategy` says how they run: "vmap" (one program, vmapped over the replica
+axis) or "loop" (the single-seed program once per replica); the default is the platform's
+(`choose_replica_strategy`).
+
 Every function takes a `mesh` (default: `parallel.data_mesh()`, all devices): the batch is split
 along its data axis and the state replicated (see jaxae/parallel.py). A batch size that the device
 count does not divide is padded with masked examples to the next multiple, which leaves the loss
@@ -23,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxae import parallel
+from jaxae import parallel, seeds
 from jaxae.train import (TrainState, apply_mean_gradient, batch_size_of, eval_step,
                          loss_and_grad_sums, scan_sums, train_step)
 
@@ -50,6 +56,34 @@ class _InFlight:
 # Evaluation batch: on 2 CPU cores, 10,000 images took 1.2-1.4 s at batches of 32-100 and
 # 2.0-4.3 s at 500 (large convolution operands fall out of cache).
 EVAL_BATCH_SIZE = 100
+
+
+# How the replicas of a stacked state run, per platform (default "vmap"). On the 2-core CPU the
+# seed model's batch-32 step keeps its activations in the 2 MB L2 cache and keeps 1.7 of the 2
+# cores busy; vmapping replicas multiplies the activations and pushes them out of cache: 8
+# replicas' epoch cost 11.8x one replica's vmapped and 8.0x one replica after another
+# (benchmark.py --num_seeds=8; README, "Many seeds in one program").
+REPLICA_STRATEGIES = ("vmap", "loop")
+PLATFORM_REPLICA_STRATEGY = {"cpu": "loop"}
+
+
+def choose_replica_strategy(mesh: Mesh, strategy: str | None = None) -> str:
+  """`strategy` if given (checked), else the mesh's platform's (PLATFORM_REPLICA_STRATEGY)."""
+  if strategy is None:
+    return PLATFORM_REPLICA_STRATEGY.get(mesh.devices.flat[0].platform, "vmap")
+  if strategy not in REPLICA_STRATEGIES:
+    raise ValueError(f"Unknown replica_strategy {strategy!r}; use one of {REPLICA_STRATEGIES}.")
+  return strategy
+
+
+def _one_by_one(replicas: int, mesh: Mesh, strategy: str | None) -> bool:
+  return bool(replicas) and choose_replica_strategy(mesh, strategy) == "loop"
+
+
+def _stacked_results(results: list["EpochResult"]) -> "EpochResult":
+  return EpochResult(seeds.stack([r.state for r in results]),
+                     np.array([r.loss for r in results]),
+                     np.stack([r.step_losses for r in results]))
 
 
 def epoch_key(seed: int, epoch: int) -> jax.Array:
@@ -87,16 +121,18 @@ MICROBATCH_PER_DEVICE = 64
 
 
 @functools.cache
-def sharded_train_epoch(mesh: Mesh, microbatch_size: int | None = None):
+def sharded_train_epoch(mesh: Mesh, microbatch_size: int | None = None, replicas: bool = False):
   """An epoch of `train_step`s as one `lax.scan`, jitted for `mesh`; the state is donated.
 
   (state, examples, indices_SW, mask_SW) -> (state, step_losses [S]). Step s trains on
   examples[indices_SW[s]] with weights mask_SW[s]. The examples and state are replicated; indices
   and mask are split by column, so each device gathers its own slice of every batch. One program
   per epoch: on CPU it ran 25-30% faster than one dispatch per step from Python.
+  With `replicas`, state, indices and mask have a leading replica axis [R, ...] (and the step
+  losses are [R, S]); the examples are shared.
   """
   replicated = parallel.replicated(mesh)
-  by_column = parallel.batch_sharded(mesh, batch_dim=1)
+  by_column = parallel.batch_sharded(mesh, batch_dim=2 if replicas else 1)
 
   def epoch_fn(state, examples, indices_SW, mask_SW):
     def step(state, batch_indices_and_mask):
@@ -108,6 +144,8 @@ def sharded_train_epoch(mesh: Mesh, microbatch_size: int | None = None):
 
     return jax.lax.scan(step, state, (indices_SW, mask_SW))
 
+  if replicas:
+    epoch_fn = jax.vmap(epoch_fn, in_axes=(0, None, 0, 0))
   return jax.jit(epoch_fn, donate_argnums=0,
                  in_shardings=(replicated, replicated, by_column, by_column),
                  out_shardings=(replicated, replicated))
@@ -123,31 +161,46 @@ def microbatch_size(batch_width: int, mesh: Mesh,
 @dataclasses.dataclass(frozen=True)
 class EpochResult:
   state: TrainState
-  loss: float  # Mean training loss over the epoch's examples.
-  step_losses: np.ndarray  # [S], one per optimizer step (NaN-checking names the bad step).
+  # Mean training loss over the epoch's examples: a float, or [R] for R replicas.
+  loss: float | np.ndarray
+  # [S] (or [R, S]), one per optimizer step: NaN-checking names the bad step (and replica).
+  step_losses: np.ndarray
 
 
 def train_epoch(state: TrainState, examples, *, seed: int, epoch: int, batch_size: int,
-                mesh: Mesh | None = None,
-                microbatch_per_device: int = MICROBATCH_PER_DEVICE) -> EpochResult:
+                mesh: Mesh | None = None, microbatch_per_device: int = MICROBATCH_PER_DEVICE,
+                replicas: int = 0, replica_strategy: str | None = None) -> EpochResult:
   """One shuffled pass of minibatch steps. `state` is donated: use the returned one.
 
   Batches of more than `microbatch_per_device` examples per device sum their gradient over
-  microbatches of that size (the same steps; see `train.loss_and_grad_sums`).
+  microbatches of that size (the same steps; see `train.loss_and_grad_sums`). With `replicas=R`
+  the state is R stacked replicas (jaxae/seeds.py); replica k shuffles with seed + k.
   """
   mesh = mesh or parallel.data_mesh()
+  if _one_by_one(replicas, mesh, replica_strategy):
+    return _stacked_results([
+        train_epoch(seeds.replica(state, k), examples, seed=seed + k, epoch=epoch,
+                    batch_size=batch_size, mesh=mesh, microbatch_per_device=microbatch_per_device)
+        for k in range(replicas)])
   n = batch_size_of(examples)
   state, examples = parallel.replicate((state, examples), mesh)
-  indices, mask = epoch_batches(epoch_key(seed, epoch), n, batch_size,
-                                parallel.padded_batch_size(batch_size, mesh))
-  counts = np.asarray(mask.sum(axis=1), np.float64)
+  width = parallel.padded_batch_size(batch_size, mesh)
+  if replicas:
+    batches = [epoch_batches(epoch_key(seed + k, epoch), n, batch_size, width)
+               for k in range(replicas)]
+    indices, mask = (jnp.stack(parts) for parts in zip(*batches))
+  else:
+    indices, mask = epoch_batches(epoch_key(seed, epoch), n, batch_size, width)
+  counts = np.asarray(mask.sum(axis=-1), np.float64)
   # Each process places only the columns (batch slices) of its own devices.
-  indices, mask = parallel.put((indices, mask), parallel.batch_sharded(mesh, batch_dim=1))
-  epoch_fn = sharded_train_epoch(mesh, microbatch_size(indices.shape[1], mesh,
-                                                       microbatch_per_device))
+  indices, mask = parallel.put((indices, mask),
+                               parallel.batch_sharded(mesh, batch_dim=mask.ndim - 1))
+  epoch_fn = sharded_train_epoch(mesh, microbatch_size(width, mesh, microbatch_per_device),
+                                 bool(replicas))
   state, step_losses = epoch_fn(state, examples, indices, mask)
   step_losses = np.asarray(step_losses, np.float64)
-  return EpochResult(state, float(np.sum(step_losses * counts) / n), step_losses)
+  losses = np.sum(step_losses * counts, axis=-1) / n
+  return EpochResult(state, losses if replicas else float(losses), step_losses)
 
 
 def _rows(mesh: Mesh, examples, start: jax.Array, size: int):
@@ -162,7 +215,7 @@ def _rows(mesh: Mesh, examples, start: jax.Array, size: int):
 
 
 @functools.cache
-def _full_batch_step(mesh: Mesh, chunk_size: int):
+def _full_batch_step(mesh: Mesh, chunk_size: int, replicas: bool = False):
   def step_fn(state, examples):
     n = batch_size_of(examples)
 
@@ -174,33 +227,41 @@ def _full_batch_step(mesh: Mesh, chunk_size: int):
     loss_sum, grad_sums = scan_sums(chunk_sums, state.params, starts)
     return apply_mean_gradient(state, loss_sum, grad_sums, n)
 
+  if replicas:
+    step_fn = jax.vmap(step_fn, in_axes=(0, None))
   replicated = parallel.replicated(mesh)
   return jax.jit(step_fn, donate_argnums=0, in_shardings=replicated, out_shardings=replicated)
 
 
 def full_batch_step(state: TrainState, examples, chunk_size: int = 32,
-                    mesh: Mesh | None = None):
+                    mesh: Mesh | None = None, replicas: int = 0):
   """One optimizer step on the mean loss over the whole set: the original's procedure.
 
   The gradient is summed over fixed-size chunks (the last one masked) in a `lax.scan`, so memory
   stays small; the step uses the gradient of the mean over all N examples. Small chunks stay in
-  cache: on 2 CPU cores 32-image chunks ran 2x faster than 1000-image ones.
+  cache: on 2 CPU cores 32-image chunks ran 2x faster than 1000-image ones. With `replicas`, the
+  state is stacked replicas (the full batch has no shuffle, so they differ by initialization).
   """
   mesh = mesh or parallel.data_mesh()
   chunk_size = parallel.padded_batch_size(chunk_size, mesh)
   state, examples = parallel.replicate((state, examples), mesh)
-  return _full_batch_step(mesh, chunk_size)(state, examples)
+  return _full_batch_step(mesh, chunk_size, bool(replicas))(state, examples)
 
 
 def train_full_batch_epoch(state: TrainState, examples, mesh: Mesh | None = None,
-                           chunk_size: int = 32) -> EpochResult:
-  state, metrics = full_batch_step(state, examples, chunk_size=chunk_size, mesh=mesh)
-  loss = float(metrics["loss"])
-  return EpochResult(state, loss, np.array([loss]))
+                           chunk_size: int = 32, replicas: int = 0,
+                           replica_strategy: str | None = None) -> EpochResult:
+  if _one_by_one(replicas, mesh or parallel.data_mesh(), replica_strategy):
+    return _stacked_results([train_full_batch_epoch(seeds.replica(state, k), examples, mesh,
+                                                    chunk_size) for k in range(replicas)])
+  state, metrics = full_batch_step(state, examples, chunk_size=chunk_size, mesh=mesh,
+                                   replicas=replicas)
+  loss = np.asarray(metrics["loss"], np.float64)
+  return EpochResult(state, loss if replicas else float(loss), loss[..., None])
 
 
 @functools.cache
-def _eval_batch(mesh: Mesh, batch_size: int, with_predictions: bool):
+def _eval_batch(mesh: Mesh, batch_size: int, with_predictions: bool, replicas: bool = False):
   def eval_fn(state, examples, start):
     batch, _ = _rows(mesh, examples, start, batch_size)  # evaluate() drops the padding.
     out = eval_step(state, batch)
@@ -209,30 +270,42 @@ def _eval_batch(mesh: Mesh, batch_size: int, with_predictions: bool):
       return {"per_example_loss": out["per_example_loss"]}
     return out
 
+  if replicas:
+    eval_fn = jax.vmap(eval_fn, in_axes=(0, None, None))
   # Replicated outputs: every process can read the whole batch's results.
   replicated = parallel.replicated(mesh)
   return jax.jit(eval_fn, in_shardings=replicated, out_shardings=replicated)
 
 
 def evaluate(state: TrainState, examples, *, batch_size: int = EVAL_BATCH_SIZE,
-             with_predictions: bool = True,
-             mesh: Mesh | None = None) -> dict[str, np.ndarray | float]:
+             with_predictions: bool = True, mesh: Mesh | None = None,
+             replicas: int = 0,
+             replica_strategy: str | None = None) -> dict[str, np.ndarray | float]:
   """Loss over all N examples (the mean of per-example losses) and, optionally, predictions.
 
   Fixed-shape batches; the padding of the last one is dropped before averaging. Returns NumPy
   arrays, the same in every process: "per_example_loss" [N] and the task's predictions (e.g.
-  "reconstructions" [N, 32, 32, 3]; see `train.eval_step`).
+  "reconstructions" [N, 32, 32, 3]; see `train.eval_step`). With `replicas=R` (a stacked state)
+  every array has a leading replica axis and "loss" is [R].
   """
   mesh = mesh or parallel.data_mesh()
+  if _one_by_one(replicas, mesh, replica_strategy):
+    each = [evaluate(seeds.replica(state, k), examples, batch_size=batch_size,
+                     with_predictions=with_predictions, mesh=mesh) for k in range(replicas)]
+    return {key: np.stack([e[key] for e in each]) for key in each[0]}
   batch_size = parallel.padded_batch_size(batch_size, mesh)
   n = batch_size_of(examples)
   state, examples = parallel.replicate((state, examples), mesh)
-  eval_fn = _eval_batch(mesh, batch_size, with_predictions)
+  eval_fn = _eval_batch(mesh, batch_size, with_predictions, bool(replicas))
   outputs, in_flight = [], _InFlight()
   for start in range(0, n, batch_size):
     outputs.append(eval_fn(state, examples, np.int32(start)))
     in_flight.add(outputs[-1])
-  result = {key: np.concatenate([np.asarray(o[key]) for o in outputs])[:n] for key in outputs[0]}
+  axis = 1 if replicas else 0  # The examples' axis.
+  first_n = (slice(None),) * axis + (slice(n),)
+  result = {key: np.concatenate([np.asarray(o[key]) for o in outputs], axis)[first_n]
+            for key in outputs[0]}
   result["per_example_loss"] = result["per_example_loss"].astype(np.float64)
-  result["loss"] = float(result["per_example_loss"].mean())
+  loss = result["per_example_loss"].mean(axis=-1)
+  result["loss"] = loss if replicas else float(loss)
   return result

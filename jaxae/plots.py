@@ -20,15 +20,24 @@ def _pyplot():
 
 def loss_curve(history: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "",
                ylabel: str = "MSE (normalized images)") -> None:
-  """Train and test loss per epoch; log scale unless a loss is <= 0 (log10 losses)."""
+  """Train and test loss per epoch; log scale unless a loss is <= 0 (log10 losses).
+
+  A history of several seeds (each loss a list, one per replica) is drawn as the mean over the
+  replicas with a band from their min to their max.
+  """
   plt = _pyplot()
   epochs = [h["epoch"] for h in history]
   fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-  ax.plot(epochs, [h["train_loss"] for h in history], marker=".", label="train")
-  ax.plot(epochs, [h["test_loss"] for h in history], marker=".", label="test")
+  for key, label in (("train_loss", "train"), ("test_loss", "test")):
+    values = np.asarray([np.atleast_1d(h[key]) for h in history], np.float64)  # [epochs, R]
+    line, = ax.plot(epochs, values.mean(axis=1), marker=".", label=label)
+    if values.shape[1] > 1:
+      ax.fill_between(epochs, values.min(axis=1), values.max(axis=1), color=line.get_color(),
+                      alpha=0.25, linewidth=0)
   ax.set_xlabel("epoch")
   ax.set_ylabel(ylabel)
-  if all(h["train_loss"] > 0 and h["test_loss"] > 0 for h in history):
+  if all(np.all(np.asarray(h["train_loss"]) > 0) and np.all(np.asarray(h["test_loss"]) > 0)
+         for h in history):
     ax.set_yscale("log")
   ax.set_title(title or "Loss per epoch")
   ax.grid(True, which="both", alpha=0.3)

@@ -58,6 +58,12 @@ def devices(workdir):
                                                run["final"]["photo_ssim_mean"]]]
   # Batch 6, which four devices do not divide: padded to 8 with masked examples.
   meshes = (("one", parallel.data_mesh(jax.devices()[:1])), ("four", parallel.data_mesh()))
+  # Three replicas (jaxae/seeds.py), a number the four devices do not divide.
+  three = config(epochs=1).replace(num_seeds=3, features=(4, 8, 8))
+  for name, mesh in meshes:
+    run = train_and_evaluate(three, train, test, f"{workdir}/seeds_{name}", log=quiet, mesh=mesh)
+    out[f"seeds_{name}"] = [[h["train_loss"], h["test_loss"]] for r in run["replicas"]
+                            for h in r["history"]]
   for name, mesh in meshes:
     result = loop.train_epoch(create_train_state(jax.random.key(0)), train.images, seed=0,
                               epoch=1, batch_size=6, mesh=mesh)

@@ -161,8 +161,9 @@ def test_killed_run_resumes_to_the_uninterrupted_history(tmp_path):
 @pytest.mark.parametrize("task", sorted(TASK_FLAGS))
 def test_benchmark_prints_json_lines(tmp_path, task):
   out = tmp_path / "bench.jsonl"
+  seeds = ["--num_seeds=2"] if task == "reconstruct" else []
   run = run_script("benchmark.py", "--num_images=96", "--epochs=1", "--batch_sizes=32",
-                   f"--output={out}", *TASK_FLAGS[task])
+                   f"--output={out}", *TASK_FLAGS[task], *seeds)
   assert run.returncode == 0, run.stderr
   records = [json.loads(line) for line in out.read_text().splitlines()]
   metrics = {r["metric"] for r in records}
@@ -170,3 +171,7 @@ def test_benchmark_prints_json_lines(tmp_path, task):
   train = next(r for r in records if r["metric"] == "train_images_per_s")
   assert train["batch_size"] == 32 and train["value"] > 0 and train["device"]
   assert train["task"] == task
+  if seeds:  # Beside the single-seed figure: 2 replicas as one program, and the time ratio.
+    many = next(r for r in records if r["metric"] == "replica_images_per_s")
+    ratio = next(r for r in records if r["metric"] == "seeds_time_ratio")
+    assert many["num_seeds"] == 2 and many["value"] > 0 and ratio["value"] > 0

@@ -67,6 +67,9 @@ def test_four_devices_train_like_one_and_split_every_batch(tmp_path):
   # So does the separation task (dicts of examples, the U-Net, its per-source metrics).
   assert len(out["separate_four"]) == 2
   np.testing.assert_allclose(out["separate_four"], out["separate_one"], rtol=1e-5)
+  # Three replicas on 4 devices: the same histories as on one device.
+  assert len(out["seeds_four"]) == 3
+  np.testing.assert_allclose(out["seeds_four"], out["seeds_one"], rtol=1e-5)
   # Batch 6 on 4 devices (padded to 8, masked): the same loss at every step as on one device.
   assert len(out["batch6_four"]) == 7  # ceil(40 / 6) steps.
   np.testing.assert_allclose(out["batch6_four"], out["batch6_one"], rtol=1e-5)

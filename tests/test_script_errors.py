@@ -31,6 +31,8 @@ def _one_line(run, exit_code, message):
     (["--seed=4294967296", GOOD_DATA], "--seed must be an integer in 0..4294967295"),
     (["--seed=18446744073709551615", GOOD_DATA], "--seed must be an integer in 0..4294967295"),
     (["--data_dir="], "--data_dir is empty"),
+    (["--num_seeds=0", GOOD_DATA], "--num_seeds must be a positive integer, got 0"),
+    (["--num_seeds=-3", GOOD_DATA], "--num_seeds must be a positive integer, got -3"),
 ])
 def test_train_refuses_before_writing_anything(tmp_path, args, message):
   run = run_script("train.py", f"--workdir={tmp_path / 'run'}", *args)

@@ -1,0 +1,152 @@
+"""Many seeds in one program (jaxae/seeds.py): replica k computes the single-seed run seed + k."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO, run_script, shared_data_dir, tiny_splits
+from jaxae import Config, loop, parallel, seeds
+from jaxae.experiment import train_and_evaluate
+from jaxae.loop import evaluate, train_epoch, train_full_batch_epoch
+from jaxae.train import create_train_state
+from jaxae.workdir import RunError
+
+QUIET = lambda _: None
+SMALL = dict(features=(4, 8, 8), batch_size=16, epochs=2)
+
+
+def test_three_replicas_equal_three_single_seed_runs(tmp_path):
+  train, test = tiny_splits(40, 12)
+  config = Config(**SMALL, seed=5)
+  many = train_and_evaluate(config.replace(num_seeds=3), train, test, tmp_path / "many",
+                            log=QUIET)
+  assert many["seeds"] == [5, 6, 7] and len(many["replicas"]) == 3
+  for k, replica in enumerate(many["replicas"]):
+    single = train_and_evaluate(config.replace(seed=5 + k), train, test, tmp_path / str(k),
+                                log=QUIET)
+    assert replica["seed"] == 5 + k
+    np.testing.assert_allclose(
+        [[h["train_loss"], h["test_loss"]] for h in replica["history"]],
+        [[h["train_loss"], h["test_loss"]] for h in single["history"]], rtol=1e-5)
+    for key in ("test_loss", "train_loss", "ssim_standard_mean", "psnr_original_mean"):
+      assert replica["final"][key] == pytest.approx(single["final"][key], rel=1e-5), key
+  # The replicas differ (their own initialization and shuffle), and "final" is their spread.
+  losses = [r["final"]["test_loss"] for r in many["replicas"]]
+  assert len(set(losses)) == 3
+  spread = many["final"]["test_loss"]
+  assert spread["mean"] == pytest.approx(np.mean(losses))
+  assert spread["std"] == pytest.approx(np.std(losses, ddof=1))
+  assert (spread["min"], spread["max"]) == (min(losses), max(losses))
+  assert many["final"]["num_test_images"] == 12  # Equal in every replica: kept as it is.
+  assert json.loads((tmp_path / "many" / "metrics.json").read_text())["final"] == many["final"]
+  assert (tmp_path / "many" / "loss_curve.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("mode,strategy", [("minibatch", "vmap"), ("full_batch", "vmap"),
+                                           ("full_batch", "loop"), ("separate_unet", "vmap"),
+                                           ("separate_unet", "loop")])
+def test_replicas_train_and_evaluate_like_single_seeds(mode, strategy):
+  """Both ways of running replicas (one vmapped program, or the single-seed one per replica),
+  for both procedures, tasks and models."""
+  train, test = tiny_splits(24, 8)
+  config = Config(**SMALL, seed=3, num_seeds=2, full_batch=mode == "full_batch")
+  if mode == "separate_unet":
+    config = config.replace(task="separate", model="unet", features=(4, 8), batch_size=8)
+  stacked = seeds.create_train_states(config, steps_per_epoch=3)
+  singles = [create_train_state(jax.random.key(s), config, steps_per_epoch=3) for s in (3, 4)]
+  examples = stacked.task.examples(train)
+
+  def epoch(state, seed, replicas=0):
+    if config.full_batch:
+      return train_full_batch_epoch(state, examples, replicas=replicas,
+                                    replica_strategy=strategy)
+    return train_epoch(state, examples, seed=seed, epoch=1, batch_size=config.batch_size,
+                       replicas=replicas, microbatch_per_device=4, replica_strategy=strategy)
+
+  many = epoch(stacked, 3, replicas=2)
+  ones = [epoch(state, seed) for state, seed in zip(singles, (3, 4))]
+  np.testing.assert_allclose(many.step_losses, [o.step_losses for o in ones], rtol=1e-5)
+  np.testing.assert_allclose(many.loss, [o.loss for o in ones], rtol=1e-5)
+  evaluated = evaluate(many.state, stacked.task.examples(test), batch_size=3, replicas=2,
+                       replica_strategy=strategy)
+  for k, one in enumerate(ones):
+    alone = evaluate(one.state, stacked.task.examples(test), batch_size=3)
+    assert evaluated["loss"][k] == pytest.approx(alone["loss"], rel=1e-5)
+    for key, value in alone.items():
+      if key != "loss":
+        np.testing.assert_allclose(evaluated[key][k], value, rtol=1e-4, atol=1e-6)
+
+
+def test_diverging_replica_is_named_with_its_epoch_and_step(tmp_path):
+  train, test = tiny_splits(40, 12)
+  config = Config(**SMALL, seed=7, num_seeds=2, learning_rate=1e6)
+  with pytest.raises(RunError, match=r"diverged: replica 0 \(seed 7\).*epoch 1, step \d+ of 3"):
+    train_and_evaluate(config, train, test, tmp_path, log=QUIET)
+  assert not (tmp_path / "checkpoints" / "1").exists()
+  # The earliest bad step wins, then the lowest replica at that step.
+  losses = np.array([[1.0, 1.0, np.nan], [1.0, np.inf, np.nan]])
+  assert seeds.first_non_finite(losses) == (1, 1)
+  assert seeds.first_non_finite(np.array([1.0, np.nan])) == (1, None)
+  assert seeds.first_non_finite(np.ones((2, 3))) is None
+
+
+def test_replica_strategy_is_the_platforms_unless_given():
+  mesh = parallel.data_mesh()
+  assert loop.choose_replica_strategy(mesh) == "loop"  # CPU: see loop.PLATFORM_REPLICA_STRATEGY.
+  gpu = type("GpuMesh", (), {"devices": np.array([type("D", (), {"platform": "gpu"})()])})()
+  assert loop.choose_replica_strategy(gpu) == "vmap"
+  assert loop.choose_replica_strategy(mesh, "vmap") == "vmap"
+  with pytest.raises(ValueError, match="Unknown replica_strategy"):
+    loop.choose_replica_strategy(mesh, "threads")
+
+
+def test_num_seeds_must_be_positive_and_fit_the_seed_range():
+  for bad in (0, -1, 2.0, True):
+    with pytest.raises(ValueError, match="num_seeds must be a positive integer"):
+      Config(num_seeds=bad).validate()
+  with pytest.raises(ValueError, match="num_seeds must be at most"):
+    Config(seed=2 ** 32 - 2, num_seeds=3).validate()
+  Config(seed=2 ** 32 - 3, num_seeds=3).validate()
+
+
+def test_killed_multi_seed_run_resumes_and_evaluate_scores_every_replica(tmp_path):
+  data_dir = shared_data_dir()
+  args = [f"--data_dir={data_dir}", "--train_limit=64", "--test_limit=16", "--epochs=3",
+          "--batch_size=32", "--num_seeds=2", "--features=4,8,8"]
+  killed = subprocess.Popen([sys.executable, str(REPO / "experiments" / "train.py"), *args,
+                             f"--workdir={tmp_path / 'killed'}"], cwd=REPO,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  first = tmp_path / "killed" / "checkpoints" / "1"
+  deadline = time.time() + 300
+  while not first.exists() and time.time() < deadline and killed.poll() is None:
+    time.sleep(0.05)
+  killed.kill()  # SIGKILL, mid-run.
+  killed.wait()
+  assert first.exists()
+  resumed = run_script("train.py", *args, f"--workdir={tmp_path / 'killed'}")
+  assert resumed.returncode == 0, resumed.stderr
+  assert "train_loss" in resumed.stdout and " ± " in resumed.stdout  # Mean ± spread per epoch.
+  straight = run_script("train.py", *args, f"--workdir={tmp_path / 'straight'}")
+  assert straight.returncode == 0, straight.stderr
+  a = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+  b = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+  assert [r["history"] for r in a["replicas"]] == [r["history"] for r in b["replicas"]]
+  assert len(a["history"]) == 3 and a["seeds"] == [0, 1]
+
+  ev = run_script("evaluate.py", f"--data_dir={data_dir}", f"--workdir={tmp_path / 'killed'}",
+                  "--test_limit=16")
+  assert ev.returncode == 0, ev.stderr
+  result = json.loads((tmp_path / "killed" / "eval.json").read_text())
+  assert [r["seed"] for r in result["replicas"]] == [0, 1] and result["epoch"] == 3
+  for scored, trained in zip(result["replicas"], a["replicas"]):
+    assert scored["psnr_standard_mean"] == pytest.approx(trained["final"]["psnr_standard_mean"])
+  assert result["final"]["test_loss"]["max"] == pytest.approx(a["final"]["test_loss"]["max"])
+  table = run_script("results_table.py", f"--workdirs={tmp_path / 'killed'}")
+  assert table.returncode == 0 and "| killed | 2 (0..1) | 3 |" in table.stdout
