@@ -19,7 +19,8 @@ from jaxae.checkpoints import (CheckpointSaveError, Checkpointer, IncompatibleCh
                                InconsistentCheckpointError, NoUsableCheckpointError)
 from jaxae.config import Config
 from jaxae.dataset import MixedSplit
-from jaxae.loop import evaluate, steps_per_epoch, train_epoch, train_full_batch_epoch
+from jaxae.loop import (choose_replica_strategy, evaluate, steps_per_epoch, train_epoch,
+                        train_full_batch_epoch)
 from jaxae.provenance import provenance, version_changes
 from jaxae.models import cpu_batch_sizes, forward_flops
 from jaxae.tasks import RECONSTRUCT
@@ -132,8 +133,10 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
       + f", model {config.model} {list(config.features)}: {size['num_params']:,} parameters, "
       f"{size['forward_flops_per_image'] / 1e6:,.1f} MFLOPs per image (forward).")
   if replicas:
-    log(f"{replicas} replicas (seeds {config.seed}..{config.seed + replicas - 1}) trained as one "
-        "program, each with its own initialization and shuffle.")
+    how = {"vmap": "as one vmapped program", "loop": "one after another each epoch"}[
+        choose_replica_strategy(mesh)]
+    log(f"{replicas} replicas (seeds {config.seed}..{config.seed + replicas - 1}), each with its "
+        f"own initialization and shuffle, trained {how}.")
   log(f"Training on {len(train):,} mean images (test {len(test):,}) on {_devices(mesh)}, "
       + ("full batch (one step per epoch)" if config.full_batch else f"batch {config.batch_size}")
       + f", {config.epochs} epochs.")

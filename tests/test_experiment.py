@@ -132,11 +132,14 @@ def test_evaluate_without_checkpoint_is_one_line(tmp_path):
 TASK_FLAGS = {"reconstruct": [], "separate": ["--task=separate", "--model=unet", "--features=4,8"]}
 
 
-def test_killed_run_resumes_to_the_uninterrupted_history(tmp_path):
-  # A killed separation run resumes alike: tests/test_tasks.py (the same code after the data).
+def test_killed_multi_seed_run_resumes_and_evaluate_scores_every_replica(tmp_path):
+  """kill -9 mid-run, then the same command: the histories of an uninterrupted run. Two seeds, so
+  the checkpoint must hold both replicas; a single seed resumes alike (the same Checkpointer;
+  test_resumed_run_ends_with_the_uninterrupted_history), and so does a separation run
+  (tests/test_tasks.py)."""
   data_dir = shared_data_dir()
-  args = [f"--data_dir={data_dir}", "--train_limit=96", "--test_limit=16", "--epochs=4",
-          "--batch_size=32"]
+  args = [f"--data_dir={data_dir}", "--train_limit=96", "--test_limit=16", "--epochs=3",
+          "--batch_size=32", "--num_seeds=2"]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   killed = subprocess.Popen([sys.executable, str(REPO / "experiments" / "train.py"), *args,
                              f"--workdir={tmp_path / 'killed'}"], env=env, cwd=REPO,
@@ -151,11 +154,24 @@ def test_killed_run_resumes_to_the_uninterrupted_history(tmp_path):
   assert first.exists()
   resumed = run_script("train.py", *args, f"--workdir={tmp_path / 'killed'}")
   assert resumed.returncode == 0, resumed.stderr
+  assert " ± " in resumed.stdout  # Each epoch's losses as the mean ± spread of the replicas.
   straight = run_script("train.py", *args, f"--workdir={tmp_path / 'straight'}")
   assert straight.returncode == 0, straight.stderr
   a = json.loads((tmp_path / "killed" / "metrics.json").read_text())
   b = json.loads((tmp_path / "straight" / "metrics.json").read_text())
-  assert _losses(a) == _losses(b) and len(a["history"]) == 4
+  assert _losses(a) == _losses(b) and len(a["history"]) == 3 and a["seeds"] == [0, 1]
+  assert [r["history"] for r in a["replicas"]] == [r["history"] for r in b["replicas"]]
+
+  ev = run_script("evaluate.py", f"--data_dir={data_dir}", f"--workdir={tmp_path / 'killed'}",
+                  "--test_limit=16")
+  assert ev.returncode == 0, ev.stderr
+  result = json.loads((tmp_path / "killed" / "eval.json").read_text())
+  assert [r["seed"] for r in result["replicas"]] == [0, 1] and result["epoch"] == 3
+  for scored, trained in zip(result["replicas"], a["replicas"]):
+    assert scored["psnr_standard_mean"] == pytest.approx(trained["final"]["psnr_standard_mean"])
+  assert result["final"]["test_loss"]["max"] == pytest.approx(a["final"]["test_loss"]["max"])
+  table = run_script("results_table.py", f"--workdirs={tmp_path / 'killed'}")
+  assert table.returncode == 0 and "| killed | 2 (0..1) | 3 |" in table.stdout
 
 
 @pytest.mark.parametrize("task", sorted(TASK_FLAGS))

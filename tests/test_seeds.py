@@ -1,16 +1,12 @@
 """Many seeds in one program (jaxae/seeds.py): replica k computes the single-seed run seed + k."""
 
 import json
-import os
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, run_script, shared_data_dir, tiny_splits
+from conftest import tiny_splits
 from jaxae import Config, loop, parallel, seeds
 from jaxae.experiment import train_and_evaluate
 from jaxae.loop import evaluate, train_epoch, train_full_batch_epoch
@@ -114,39 +110,3 @@ def test_num_seeds_must_be_positive_and_fit_the_seed_range():
     Config(seed=2 ** 32 - 2, num_seeds=3).validate()
   Config(seed=2 ** 32 - 3, num_seeds=3).validate()
 
-
-def test_killed_multi_seed_run_resumes_and_evaluate_scores_every_replica(tmp_path):
-  data_dir = shared_data_dir()
-  args = [f"--data_dir={data_dir}", "--train_limit=64", "--test_limit=16", "--epochs=3",
-          "--batch_size=32", "--num_seeds=2", "--features=4,8,8"]
-  killed = subprocess.Popen([sys.executable, str(REPO / "experiments" / "train.py"), *args,
-                             f"--workdir={tmp_path / 'killed'}"], cwd=REPO,
-                            env=dict(os.environ, JAX_PLATFORMS="cpu"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  first = tmp_path / "killed" / "checkpoints" / "1"
-  deadline = time.time() + 300
-  while not first.exists() and time.time() < deadline and killed.poll() is None:
-    time.sleep(0.05)
-  killed.kill()  # SIGKILL, mid-run.
-  killed.wait()
-  assert first.exists()
-  resumed = run_script("train.py", *args, f"--workdir={tmp_path / 'killed'}")
-  assert resumed.returncode == 0, resumed.stderr
-  assert "train_loss" in resumed.stdout and " ± " in resumed.stdout  # Mean ± spread per epoch.
-  straight = run_script("train.py", *args, f"--workdir={tmp_path / 'straight'}")
-  assert straight.returncode == 0, straight.stderr
-  a = json.loads((tmp_path / "killed" / "metrics.json").read_text())
-  b = json.loads((tmp_path / "straight" / "metrics.json").read_text())
-  assert [r["history"] for r in a["replicas"]] == [r["history"] for r in b["replicas"]]
-  assert len(a["history"]) == 3 and a["seeds"] == [0, 1]
-
-  ev = run_script("evaluate.py", f"--data_dir={data_dir}", f"--workdir={tmp_path / 'killed'}",
-                  "--test_limit=16")
-  assert ev.returncode == 0, ev.stderr
-  result = json.loads((tmp_path / "killed" / "eval.json").read_text())
-  assert [r["seed"] for r in result["replicas"]] == [0, 1] and result["epoch"] == 3
-  for scored, trained in zip(result["replicas"], a["replicas"]):
-    assert scored["psnr_standard_mean"] == pytest.approx(trained["final"]["psnr_standard_mean"])
-  assert result["final"]["test_loss"]["max"] == pytest.approx(a["final"]["test_loss"]["max"])
-  table = run_script("results_table.py", f"--workdirs={tmp_path / 'killed'}")
-  assert table.returncode == 0 and "| killed | 2 (0..1) | 3 |" in table.stdout
