@@ -120,7 +120,6 @@ def epoch_batches(key: jax.Array, num_examples: int, batch_size: int, width: int
 MICROBATCH_PER_DEVICE = 64
 
 
-@functools.cache
 def sharded_train_epoch(mesh: Mesh, microbatch_size: int | None = None, replicas: bool = False):
   """An epoch of `train_step`s as one `lax.scan`, jitted for `mesh`; the state is donated.
 
@@ -131,6 +130,11 @@ def sharded_train_epoch(mesh: Mesh, microbatch_size: int | None = None, replicas
   With `replicas`, state, indices and mask have a leading replica axis [R, ...] (and the step
   losses are [R, S]); the examples are shared.
   """
+  return _sharded_train_epoch(mesh, microbatch_size, bool(replicas))  # One cache key per program.
+
+
+@functools.cache
+def _sharded_train_epoch(mesh: Mesh, microbatch_size: int | None, replicas: bool):
   replicated = parallel.replicated(mesh)
   by_column = parallel.batch_sharded(mesh, batch_dim=2 if replicas else 1)
 
