@@ -34,12 +34,12 @@ SEPARATE_HEADER = ("| run | model | parameters | epochs | digit PSNR (dB) | digi
 
 # Per task, the columns of the several-seeds table: (heading, final metric, digits).
 SEEDS_COLUMNS = {
-    "reconstruct": [("train loss", "train_loss", 4), ("test loss", "test_loss", 4),
+    "reconstruct": [("train loss", "train_loss", 6), ("test loss", "test_loss", 6),
                     ("SSIM original", "ssim_original_mean", 4),
                     ("PSNR original (dB)", "psnr_original_mean", 2),
                     ("SSIM standard", "ssim_standard_mean", 4),
                     ("PSNR standard (dB)", "psnr_standard_mean", 2)],
-    "separate": [("test loss", "test_loss", 4), ("digit PSNR (dB)", "digit_psnr_mean", 2),
+    "separate": [("test loss", "test_loss", 6), ("digit PSNR (dB)", "digit_psnr_mean", 2),
                  ("digit SSIM", "digit_ssim_mean", 4), ("photo PSNR (dB)", "photo_psnr_mean", 2),
                  ("photo SSIM", "photo_ssim_mean", 4)],
 }

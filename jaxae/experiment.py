@@ -208,8 +208,8 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
         ylabel=task.loss_label),
         workdir / "loss_curve.png")
   figure = workdir / task.run_figure
-  _write(lambda: task.draw(test, predictions, figure,
-                          title=f"Seed {config.seed} (the first of {replicas} seeds)" if replicas else ""), figure)
+  title = f"Seed {config.seed} (the first of {replicas} seeds)" if replicas else ""
+  _write(lambda: task.draw(test, predictions, figure, title=title), figure)
   log(seeds_summary(finals, seeds.seeds_of(config), task))
   return metrics
 
