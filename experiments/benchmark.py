@@ -121,8 +121,6 @@ def main(argv):
       cli.fail(f"--output={FLAGS.output} cannot be written ({problem}).")
   if any(b <= 0 for b in sizes) or FLAGS.num_images <= 0 or FLAGS.epochs <= 0:
     cli.fail("--batch_size(s), --num_images and --epochs must be positive.")
-  if FLAGS.num_seeds < 1:
-    cli.fail(f"--num_seeds must be a positive integer, got {FLAGS.num_seeds}.")
   if FLAGS.microbatch < 0 or FLAGS.eval_batch_size < 0:
     cli.fail("--microbatch and --eval_batch_size must be 0 (the model's) or positive.")
   if max(sizes) > FLAGS.num_images:
@@ -133,7 +131,7 @@ def main(argv):
     features = tuple(int(f) for f in FLAGS.features)
     config = Config(conv_impl=FLAGS.conv_impl, task=FLAGS.task, model=FLAGS.model,
                     features=features, separation=FLAGS.separation,
-                    separation_loss=FLAGS.separation_loss).validate()
+                    separation_loss=FLAGS.separation_loss, num_seeds=FLAGS.num_seeds).validate()
   except ValueError as e:
     cli.fail(f"--{e}" if "must be" in str(e) else
              f"--features must be comma-separated integers, got {','.join(FLAGS.features)!r}.")
@@ -147,10 +145,10 @@ def main(argv):
   examples = task_from_config(config).examples(split)
   state = None
   for batch_size in sizes:
-    state, one_seed = time_training(examples, batch_size, FLAGS.epochs, config, lines)
-    if FLAGS.num_seeds > 1:
-      _, many = time_training(examples, batch_size, FLAGS.epochs,
-                              config.replace(num_seeds=FLAGS.num_seeds), lines)
+    state, one_seed = time_training(examples, batch_size, FLAGS.epochs,
+                                    config.replace(num_seeds=1), lines)
+    if config.num_seeds > 1:
+      _, many = time_training(examples, batch_size, FLAGS.epochs, config, lines)
       emit(lines, metric="seeds_time_ratio", value=round(many / one_seed, 3),
            batch_size=batch_size, num_seeds=FLAGS.num_seeds)
 
