@@ -1,23 +1,25 @@
-"""Loading MNIST and CIFAR-10 splits as NumPy arrays through `tfds.data_source` (no TensorFlow).
+"""Loading MNIST and CIFAR-10 splits as NumPy arrays, without TensorFlow.
 
-Decoding 130,000 PNG records is Python-bound (~100 us a record), so large splits are decoded by
-one process per core, and decoded splits are cached as .npy files outside the data directory.
-The cache key covers the prepared files' names, sizes and modification times, so re-preparing a
-dataset invalidates it.
+Prepared ArrayRecord files are read directly: each record is a tf.Example (parsed with the proto
+module tfds ships) whose PNG OpenCV decodes in a thread pool. OpenCV releases the GIL and decodes
+these small PNGs 2-4x faster than PIL (tfds's own advice): all 130,000 records took 3.2 s on 2
+cores, against 9-12 s through `tfds.data_source` with PIL in worker processes. Other sources
+(tfds's mock data in tests, `download=True`) go through `tfds.data_source`.
+
+Decoded splits are cached as .npy files outside the data directory, keyed by the SHA-256 of the
+prepared files' contents (0.1 s for both datasets): re-preparing a dataset invalidates its cache,
+while a copy or re-creation of the same files (these machines re-create ../shared every session)
+keeps it. Each split keeps one cache entry; a new one replaces the others.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import pathlib
-import signal
-import sys
 import threading
 import time
 from typing import Sequence
@@ -30,9 +32,9 @@ DATASETS = {
     "cifar10": (32, 32, 3),
 }
 SPLITS = ("train", "test")
-_CACHE_FORMAT = 1
-# Below this many records the process pool costs more than it saves.
-_PARALLEL_MIN_RECORDS = 8192
+_CACHE_FORMAT = 2  # 1: one .npz per split keyed by file names, sizes and times.
+# Records per decoding task: small enough to balance the threads, large enough to amortize.
+_TASK_RECORDS = 4096
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -83,32 +85,20 @@ def _open_source(name: str, split: str, data_dir: pathlib.Path | None, download:
                           download=download)
 
 
-def _decode_range(name: str, split: str, data_dir: str | None, start: int, stop: int):
-  data_dir = None if data_dir is None else pathlib.Path(data_dir)
-  source = _open_source(name, split, data_dir, False)
-  return _decode(source, range(start, stop), name, split, data_dir)
-
-
-def _decode(source, indices, name: str, split: str,
-            data_dir: pathlib.Path | None) -> tuple[np.ndarray, np.ndarray]:
-  indices = list(indices)
+def _decode(source, name: str, split: str,
+            data_dir: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+  """Every example of a `tfds.data_source` (not prepared files: those go to `_read_prepared`)."""
   images, labels = [], []
-  chunk = 2048
-  for i in range(0, len(indices), chunk):
-    keys = indices[i:i + chunk]
+  for start in range(0, len(source), _TASK_RECORDS):
+    keys = list(range(start, min(start + _TASK_RECORDS, len(source))))
     try:
       examples = source.__getitems__(keys)
     except TypeError:  # tfds.testing.mock_data's sources have no working batched read.
       examples = [source[k] for k in keys]
     except Exception as e:  # pylint: disable=broad-except
-      # ArrayRecord's and PIL's errors do not say which file; a user needs to know.
-      raise DataError(f"{_shard_of(name, split, data_dir, keys[0])} cannot be read "
-                      f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); the prepared file "
-                      f"is damaged: prepare {name} again with: "
-                      f"{prepare_command(name, data_dir or _resolve_data_dir(None))}") from None
-    for example in examples:
-      images.append(example["image"])
-      labels.append(example["label"])
+      raise _damaged(name, split, data_dir, start, e) from None
+    images += [example["image"] for example in examples]
+    labels += [example["label"] for example in examples]
   if not images:
     return np.zeros((0,), np.uint8), np.zeros((0,), np.int64)
   return np.stack(images).astype(np.uint8, copy=False), np.asarray(labels, dtype=np.int64)
@@ -127,39 +117,62 @@ def _shard_of(name: str, split: str, data_dir: pathlib.Path | None, index: int) 
     return f"a record of {name} {split} in {', '.join(map(str, shards)) or data_dir}"
 
 
-def _cache_path(name: str, split: str, files: list[pathlib.Path], cache_dir: pathlib.Path):
+def _fingerprint(files: list[pathlib.Path]) -> str:
+  """SHA-256 of the files' contents, in order (0.1 s for both datasets' prepared files)."""
   h = hashlib.sha256()
-  h.update(json.dumps([_CACHE_FORMAT, name, split]).encode())
   for f in files:
-    st = f.stat()
-    h.update(json.dumps([str(f.resolve()), st.st_size, st.st_mtime_ns]).encode())
-  return cache_dir / f"{name}-{split}-{h.hexdigest()[:20]}.npz"
+    with open(f, "rb") as fh:
+      h.update(hashlib.file_digest(fh, "sha256").digest())
+  return h.hexdigest()
+
+
+def _cache_path(name: str, split: str, files: list[pathlib.Path], cache_dir: pathlib.Path):
+  """The cache entry's images file (its labels sit beside it: `_labels_path`)."""
+  h = hashlib.sha256(json.dumps([_CACHE_FORMAT, name, split, _fingerprint(files)]).encode())
+  return cache_dir / f"{name}-{split}-{h.hexdigest()[:20]}.images.npy"
+
+
+def _labels_path(images_path: pathlib.Path) -> pathlib.Path:
+  return images_path.with_name(images_path.name.replace(".images.npy", ".labels.npy"))
 
 
 def _read_cache(path: pathlib.Path, shape: tuple[int, ...]):
   try:
-    with np.load(path, allow_pickle=False) as z:
-      images, labels = z["images"], z["labels"]
+    # Mapped read-only, not read: pages come in as they are used (np.load's reads of a 150 MB
+    # array took 0.35-0.45 s). Replacing or deleting the file leaves a mapping intact.
+    images = np.load(path, mmap_mode="r", allow_pickle=False)
+    labels = np.array(np.load(_labels_path(path), mmap_mode="r", allow_pickle=False))
   except Exception:  # pylint: disable=broad-except
-    return None  # A damaged cache is just a miss.
-  if images.dtype != np.uint8 or images.shape[1:] != shape or labels.shape != images.shape[:1]:
+    return None  # A missing or damaged cache is just a miss.
+  if (images.dtype != np.uint8 or images.shape[1:] != shape or labels.shape != images.shape[:1]
+      or labels.dtype != np.int64):
     return None
   return images, labels
 
 
 def _write_cache(path: pathlib.Path, images: np.ndarray, labels: np.ndarray) -> None:
-  # Write to a temporary file and rename, so a killed process never leaves half a cache. The
-  # temporary's name carries this process's id, so a later load can tell a dead writer's file.
-  tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+  """Writes the entry, then removes the split's other entries (older data, older formats)."""
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as f:
-      np.savez(f, images=images, labels=labels)
-    os.replace(tmp, path)
+    for target, array in ((_labels_path(path), labels), (path, images)):
+      # A temporary file renamed into place: a killed process never leaves half an entry. Its
+      # name carries this process's id, so a later load can tell a dead writer's file.
+      tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+      try:
+        with open(tmp, "wb") as f:
+          np.save(f, array, allow_pickle=False)
+        os.replace(tmp, target)
+      finally:
+        tmp.unlink(missing_ok=True)  # E.g. a full disk: leave no partial file behind.
   except OSError as e:
-    tmp.unlink(missing_ok=True)  # E.g. a full disk: leave no partial file behind.
     logging.warning("jaxae: could not write the dataset cache %s (%s); continuing without it.",
                     path, e)
+    return
+  split_prefix = path.name.rsplit("-", 1)[0] + "-"
+  keep = {path.name, _labels_path(path).name}
+  for old in path.parent.glob(split_prefix + "*"):
+    if old.name not in keep and not old.name.endswith(".tmp") and old.name.count("-") == 2:
+      old.unlink(missing_ok=True)
 
 
 def _remove_stale_temporaries(cache_dir: pathlib.Path) -> None:
@@ -195,6 +208,8 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
                num_workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Returns `(images, labels)` of a split: uint8 [N, H, W, C] and int64 [N], in tfds order.
 
+  Images read from the cache are a read-only memory map of it (copy them to write into them).
+
   Args:
     name: "mnist" or "cifar10".
     split: "train" or "test".
@@ -202,7 +217,7 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     download: let tfds download and prepare a missing dataset (needs the `prepare` extra).
     cache: read and write decoded arrays under `cache_dir` (never inside `data_dir`).
     cache_dir: default $JAXAE_CACHE_DIR or ~/.cache/jaxae.
-    num_workers: decoding processes for large splits (default: one per core).
+    num_workers: decoding threads (default: one per core).
 
   Raises:
     DatasetNotFoundError: the dataset is not prepared in `data_dir` (and download is False).
@@ -215,8 +230,13 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
 def load_splits(requests: Sequence[tuple[str, str]], data_dir: str | os.PathLike | None = None,
                 *, download: bool = False, cache: bool = True,
                 cache_dir: str | os.PathLike | None = None,
-                num_workers: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-  """`load_split` for several `(name, split)` pairs, decoding all of them in one process pool."""
+                num_workers: int | None = None,
+                write_behind: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+  """`load_split` for several `(name, split)` pairs, decoding all of them in one thread pool.
+
+  With `write_behind`, new cache entries are written by a background thread while the caller
+  goes on (e.g. preprocessing; 0.2-0.3 s of a cold load).
+  """
   for name, split in requests:
     if name not in DATASETS:
       raise ValueError(f"Unknown dataset {name!r}; jaxae loads one of {sorted(DATASETS)}.")
@@ -224,40 +244,95 @@ def load_splits(requests: Sequence[tuple[str, str]], data_dir: str | os.PathLike
       raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
   resolved_dir = _resolve_data_dir(data_dir)
   cache_root = pathlib.Path(cache_dir or default_cache_dir())
-  workers = num_workers if num_workers is not None else (os.cpu_count() or 1)
+  workers = max(1, num_workers if num_workers is not None else (os.cpu_count() or 1))
   if cache:
     _remove_stale_temporaries(cache_root)
 
   results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(requests)
-  sizes: dict[int, int] = {}
+  to_read: dict[int, tuple[list[pathlib.Path], pathlib.Path | None]] = {}  # Files, cache entry.
   for i, (name, split) in enumerate(requests):
     files = _prepared_files(name, split, resolved_dir)
-    if files and cache:
-      results[i] = _read_cache(_cache_path(name, split, files, cache_root), DATASETS[name])
-    if results[i] is None:
+    if files:
+      entry = _cache_path(name, split, files, cache_root) if cache else None
+      results[i] = entry and _read_cache(entry, DATASETS[name])
+      if results[i] is None:
+        to_read[i] = files, entry
+    else:
+      # Not prepared here: tfds reads it (mock data), or downloads and prepares it first.
       source = _open_checked(name, split, resolved_dir, download)
-      # Real prepared files go to the pool; small or mocked sources are decoded right here.
-      if workers > 1 and len(source) >= _PARALLEL_MIN_RECORDS and _prepared_files(
-          name, split, resolved_dir):
-        sizes[i] = len(source)
-      else:
-        results[i] = _decode(source, range(len(source)), name, split, resolved_dir)
+      results[i] = _decode(source, name, split, resolved_dir)
 
-  if sizes:
-    decoded = _decode_parallel([requests[i] for i in sizes], list(sizes.values()),
-                               resolved_dir, workers)
-    for i, result in zip(sizes, decoded):
-      results[i] = result
+  if to_read:
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      for i, (files, _) in to_read.items():
+        results[i] = _read_prepared(*requests[i], files, resolved_dir, pool)
+    entries = [(entry, *results[i]) for i, (_, entry) in to_read.items() if entry]
+    if write_behind:
+      # A thread that is not a daemon: the interpreter finishes the writes before it exits.
+      threading.Thread(target=lambda: [_write_cache(*e) for e in entries], daemon=False,
+                       name="jaxae-cache-writer").start()
+    else:
+      for e in entries:
+        _write_cache(*e)
 
   for i, (name, split) in enumerate(requests):
-    images, labels = results[i]
+    images, _ = results[i]
     if images.shape[1:] != DATASETS[name]:
       raise ValueError(f"{name} {split}: expected images of shape [N, "
                        f"{', '.join(map(str, DATASETS[name]))}], got {images.shape}.")
-    if cache and i in sizes:
-      _write_cache(_cache_path(name, split, _prepared_files(name, split, resolved_dir),
-                               cache_root), images, labels)
   return results
+
+
+def _read_prepared(name: str, split: str, files: list[pathlib.Path], data_dir: pathlib.Path,
+                   pool: concurrent.futures.Executor) -> tuple[np.ndarray, np.ndarray]:
+  """A prepared split's images and labels in tfds order, decoded by `pool`'s threads."""
+  # Imported here: only a cold load needs them.
+  import cv2  # pylint: disable=g-import-not-at-top
+  from array_record.python import array_record_data_source  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+
+  shards = [str(f) for f in files[1:]]
+  try:
+    n = len(array_record_data_source.ArrayRecordDataSource(shards))
+  except Exception as e:  # pylint: disable=broad-except
+    raise _damaged(name, split, data_dir, 0, e) from None
+  shape = DATASETS[name]
+  images = np.empty((n, *shape), np.uint8)
+  labels = np.empty((n,), np.int64)
+
+  def read(start: int, stop: int) -> None:
+    index = start
+    try:
+      # One reader per task: readers are not shared between threads.
+      source = array_record_data_source.ArrayRecordDataSource(shards)
+      for index, record in enumerate(source.__getitems__(range(start, stop)), start):
+        feature = tf_example_pb2.Example.FromString(record).features.feature
+        png = np.frombuffer(feature["image"].bytes_list.value[0], np.uint8)
+        image = cv2.imdecode(png, cv2.IMREAD_UNCHANGED)
+        if image is None or image.dtype != np.uint8 or image.size != images[index].size:
+          raise ValueError(f"not a {'x'.join(map(str, shape))} uint8 PNG image")
+        # OpenCV returns colour as BGR (converted in place, without the GIL) and grey without
+        # its channel axis.
+        if image.ndim == 3:
+          cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=images[index])
+        else:
+          images[index, ..., 0] = image
+        labels[index] = feature["label"].int64_list.value[0]
+    except Exception as e:  # pylint: disable=broad-except
+      raise _damaged(name, split, data_dir, index, e) from None
+
+  tasks = [pool.submit(read, a, min(a + _TASK_RECORDS, n)) for a in range(0, n, _TASK_RECORDS)]
+  for task in tasks:
+    task.result()
+  return images, labels
+
+
+def _damaged(name: str, split: str, data_dir: pathlib.Path, index: int, e: Exception) -> DataError:
+  # ArrayRecord's, protobuf's and OpenCV's errors do not say which file; a user needs to know.
+  return DataError(f"{_shard_of(name, split, data_dir, index)} cannot be read "
+                   f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
+                   f"the prepared file is damaged: prepare {name} again with: "
+                   f"{prepare_command(name, data_dir)}")
 
 
 def _open_checked(name: str, split: str, data_dir: pathlib.Path, download: bool):
@@ -271,51 +346,3 @@ def _open_checked(name: str, split: str, data_dir: pathlib.Path, download: bool)
         f"Dataset {name!r} (split {split!r}) is not prepared in {data_dir}. Point --data_dir "
         f"at a tfds data directory that holds it, or prepare it once with:\n  "
         f"{prepare_command(name, data_dir)}\n(tfds said: {type(e).__name__}: {e})") from None
-
-
-def _init_worker(parent_pid: int) -> None:
-  """Runs in each decoding worker: it exits when the parent does, also when the parent is
-  killed (SIGKILL, SIGTERM), instead of idling on 300-500 MB until someone notices. Its logs
-  stay quiet (tfds's advice on decoders, once per worker); errors reach the parent as exceptions.
-  """
-  logging.getLogger("absl").setLevel(logging.ERROR)
-  if sys.platform.startswith("linux"):
-    try:  # The kernel sends SIGKILL to this process when the parent dies.
-      libc = ctypes.CDLL(None, use_errno=True)
-      libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-      pass
-  if os.getppid() != parent_pid:  # The parent died before the line above took effect.
-    os._exit(1)
-
-  def watch():  # Portable fallback: poll for reparenting.
-    while os.getppid() == parent_pid:
-      time.sleep(1.0)
-    os._exit(1)
-
-  threading.Thread(target=watch, daemon=True).start()
-
-
-def _decode_parallel(requests: list[tuple[str, str]], sizes: list[int], data_dir: pathlib.Path,
-                     workers: int) -> list[tuple[np.ndarray, np.ndarray]]:
-  """Decodes whole splits, each cut into `workers` ranges, in one pool of `workers` processes."""
-  jobs = []
-  for (name, split), n in zip(requests, sizes):
-    bounds = np.linspace(0, n, workers + 1).astype(int)
-    jobs += [(name, split, str(data_dir), int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
-  try:
-    # Spawn, not fork: the parent may already hold JAX's threads.
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx,
-                                                initializer=_init_worker,
-                                                initargs=(os.getpid(),)) as pool:
-      parts = list(pool.map(_decode_range, *zip(*jobs)))
-  except (concurrent.futures.process.BrokenProcessPool, OSError) as e:
-    # E.g. a __main__ that cannot be re-imported (a script read from stdin).
-    logging.warning("jaxae: parallel decoding failed (%s); decoding in this process.", e)
-    parts = [_decode_range(*job) for job in jobs]
-  out = []
-  for k in range(len(requests)):
-    chunk = parts[k * workers:(k + 1) * workers]
-    out.append((np.concatenate([p[0] for p in chunk]), np.concatenate([p[1] for p in chunk])))
-  return out

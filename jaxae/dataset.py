@@ -10,7 +10,7 @@ import numpy as np
 
 from jaxae.config import CIFAR_NORMALIZATION, MNIST_NORMALIZATION, Normalization
 from jaxae.data import load_splits
-from jaxae.preprocess import mean_images
+from jaxae.preprocess import mean_images_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,10 +46,18 @@ def mix(mnist: tuple[np.ndarray, np.ndarray], cifar: tuple[np.ndarray, np.ndarra
         mnist_normalization: Normalization = MNIST_NORMALIZATION,
         cifar_normalization: Normalization = CIFAR_NORMALIZATION) -> MixedSplit:
   """Pairs (images, labels) of MNIST with those of CIFAR-10, truncated to the shorter."""
-  n = min(len(mnist[0]), len(cifar[0]))
-  images = mean_images(mnist[0][:n], cifar[0][:n], mnist_normalization=mnist_normalization,
-                       cifar_normalization=cifar_normalization)
-  return MixedSplit(images, mnist[0][:n], cifar[0][:n], mnist[1][:n], cifar[1][:n])
+  return _mix_all([(mnist, cifar)], mnist_normalization, cifar_normalization)[0]
+
+
+def _mix_all(pairs, mnist_normalization: Normalization,
+             cifar_normalization: Normalization) -> list[MixedSplit]:
+  """`mix` of several (mnist, cifar) pairs of (images, labels), preprocessed in one call."""
+  pairs = [(m, c, min(len(m[0]), len(c[0]))) for m, c in pairs]
+  images = mean_images_of([(m[0][:n], c[0][:n]) for m, c, n in pairs],
+                          mnist_normalization=mnist_normalization,
+                          cifar_normalization=cifar_normalization)
+  return [MixedSplit(x, m[0][:n], c[0][:n], m[1][:n], c[1][:n])
+          for x, (m, c, n) in zip(images, pairs)]
 
 
 def load_mixed(data_dir: str | os.PathLike | None = None, *,
@@ -58,21 +66,10 @@ def load_mixed(data_dir: str | os.PathLike | None = None, *,
                cache: bool = True) -> dict[str, MixedSplit]:
   """Loads both datasets' train and test splits and returns {"train": ..., "test": ...}.
 
-  Both splits go through one `mean_images` call, so preprocessing compiles once.
+  Both splits go through one preprocessing call, so it compiles once.
   """
   (m_tr, m_te, c_tr, c_te) = load_splits(
       [("mnist", "train"), ("mnist", "test"), ("cifar10", "train"), ("cifar10", "test")],
-      data_dir, cache=cache)
-  n_tr = min(len(m_tr[0]), len(c_tr[0]))
-  n_te = min(len(m_te[0]), len(c_te[0]))
-  both = mix((np.concatenate([m_tr[0][:n_tr], m_te[0][:n_te]]),
-              np.concatenate([m_tr[1][:n_tr], m_te[1][:n_te]])),
-             (np.concatenate([c_tr[0][:n_tr], c_te[0][:n_te]]),
-              np.concatenate([c_tr[1][:n_tr], c_te[1][:n_te]])),
-             mnist_normalization=mnist_normalization, cifar_normalization=cifar_normalization)
-
-  def part(sl: slice) -> MixedSplit:
-    return MixedSplit(both.images[sl], both.mnist_images[sl], both.cifar_images[sl],
-                      both.mnist_labels[sl], both.cifar_labels[sl])
-
-  return {"train": part(slice(0, n_tr)), "test": part(slice(n_tr, n_tr + n_te))}
+      data_dir, cache=cache, write_behind=True)
+  train, test = _mix_all([(m_tr, c_tr), (m_te, c_te)], mnist_normalization, cifar_normalization)
+  return {"train": train, "test": test}

@@ -103,21 +103,23 @@ def test_evaluate_checks_a_read_only_workdir_before_evaluating(tmp_path, trained
 
 def test_ctrl_c_is_one_line_and_keeps_the_checkpoints(tmp_path):
   data_dir = shared_data_dir()
+  # Epochs of 64 images take tens of milliseconds: enough of them that the run is still going.
   args = [f"--data_dir={data_dir}", "--train_limit=64", "--test_limit=16", "--batch_size=32",
-          "--epochs=40", f"--workdir={tmp_path / 'w'}"]
+          "--epochs=5000", f"--workdir={tmp_path / 'w'}"]
   proc = subprocess.Popen([sys.executable, str(REPO / "experiments" / "train.py"), *args],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                           env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1"))
-  first = tmp_path / "w" / "checkpoints" / "1"
+  checkpoints = tmp_path / "w" / "checkpoints"
+  saved = lambda: [p for p in checkpoints.glob("*") if p.name.isdigit()]
   deadline = time.time() + 300
-  while not first.exists() and time.time() < deadline and proc.poll() is None:
+  while not saved() and time.time() < deadline and proc.poll() is None:
     time.sleep(0.05)
   proc.send_signal(signal.SIGINT)
   _, stderr = proc.communicate(timeout=120)
   assert proc.returncode == 130, stderr[-2000:]
   assert "interrupted; the checkpoints of the completed epochs are kept" in stderr
   assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr[-2000:]
-  assert first.is_dir()  # What the message promises is kept (resuming is tested with kill -9).
+  assert saved()  # What the message promises is kept (resuming is tested with kill -9).
 
 
 def _copy_with_a_corrupt_mnist_test_shard(data_dir, target):
@@ -142,44 +144,3 @@ def test_corrupt_data_shard_is_named_in_one_line(tmp_path):
   _one_line(run, 2, f"{shard} (record ")
   assert "is damaged: prepare mnist again" in run.stderr
 
-
-def _children(pid):
-  with open(f"/proc/{pid}/task/{pid}/children") as f:
-    return [int(c) for c in f.read().split()]
-
-
-def _alive(pid):
-  try:
-    with open(f"/proc/{pid}/stat") as f:
-      return f.read().split(")")[-1].split()[0] != "Z"
-  except FileNotFoundError:
-    return False
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_decoding_workers_die_with_a_killed_parent(tmp_path):
-  """A cold-cache load decodes in worker processes; killing the parent must not orphan them."""
-  data_dir = shared_data_dir()
-  code = ("import sys\nfrom jaxae.data import load_splits\nif __name__ == '__main__':\n"
-          "  load_splits([('cifar10', 'train'), ('mnist', 'train')], sys.argv[1])\n")
-  script = tmp_path / "load.py"
-  script.write_text(code)
-  parent = subprocess.Popen([sys.executable, str(script), str(data_dir)], cwd=REPO,
-                            env=dict(os.environ, PYTHONPATH=str(REPO),
-                                     JAXAE_CACHE_DIR=str(tmp_path / "cache")),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline, workers = time.time() + 120, []
-  while time.time() < deadline and parent.poll() is None and len(workers) < 3:
-    workers = _children(parent.pid)  # Two decoders and multiprocessing's resource tracker.
-    time.sleep(0.05)
-  assert workers, "the load finished before its workers could be seen"
-  time.sleep(0.5)  # Let them start decoding.
-  parent.kill()
-  parent.wait()
-  deadline = time.time() + 10
-  while time.time() < deadline and any(_alive(w) for w in workers):
-    time.sleep(0.1)
-  left = [w for w in workers if _alive(w)]
-  for w in left:
-    os.kill(w, signal.SIGKILL)
-  assert not left, f"processes {left} outlived their killed parent"
