@@ -10,11 +10,12 @@ metrics_s (the task's final metrics over up to 10,000 images) and, with --data_d
 load_preprocess_s (both splits of both datasets; cold = without the decoded-array cache).
 
 With --num_seeds=N (> 1), each batch size is also timed with N replicas (jaxae/seeds.py), run as
---replica_strategy says (default: the platform's, loop.PLATFORM_REPLICA_STRATEGY):
+--replica_strategy says (default: the platform's, jaxae/platforms.py):
 replica_images_per_s (N x images per second) and seeds_time_ratio, the time of an N-seed epoch
 over that of the single-seed epoch measured just before it.
 """
 
+import dataclasses
 import json
 import pathlib
 import time
@@ -25,11 +26,12 @@ import numpy as np
 
 from jaxae import cli, parallel, seeds
 from jaxae.config import Config
-from jaxae.conv import CONV_IMPLS, SCRIPT_CONV_IMPL
-from jaxae.loop import (REPLICA_STRATEGIES, choose_replica_strategy, epoch_batches, epoch_key, evaluate, microbatch_size,
-                        sharded_train_epoch, steps_per_epoch, train_epoch)
+from jaxae import platforms
+from jaxae.conv import CONV_IMPLS
+from jaxae.loop import (epoch_batches, epoch_key, evaluate, microbatch_size, sharded_train_epoch,
+                        steps_per_epoch, train_epoch)
 from jaxae.dataset import load_mixed, mix
-from jaxae.models import MODELS, cpu_batch_sizes
+from jaxae.models import MODELS
 from jaxae.tasks import SEPARATION_LOSSES, SEPARATIONS, TASKS, task_from_config
 from jaxae.train import batch_size_of
 
@@ -38,8 +40,9 @@ flags.DEFINE_list("batch_sizes", ["32", "256"], "Training batch sizes to measure
 flags.DEFINE_integer("batch_size", None, "Measure this one batch size (overrides --batch_sizes).")
 flags.DEFINE_integer("num_images", 10_000, "Random training images per epoch.")
 flags.DEFINE_integer("epochs", 3, "Timed epochs per batch size (after one warm-up epoch).")
-flags.DEFINE_enum("conv_impl", SCRIPT_CONV_IMPL, sorted(CONV_IMPLS),
-                  "Conv formulation to time (jaxae/conv.py).")
+flags.DEFINE_enum("conv_impl", "auto", ["auto", *sorted(CONV_IMPLS)],
+                  "Conv formulation to time (jaxae/conv.py; auto: the platform's, as a run "
+                  "chooses it in jaxae/platforms.py).")
 flags.DEFINE_enum("task", "reconstruct", sorted(TASKS), "Task whose training step to time.")
 flags.DEFINE_enum("model", "seed", sorted(MODELS), "Model to time.")
 flags.DEFINE_list("features", list(map(str, Config().features)), "Channel widths per level.")
@@ -47,12 +50,12 @@ flags.DEFINE_enum("separation", "digit", list(SEPARATIONS), "With --task=separat
 flags.DEFINE_enum("separation_loss", "log_mse", list(SEPARATION_LOSSES), "With --task=separate: "
                   "its loss.")
 flags.DEFINE_string("data_dir", None, "If set, also time loading + preprocessing the real data.")
-flags.DEFINE_integer("microbatch", 0, "Training microbatch per device (0: the model's, "
-                     "models.CPU_BATCH_SIZES); batches no larger than it run whole.")
-flags.DEFINE_integer("eval_batch_size", 0, "Evaluation batch (0: the model's).")
+flags.DEFINE_integer("microbatch", 0, "Training microbatch per device (0: the platform's for "
+                     "the model, jaxae/platforms.py); batches no larger than it run whole.")
+flags.DEFINE_integer("eval_batch_size", 0, "Evaluation batch (0: the platform's for the model).")
 flags.DEFINE_integer("num_seeds", 1, "Also time this many replicas as one program (1: only one "
                      "seed).")
-flags.DEFINE_enum("replica_strategy", None, list(REPLICA_STRATEGIES), "With --num_seeds: "
+flags.DEFINE_enum("replica_strategy", None, list(platforms.REPLICA_STRATEGIES), "With --num_seeds: "
                   "'vmap' (one batched program) or 'loop' (the single-seed program per replica); "
                   "default: the platform's.")
 flags.DEFINE_string("output", None, "Also write the JSON lines to this file.")
@@ -66,11 +69,11 @@ def emit(lines, **record):
   lines.append(line)
 
 
-def time_training(examples, batch_size, epochs, config, lines):
+def time_training(examples, batch_size, epochs, config, choice, lines):
   """Times one seed's epochs (and returns the trained state), or N replicas' (config.num_seeds)."""
   mesh = parallel.data_mesh()
   replicas = seeds.replicas_of(config)
-  strategy = choose_replica_strategy(mesh, FLAGS.replica_strategy) if replicas else None
+  strategy = platforms.replica_strategy(mesh, FLAGS.replica_strategy) if replicas else None
   state = parallel.replicate(seeds.initial_state(
       config, steps_per_epoch=steps_per_epoch(batch_size_of(examples), batch_size)), mesh)
   examples = parallel.replicate(examples, mesh)
@@ -82,7 +85,7 @@ def time_training(examples, batch_size, epochs, config, lines):
     idx, mask = (np.stack([x] * replicas) for x in (idx, mask))
   idx, mask = parallel.put((idx, mask), parallel.batch_sharded(mesh, batch_dim=mask.ndim - 1))
   start = time.perf_counter()
-  micro = FLAGS.microbatch or cpu_batch_sizes(config)[0]
+  micro = FLAGS.microbatch or choice.microbatch_per_device
   if strategy != "loop":  # "loop" runs the single-seed program, compiled already.
     sharded_train_epoch(mesh, microbatch_size(width, mesh, micro), bool(replicas)).lower(
         state, examples, idx, mask).compile()
@@ -136,6 +139,9 @@ def main(argv):
     cli.fail(f"--{e}" if "must be" in str(e) else
              f"--features must be comma-separated integers, got {','.join(FLAGS.features)!r}.")
   lines = []
+  choice = platforms.choices(config, platforms.platform_of(parallel.data_mesh()))
+  config = config.replace(conv_impl=choice.conv_impl)
+  emit(lines, metric="platform_choices", value=choice.describe(), **dataclasses.asdict(choice))
   # Random digits and photos, mixed as the real ones are: the same shapes, so the same speed.
   rng = np.random.default_rng(0)
   split = mix((rng.integers(0, 256, (FLAGS.num_images, 28, 28, 1), np.uint8),
@@ -146,15 +152,15 @@ def main(argv):
   state = None
   for batch_size in sizes:
     state, one_seed = time_training(examples, batch_size, FLAGS.epochs,
-                                    config.replace(num_seeds=1), lines)
+                                    config.replace(num_seeds=1), choice, lines)
     if config.num_seeds > 1:
-      _, many = time_training(examples, batch_size, FLAGS.epochs, config, lines)
+      _, many = time_training(examples, batch_size, FLAGS.epochs, config, choice, lines)
       emit(lines, metric="seeds_time_ratio", value=round(many / one_seed, 3),
            batch_size=batch_size, num_seeds=FLAGS.num_seeds)
 
   test = split.take(min(FLAGS.num_images, 10_000))
   test_examples = state.task.examples(test)
-  eval_batch = FLAGS.eval_batch_size or cpu_batch_sizes(config)[1]
+  eval_batch = FLAGS.eval_batch_size or choice.eval_batch_size
   evaluate(state, test_examples, batch_size=eval_batch)  # Compile (the timed call is the same).
   start = time.perf_counter()
   out = evaluate(state, test_examples, batch_size=eval_batch)

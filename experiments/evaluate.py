@@ -18,12 +18,11 @@ import time
 from absl import flags
 import jax
 
-from jaxae import cli, seeds
+from jaxae import cli, platforms, seeds
 from jaxae import workdir as workdir_lib
 from jaxae.checkpoints import Checkpointer, IncompatibleCheckpointError, NoUsableCheckpointError
 from jaxae.config import Config
 from jaxae.experiment import replica_final_metrics, seeds_summary
-from jaxae.models import cpu_batch_sizes
 from jaxae.provenance import provenance
 from jaxae.workdir import CHECKPOINT_DIR, SETTINGS_FILE, RunError, write_json
 
@@ -82,7 +81,8 @@ def evaluate(workdir: pathlib.Path, checkpoints: pathlib.Path, config: Config) -
   start = time.perf_counter()
   replicas = seeds.replicas_of(config)
   finals, predictions = replica_final_metrics(
-      restored.state, test, FLAGS.eval_batch_size or cpu_batch_sizes(config)[1], replicas)
+      restored.state, test, FLAGS.eval_batch_size
+      or platforms.choices(config, jax.default_backend()).eval_batch_size, replicas)
   seconds = time.perf_counter() - start
   task = restored.state.task
   if replicas:

@@ -23,7 +23,7 @@ from absl import flags
 from jaxae import cli, parallel
 from jaxae import workdir as workdir_lib
 from jaxae.config import MAX_SEED, Config
-from jaxae.conv import CONV_IMPLS, SCRIPT_CONV_IMPL
+from jaxae.conv import CONV_IMPLS
 from jaxae.experiment import train_and_evaluate
 from jaxae.workdir import RunError, run_settings
 from jaxae.models import MODELS
@@ -64,14 +64,15 @@ flags.DEFINE_integer("train_limit", 0, "Use the first N training pairs (0 = all)
 flags.DEFINE_integer("test_limit", 0, "Use the first N test pairs (0 = all).")
 flags.DEFINE_bool("full_batch", False, "The original's procedure: one optimizer step on the "
                   "whole training set per epoch.")
-flags.DEFINE_enum("conv_impl", SCRIPT_CONV_IMPL, sorted(CONV_IMPLS),
-                  "How the conv layers are computed: 'gemm_vjp' (fastest to train), 'gemm' "
-                  "(also forward-mode derivatives) or 'reference' (lax convolutions); all "
-                  "compute the same function.")
+flags.DEFINE_enum("conv_impl", "auto", ["auto", *sorted(CONV_IMPLS)],
+                  "How the conv layers are computed: 'auto' (the platform's: the GEMMs of "
+                  "'gemm_vjp' on CPU, XLA's convolutions elsewhere), 'gemm_vjp' (fastest to "
+                  "train on CPU), 'gemm' (also forward-mode derivatives) or 'reference' (XLA's "
+                  "convolutions); all compute the same function.")
 flags.DEFINE_bool("overwrite", False, "Replace a run with different settings (or unreadable "
                   "checkpoints) in --workdir instead of refusing.")
-flags.DEFINE_integer("eval_batch_size", 0, "Batch size of evaluation (0: the model's, which "
-                     "keeps its activations in cache on CPU).")
+flags.DEFINE_integer("eval_batch_size", 0, "Batch size of evaluation (0: the platform's for "
+                     "the model, jaxae/platforms.py).")
 flags.DEFINE_integer("keep_checkpoints", 3, "How many of the newest checkpoints to keep.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a multi-process "
                     "run (jax.distributed); every process passes the same one.")

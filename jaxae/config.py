@@ -47,10 +47,11 @@ class Config:
   features: tuple[int, ...] = (16, 32, 64)
   activation: str = "leaky_relu"
   negative_slope: float = 0.01
-  # How the Conv and ConvTranspose layers are computed (jaxae/conv.py): "gemm" (fast, every JAX
-  # transformation), "gemm_vjp" (fastest to train, no forward mode; the scripts' default) or
-  # "reference" (lax convolutions). All compute PyTorch's layers with the same weights.
-  conv_impl: str = "gemm"
+  # How the Conv and ConvTranspose layers are computed (jaxae/conv.py): "gemm" (fast on CPU, every
+  # JAX transformation), "gemm_vjp" (fastest to train on CPU, no forward mode) or "reference"
+  # (XLA's convolutions: cuDNN on GPU). All compute PyTorch's layers with the same weights.
+  # "auto": the platform's (jaxae/platforms.py): the GEMMs on CPU, XLA's elsewhere.
+  conv_impl: str = "auto"
   # Optimizer.
   optimizer: str = "adam"
   learning_rate: float = 1e-3
@@ -86,6 +87,9 @@ class Config:
          f"at most {MAX_LEVELS} widths (32x32 images halve to 1x1 after {MAX_LEVELS} levels)")
     for name in ("activation", "conv_impl", "optimizer"):
       need(isinstance(getattr(self, name), str), name, "a string")
+    from jaxae.conv import CONV_IMPLS  # pylint: disable=g-import-not-at-top
+    need(self.conv_impl in ("auto", *CONV_IMPLS), "conv_impl",
+         f"one of auto, {', '.join(sorted(CONV_IMPLS))}")
     # The registries live above this module; imported here, when a config is checked.
     from jaxae.models import MODELS  # pylint: disable=g-import-not-at-top
     from jaxae.tasks import SEPARATION_LOSSES, SEPARATIONS, TASKS  # pylint: disable=g-import-not-at-top

@@ -270,12 +270,11 @@ conv_transpose_gemm_vjp = _conv_transpose_or_reference(_conv_transpose_gemm_vjp)
 
 
 # name -> (conv, conv_transpose); each takes (x_BHWC, kernel_HWIO, stride, padding). All compute
-# the same function; "gemm" (the library's default) supports every JAX transformation,
-# "gemm_vjp" (the scripts' default) trains fastest but has no forward mode.
+# the same function; "gemm" supports every JAX transformation, "gemm_vjp" trains fastest on CPU
+# but has no forward mode, "reference" is XLA's. Config.conv_impl="auto" picks one per platform
+# (jaxae/platforms.py).
 CONV_IMPLS = {
     "gemm": (conv_gemm, conv_transpose_gemm),
     "gemm_vjp": (conv_gemm_vjp, conv_transpose_gemm_vjp),
     "reference": (conv_reference, conv_transpose_reference),
 }
-# What the experiment scripts train with: they only take gradients.
-SCRIPT_CONV_IMPL = "gemm_vjp"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pathlib
 import time
@@ -13,16 +14,15 @@ import numpy as np
 
 from jax.sharding import Mesh
 
-from jaxae import parallel, plots, seeds
+from jaxae import parallel, platforms, plots, seeds
 from jaxae import workdir as workdir_lib
 from jaxae.checkpoints import (CheckpointSaveError, Checkpointer, IncompatibleCheckpointError,
                                InconsistentCheckpointError, NoUsableCheckpointError)
 from jaxae.config import Config
 from jaxae.dataset import MixedSplit
-from jaxae.loop import (choose_replica_strategy, evaluate, steps_per_epoch, train_epoch,
-                        train_full_batch_epoch)
+from jaxae.loop import evaluate, steps_per_epoch, train_epoch, train_full_batch_epoch
 from jaxae.provenance import provenance, version_changes
-from jaxae.models import cpu_batch_sizes, forward_flops
+from jaxae.models import forward_flops
 from jaxae.tasks import RECONSTRUCT
 from jaxae.train import TrainState, count_params
 from jaxae.workdir import (CHECKPOINT_DIR, METRICS_FILE, SETTINGS_FILE, RunError, run_settings,
@@ -53,7 +53,8 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit, work
   The workdir is held (`workdir.hold`) for the whole call; pass `lock=False` when the caller
   already holds it. A refused run writes nothing. `warn` gets the one-line warnings (damaged
   checkpoints moved aside, other package versions); default `log`. `eval_batch_size` (default:
-  the model's, `models.cpu_batch_sizes`) is the evaluation batch.
+  the platform's) is the evaluation batch. `config.conv_impl="auto"`, the microbatch and the
+  full-batch chunks are the platform's too (jaxae/platforms.py); the run logs them.
 
   Returns the contents of metrics.json.
 
@@ -70,19 +71,22 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit, work
     return _train_and_evaluate(config, train, test, workdir, train_limit=train_limit,
                                test_limit=test_limit, overwrite=overwrite,
                                keep_checkpoints=keep_checkpoints,
-                               eval_batch_size=eval_batch_size or cpu_batch_sizes(config)[1],
-                               log=log, warn=warn or log, mesh=mesh or parallel.data_mesh())
+                               eval_batch_size=eval_batch_size, log=log, warn=warn or log,
+                               mesh=mesh or parallel.data_mesh())
 
 
 def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
                         workdir: pathlib.Path, *, train_limit: int, test_limit: int,
-                        overwrite: bool, keep_checkpoints: int, eval_batch_size: int,
+                        overwrite: bool, keep_checkpoints: int, eval_batch_size: int | None,
                         log: Callable[[str], None], warn: Callable[[str], None],
                         mesh: Mesh) -> dict[str, Any]:
   primary = parallel.is_primary()
   log = log if primary else (lambda _: None)
   warn = warn if primary else (lambda _: None)
   settings = run_settings(config, train_limit, test_limit)
+  choice = platforms.choices(config, platforms.platform_of(mesh))
+  eval_batch_size = eval_batch_size or choice.eval_batch_size
+  user_config, config = config, config.replace(conv_impl=choice.conv_impl)
   parallel.sync("jaxae:workdir_held")  # Every process reads the workdir before anyone clears it.
   replace = workdir_lib.holds_other_run(workdir, settings, overwrite)  # Raises unless overwrite.
   _clear(workdir, primary and replace)
@@ -134,9 +138,10 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
       f"{size['forward_flops_per_image'] / 1e6:,.1f} MFLOPs per image (forward).")
   if replicas:
     how = {"vmap": "as one vmapped program", "loop": "one after another each epoch"}[
-        choose_replica_strategy(mesh)]
+        choice.replica_strategy]
     log(f"{replicas} replicas (seeds {config.seed}..{config.seed + replicas - 1}), each with its "
         f"own initialization and shuffle, trained {how}.")
+  log(f"On {choice.describe()} (jaxae/platforms.py).")
   log(f"Training on {len(train):,} mean images (test {len(test):,}) on {_devices(mesh)}, "
       + ("full batch (one step per epoch)" if config.full_batch else f"batch {config.batch_size}")
       + f", {config.epochs} epochs.")
@@ -146,16 +151,16 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
         f"examples to split evenly over {parallel.mesh_size(mesh)} devices (same loss and "
         "gradient, some idle compute); a multiple of the device count avoids that.")
 
-  microbatch = cpu_batch_sizes(config)[0]
   for epoch in range(len(history) + 1, config.epochs + 1):
     start = time.perf_counter()
     if config.full_batch:
       result = train_full_batch_epoch(state, train_examples, mesh=mesh,
-                                      chunk_size=min(32, microbatch), replicas=replicas)
+                                      chunk_size=choice.full_batch_chunk, replicas=replicas)
     else:
       result = train_epoch(state, train_examples, seed=config.seed, epoch=epoch,
                            batch_size=config.batch_size, mesh=mesh,
-                           microbatch_per_device=microbatch, replicas=replicas)
+                           microbatch_per_device=choice.microbatch_per_device,
+                           replicas=replicas)
     if bad := seeds.first_non_finite(result.step_losses):
       step, k = bad
       value = result.step_losses[step] if k is None else result.step_losses[k, step]
@@ -184,7 +189,8 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   if history:
     for k, final in enumerate(finals):
       final["train_loss"] = history[-1]["train_loss"][k] if replicas else history[-1]["train_loss"]
-  metrics = {"config": config.to_dict(), "train_limit": train_limit, "test_limit": test_limit,
+  metrics = {"config": user_config.to_dict(), "platform_choices": dataclasses.asdict(choice),
+             "train_limit": train_limit, "test_limit": test_limit,
              "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
              "num_devices": parallel.mesh_size(mesh), "num_processes": jax.process_count(),
              "optimizer_steps": int(np.max(state.step)), **size, "provenance": now,

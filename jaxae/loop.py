@@ -9,7 +9,7 @@ Every function also takes `replicas`: 0 for a TrainState of one seed, or N for a
 N replicas (jaxae/seeds.py), whose replica k uses seed + k, each with its own shuffle, on shared
 examples. `replica_strategy` says how they run: "vmap" (one program, vmapped over the replica
 axis) or "loop" (the single-seed program once per replica); the default is the platform's
-(`choose_replica_strategy`).
+(`platforms.replica_strategy`).
 
 Every function takes a `mesh` (default: `parallel.data_mesh()`, all devices): the batch is split
 along its data axis and the state replicated (see jaxae/parallel.py). A batch size that the device
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxae import parallel, seeds
+from jaxae import parallel, platforms, seeds
 from jaxae.train import (TrainState, apply_mean_gradient, batch_size_of, eval_step,
                          loss_and_grad_sums, scan_sums, train_step)
 
@@ -53,31 +53,14 @@ class _InFlight:
       jax.block_until_ready(self._pending.popleft())
 
 
-# Evaluation batch: on 2 CPU cores, 10,000 images took 1.2-1.4 s at batches of 32-100 and
-# 2.0-4.3 s at 500 (large convolution operands fall out of cache).
-EVAL_BATCH_SIZE = 100
-
-
-# How the replicas of a stacked state run, per platform (default "vmap"). On the 2-core CPU the
-# seed model's batch-32 step keeps its activations in the 2 MB L2 cache and keeps 1.7 of the 2
-# cores busy; vmapping replicas multiplies the activations and pushes them out of cache: 8
-# replicas' epoch cost 11.8x one replica's vmapped and 8.0x one replica after another
-# (benchmark.py --num_seeds=8; README, "Many seeds in one program").
-REPLICA_STRATEGIES = ("vmap", "loop")
-PLATFORM_REPLICA_STRATEGY = {"cpu": "loop"}
-
-
-def choose_replica_strategy(mesh: Mesh, strategy: str | None = None) -> str:
-  """`strategy` if given (checked), else the mesh's platform's (PLATFORM_REPLICA_STRATEGY)."""
-  if strategy is None:
-    return PLATFORM_REPLICA_STRATEGY.get(mesh.devices.flat[0].platform, "vmap")
-  if strategy not in REPLICA_STRATEGIES:
-    raise ValueError(f"Unknown replica_strategy {strategy!r}; use one of {REPLICA_STRATEGIES}.")
-  return strategy
+# The defaults of the functions below: the seed model's on CPU (jaxae/platforms.py, where runs
+# take theirs from). On 2 CPU cores 10,000 images evaluated in 1.2-1.4 s at batches of 32-100
+# and in 2.0-4.3 s at 500 (large convolution operands fall out of cache).
+EVAL_BATCH_SIZE = platforms.CPU_BATCH_SIZES["seed"][1]
 
 
 def _one_by_one(replicas: int, mesh: Mesh, strategy: str | None) -> bool:
-  return bool(replicas) and choose_replica_strategy(mesh, strategy) == "loop"
+  return bool(replicas) and platforms.replica_strategy(mesh, strategy) == "loop"
 
 
 def _stacked_results(results: list["EpochResult"]) -> "EpochResult":
@@ -117,7 +100,7 @@ def epoch_batches(key: jax.Array, num_examples: int, batch_size: int, width: int
 # Training steps over more than this many examples per device sum their gradient over
 # microbatches of this size (see train.loss_and_grad_sums): on 2 CPU cores, batch-256 epochs ran
 # at 5,600 images/s whole and 6,900 in microbatches of 64 (the activations stay in cache).
-MICROBATCH_PER_DEVICE = 64
+MICROBATCH_PER_DEVICE = platforms.CPU_BATCH_SIZES["seed"][0]
 
 
 def sharded_train_epoch(mesh: Mesh, microbatch_size: int | None = None, replicas: bool = False):
@@ -156,8 +139,13 @@ def _sharded_train_epoch(mesh: Mesh, microbatch_size: int | None, replicas: bool
 
 
 def microbatch_size(batch_width: int, mesh: Mesh,
-                    per_device: int = MICROBATCH_PER_DEVICE) -> int | None:
-  """The microbatch `train_epoch` uses for a (device-padded) batch of `batch_width`, or None."""
+                    per_device: int | None = MICROBATCH_PER_DEVICE) -> int | None:
+  """The microbatch `train_epoch` uses for a (device-padded) batch of `batch_width`, or None.
+
+  `per_device=None`: none (each step in one pass, as on accelerators; jaxae/platforms.py).
+  """
+  if per_device is None:
+    return None
   size = per_device * parallel.mesh_size(mesh)
   return size if batch_width > size else None
 
@@ -172,7 +160,8 @@ class EpochResult:
 
 
 def train_epoch(state: TrainState, examples, *, seed: int, epoch: int, batch_size: int,
-                mesh: Mesh | None = None, microbatch_per_device: int = MICROBATCH_PER_DEVICE,
+                mesh: Mesh | None = None,
+                microbatch_per_device: int | None = MICROBATCH_PER_DEVICE,
                 replicas: int = 0, replica_strategy: str | None = None) -> EpochResult:
   """One shuffled pass of minibatch steps. `state` is donated: use the returned one.
 

@@ -7,7 +7,7 @@ params, optimizer state); `apply_fn`, `tx` and `task` are static and shared. The
 (jaxae/loop.py, `replicas=N`) trains them on the data mesh as a single seed trains: each
 replica's batch is split over the devices. On accelerators the epoch's program is vmapped over the
 replica axis (one batched program); on CPU, where batching replicas was slower than running them
-in turn (loop.PLATFORM_REPLICA_STRATEGY says why), the single-seed program runs once per replica.
+in turn (jaxae/platforms.py says why), the single-seed program runs once per replica.
 
 Why the replica axis is not a mesh axis of its own: the models are small (84,000 parameters for
 the seed model) and the data axis already splits every batch over the devices; keeping all

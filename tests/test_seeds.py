@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_splits
-from jaxae import Config, loop, parallel, seeds
+from jaxae import Config, seeds
 from jaxae.experiment import train_and_evaluate
 from jaxae.loop import evaluate, train_epoch, train_full_batch_epoch
 from jaxae.train import create_train_state
@@ -90,16 +90,6 @@ def test_diverging_replica_is_named_with_its_epoch_and_step(tmp_path):
   assert seeds.first_non_finite(losses) == (1, 1)
   assert seeds.first_non_finite(np.array([1.0, np.nan])) == (1, None)
   assert seeds.first_non_finite(np.ones((2, 3))) is None
-
-
-def test_replica_strategy_is_the_platforms_unless_given():
-  mesh = parallel.data_mesh()
-  assert loop.choose_replica_strategy(mesh) == "loop"  # CPU: see loop.PLATFORM_REPLICA_STRATEGY.
-  gpu = type("GpuMesh", (), {"devices": np.array([type("D", (), {"platform": "gpu"})()])})()
-  assert loop.choose_replica_strategy(gpu) == "vmap"
-  assert loop.choose_replica_strategy(mesh, "vmap") == "vmap"
-  with pytest.raises(ValueError, match="Unknown replica_strategy"):
-    loop.choose_replica_strategy(mesh, "threads")
 
 
 def test_num_seeds_must_be_positive_and_fit_the_seed_range():

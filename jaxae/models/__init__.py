@@ -14,6 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxae import platforms
 from jaxae.config import Config
 from jaxae.models.autoencoder import Autoencoder
 from jaxae.models.layers import TorchConv, TorchConvTranspose, make_activation, torch_uniform_init
@@ -21,28 +22,18 @@ from jaxae.models.unet import UNet
 
 MODELS = {"seed": Autoencoder, "unet": UNet}
 
-# Examples per device per GEMM pass that keep a model's activations in cache on CPU: (training
-# microbatch, evaluation batch). Measured on the 2-core project CPU (README, "Speed"): the seed
-# model at batch 256 ran 5,600 images/s whole and 6,900 in microbatches of 64, and evaluated
-# fastest at 32-100; the 16-32-64 U-Net trained at batch 32 at 445 images/s whole, 487 in
-# microbatches of 16 and 522-566 of 8, and evaluated at 627 images/s in batches of 100, 670 of 16
-# and 1,624 of 8.
-CPU_BATCH_SIZES = {"seed": (64, 100), "unet": (8, 8)}
-
-
-def cpu_batch_sizes(config: Config) -> tuple[int, int]:
-  """(training microbatch per device, evaluation batch) for the config's model; see above."""
-  return CPU_BATCH_SIZES[config.model]
-
 
 def model_from_config(config: Config, out_channels: int = 3):
   """The config's model with `out_channels` outputs (the task's, see jaxae/tasks.py).
 
+  `conv_impl="auto"` becomes the default backend's formulation with every transformation
+  (jaxae/platforms.py); a training run resolves it before, to its own choice.
   One object per distinct model, so that states built from equal configs share their `apply_fn`
   (a static part of the TrainState, and so of every jit cache key).
   """
+  conv_impl = platforms.resolve_conv_impl(config.conv_impl, jax.default_backend())
   return _model(config.model, tuple(config.features), out_channels, config.activation,
-                config.negative_slope, config.conv_impl)
+                config.negative_slope, conv_impl)
 
 
 @functools.cache
@@ -53,8 +44,8 @@ def _model(name, features, out_channels, activation, negative_slope, conv_impl):
                       negative_slope=negative_slope, conv_impl=conv_impl)
 
 
-__all__ = ["Autoencoder", "CPU_BATCH_SIZES", "MODELS", "cpu_batch_sizes", "forward_flops", "TorchConv", "TorchConvTranspose", "UNet", "make_activation",
-           "model_from_config", "torch_uniform_init"]
+__all__ = ["Autoencoder", "MODELS", "forward_flops", "TorchConv", "TorchConvTranspose", "UNet",
+           "make_activation", "model_from_config", "torch_uniform_init"]
 
 
 def forward_flops(state) -> float:

@@ -1,0 +1,106 @@
+"""What runs fastest on each kind of device: conv formulation, batch sizes, replica strategy.
+
+Every choice is a function of the platform name ("cpu", "gpu", "tpu"; `platform_of(mesh)`),
+so each branch can be tested on any machine. `Config.conv_impl="auto"` (the default) resolves
+here, and so do the batch sizes a run uses when the caller does not give them.
+
+CPU figures are measured on the 2-core project CPU (README, "Speed"): XLA:CPU's own
+convolution gradients are slow, so the layers run as GEMMs (jaxae/conv.py), in microbatches
+and evaluation batches small enough to keep the activations in the 2 MB L2 cache.
+Accelerators get XLA's convolutions (cuDNN on GPU) and large batches, the usual choice there;
+no accelerator was lent to measure them (benchmark.py --conv_impl times either formulation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jax.sharding import Mesh
+
+from jaxae.config import Config
+
+AUTO = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class PlatformChoices:
+  """How a run computes on one platform (all choices compute the same numbers)."""
+
+  platform: str
+  # A key of jaxae.conv.CONV_IMPLS.
+  conv_impl: str
+  # Training steps over more examples per device than this sum their gradient over microbatches
+  # of this size; None: each device's share of the batch in one pass.
+  microbatch_per_device: int | None
+  # The full-batch (faithful) step sums its gradient over chunks of this many examples.
+  full_batch_chunk: int
+  # Examples per evaluation call.
+  eval_batch_size: int
+  # How the replicas of a multi-seed run share the device: "vmap" or "loop" (jaxae/loop.py).
+  replica_strategy: str
+
+  def describe(self) -> str:
+    micro = (f"microbatches of {self.microbatch_per_device} per device"
+             if self.microbatch_per_device else "whole batches")
+    return (f"{self.platform}: conv {self.conv_impl}, {micro}, full-batch chunks of "
+            f"{self.full_batch_chunk}, evaluation batches of {self.eval_batch_size}")
+
+
+# (training microbatch per device, evaluation batch) per model on CPU. The seed model at batch
+# 256 ran 5,600 images/s whole and 6,900 in microbatches of 64, and evaluated fastest at 32-100;
+# the 16-32-64 U-Net trained at batch 32 at 445 images/s whole, 487 in microbatches of 16 and
+# 522-566 of 8, and evaluated at 627 images/s in batches of 100, 670 of 16 and 1,624 of 8.
+CPU_BATCH_SIZES = {"seed": (64, 100), "unet": (8, 8)}
+# Full-batch chunks on CPU: 32-image chunks ran 2x faster than 1000-image ones (cache again).
+CPU_FULL_BATCH_CHUNK = 32
+# Accelerators: (full-batch chunk, evaluation batch) per model, large enough to fill a GPU,
+# small enough for any GPU's memory (the U-Net's activations are ~10x the seed model's).
+ACCELERATOR_BATCH_SIZES = {"seed": (2048, 2000), "unet": (256, 500)}
+
+# Replicas on CPU run one after another: the batch-32 step keeps its activations in cache and
+# keeps 1.7 of the 2 cores busy; vmapping 8 replicas pushed them out of cache (11.8x the time of
+# one replica, against 8.3x one after another; README, "Many seeds in one program").
+REPLICA_STRATEGIES = ("vmap", "loop")
+
+
+def platform_of(mesh: Mesh) -> str:
+  """The platform name of the mesh's devices ("cpu", "gpu", "tpu")."""
+  return mesh.devices.flat[0].platform
+
+
+def resolve_conv_impl(conv_impl: str, platform: str, *, forward_mode: bool = True) -> str:
+  """`conv_impl` itself, or for "auto" the platform's formulation.
+
+  On CPU the GEMM layers: "gemm" (every transformation, jvp included), or with
+  `forward_mode=False` (a caller that only takes gradients, like a training run) "gemm_vjp",
+  about 10% faster to train. Elsewhere XLA's convolutions ("reference").
+  """
+  if conv_impl != AUTO:
+    return conv_impl
+  if platform == "cpu":
+    return "gemm" if forward_mode else "gemm_vjp"
+  return "reference"
+
+
+def choices(config: Config, platform: str, *, forward_mode: bool = False) -> PlatformChoices:
+  """How `config`'s model runs on `platform`; a training run needs no forward mode."""
+  conv_impl = resolve_conv_impl(config.conv_impl, platform, forward_mode=forward_mode)
+  if platform == "cpu":
+    micro, eval_batch = CPU_BATCH_SIZES[config.model]
+    return PlatformChoices(platform, conv_impl, micro, min(CPU_FULL_BATCH_CHUNK, micro),
+                           eval_batch, _replica_strategy(platform))
+  chunk, eval_batch = ACCELERATOR_BATCH_SIZES[config.model]
+  return PlatformChoices(platform, conv_impl, None, chunk, eval_batch, _replica_strategy(platform))
+
+
+def _replica_strategy(platform: str) -> str:
+  return "loop" if platform == "cpu" else "vmap"
+
+
+def replica_strategy(mesh: Mesh, strategy: str | None = None) -> str:
+  """`strategy` if given (checked), else the mesh's platform's."""
+  if strategy is None:
+    return _replica_strategy(platform_of(mesh))
+  if strategy not in REPLICA_STRATEGIES:
+    raise ValueError(f"Unknown replica_strategy {strategy!r}; use one of {REPLICA_STRATEGIES}.")
+  return strategy
