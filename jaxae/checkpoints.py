@@ -17,6 +17,8 @@ import dataclasses
 import hashlib
 import logging
 import pathlib
+import signal
+import threading
 from typing import Any, Iterator
 
 import jax
@@ -82,7 +84,7 @@ class Checkpointer:
     meta = {"history": history, "state_sha256": checksum, "structure": structure,
             "provenance": provenance}
     try:
-      with _quiet_orbax():
+      with _deferred_interrupt(), _quiet_orbax():
         saved = self._manager.save(epoch, args=ocp.args.Composite(
             state=ocp.args.StandardSave(savable), history=ocp.args.JsonSave(meta)))
         self._manager.wait_until_finished()
@@ -228,6 +230,26 @@ def _structure_difference(saved: list, expected: list) -> str:
 def _first_line(e: BaseException) -> str:
   text = str(e).strip().splitlines()
   return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def _deferred_interrupt() -> Iterator[None]:
+  """A Ctrl-C during a checkpoint write takes effect once the write is complete.
+
+  A KeyboardInterrupt raised inside orbax's save can be lost there (a test's Ctrl-C, sent as a
+  step appeared, left the run training on), and would leave the step half done.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  received = []
+  previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+    if received and callable(previous):
+      previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt.
 
 
 @contextlib.contextmanager

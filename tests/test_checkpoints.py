@@ -145,3 +145,22 @@ def test_full_disk_while_saving_raises_one_clear_error(tmp_path, monkeypatch):
     checkpointer.save(2, state, history + [{"epoch": 2}])
   checkpointer.close()
   assert _restore(directory).epoch == 1  # The earlier step is untouched.
+
+
+def test_ctrl_c_during_a_write_takes_effect_once_the_step_is_complete(tmp_path, monkeypatch):
+  import os, signal  # pylint: disable=g-import-not-at-top,multiple-imports
+  directory = tmp_path / "checkpoints"
+  state, history = _saved_run(directory, epochs=1)
+  checkpointer = Checkpointer(directory)
+  real_save = checkpointer._manager.save  # pylint: disable=protected-access
+
+  def interrupted_save(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while orbax writes.
+    return real_save(*args, **kwargs)
+
+  monkeypatch.setattr(checkpointer._manager, "save", interrupted_save)  # pylint: disable=protected-access
+  with pytest.raises(KeyboardInterrupt):
+    checkpointer.save(2, state, history + [{"epoch": 2}])
+  checkpointer.close()
+  assert _restore(directory).epoch == 2  # Written whole before the interrupt took effect.
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
