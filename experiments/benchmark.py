@@ -27,7 +27,6 @@ import numpy as np
 from jaxae import cli, parallel, seeds
 from jaxae.config import Config
 from jaxae import platforms
-from jaxae.conv import CONV_IMPLS
 from jaxae.loop import (epoch_batches, epoch_key, evaluate, microbatch_size, sharded_train_epoch,
                         steps_per_epoch, train_epoch)
 from jaxae.dataset import load_mixed, mix
@@ -40,7 +39,7 @@ flags.DEFINE_list("batch_sizes", ["32", "256"], "Training batch sizes to measure
 flags.DEFINE_integer("batch_size", None, "Measure this one batch size (overrides --batch_sizes).")
 flags.DEFINE_integer("num_images", 10_000, "Random training images per epoch.")
 flags.DEFINE_integer("epochs", 3, "Timed epochs per batch size (after one warm-up epoch).")
-flags.DEFINE_enum("conv_impl", "auto", ["auto", *sorted(CONV_IMPLS)],
+flags.DEFINE_enum("conv_impl", platforms.AUTO, list(platforms.CONV_IMPL_CHOICES),
                   "Conv formulation to time (jaxae/conv.py; auto: the platform's, as a run "
                   "chooses it in jaxae/platforms.py).")
 flags.DEFINE_enum("task", "reconstruct", sorted(TASKS), "Task whose training step to time.")

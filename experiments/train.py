@@ -20,10 +20,9 @@ import sys
 
 from absl import flags
 
-from jaxae import cli, parallel
+from jaxae import cli, parallel, platforms
 from jaxae import workdir as workdir_lib
 from jaxae.config import MAX_SEED, Config
-from jaxae.conv import CONV_IMPLS
 from jaxae.experiment import train_and_evaluate
 from jaxae.workdir import RunError, run_settings
 from jaxae.models import MODELS
@@ -64,7 +63,7 @@ flags.DEFINE_integer("train_limit", 0, "Use the first N training pairs (0 = all)
 flags.DEFINE_integer("test_limit", 0, "Use the first N test pairs (0 = all).")
 flags.DEFINE_bool("full_batch", False, "The original's procedure: one optimizer step on the "
                   "whole training set per epoch.")
-flags.DEFINE_enum("conv_impl", "auto", ["auto", *sorted(CONV_IMPLS)],
+flags.DEFINE_enum("conv_impl", platforms.AUTO, list(platforms.CONV_IMPL_CHOICES),
                   "How the conv layers are computed: 'auto' (the platform's: the GEMMs of "
                   "'gemm_vjp' on CPU, XLA's convolutions elsewhere), 'gemm_vjp' (fastest to "
                   "train on CPU), 'gemm' (also forward-mode derivatives) or 'reference' (XLA's "

@@ -87,9 +87,9 @@ class Config:
          f"at most {MAX_LEVELS} widths (32x32 images halve to 1x1 after {MAX_LEVELS} levels)")
     for name in ("activation", "conv_impl", "optimizer"):
       need(isinstance(getattr(self, name), str), name, "a string")
-    from jaxae.conv import CONV_IMPLS  # pylint: disable=g-import-not-at-top
-    need(self.conv_impl in ("auto", *CONV_IMPLS), "conv_impl",
-         f"one of auto, {', '.join(sorted(CONV_IMPLS))}")
+    from jaxae.platforms import CONV_IMPL_CHOICES  # pylint: disable=g-import-not-at-top
+    need(self.conv_impl in CONV_IMPL_CHOICES, "conv_impl",
+         f"one of {', '.join(CONV_IMPL_CHOICES)}")
     # The registries live above this module; imported here, when a config is checked.
     from jaxae.models import MODELS  # pylint: disable=g-import-not-at-top
     from jaxae.tasks import SEPARATION_LOSSES, SEPARATIONS, TASKS  # pylint: disable=g-import-not-at-top

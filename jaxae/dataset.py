@@ -52,12 +52,12 @@ def mix(mnist: tuple[np.ndarray, np.ndarray], cifar: tuple[np.ndarray, np.ndarra
 def _mix_all(pairs, mnist_normalization: Normalization,
              cifar_normalization: Normalization) -> list[MixedSplit]:
   """`mix` of several (mnist, cifar) pairs of (images, labels), preprocessed in one call."""
-  pairs = [(m, c, min(len(m[0]), len(c[0]))) for m, c in pairs]
-  images = mean_images_of([(m[0][:n], c[0][:n]) for m, c, n in pairs],
+  images = mean_images_of([(m[0], c[0]) for m, c in pairs],
                           mnist_normalization=mnist_normalization,
                           cifar_normalization=cifar_normalization)
-  return [MixedSplit(x, m[0][:n], c[0][:n], m[1][:n], c[1][:n])
-          for x, (m, c, n) in zip(images, pairs)]
+  # mean_images_of runs each pair to its shorter set; its output's length is the pairs'.
+  return [MixedSplit(x, m[0][:len(x)], c[0][:len(x)], m[1][:len(x)], c[1][:len(x)])
+          for x, (m, c) in zip(images, pairs)]
 
 
 def load_mixed(data_dir: str | os.PathLike | None = None, *,

@@ -18,8 +18,11 @@ import dataclasses
 from jax.sharding import Mesh
 
 from jaxae.config import Config
+from jaxae.conv import CONV_IMPLS
 
 AUTO = "auto"
+# What Config.conv_impl (and the scripts' --conv_impl) accepts.
+CONV_IMPL_CHOICES = (AUTO, *sorted(CONV_IMPLS))
 
 
 @dataclasses.dataclass(frozen=True)
