@@ -27,7 +27,7 @@ from jaxae.experiment import train_and_evaluate
 from jaxae.workdir import RunError, run_settings
 from jaxae.models import MODELS
 from jaxae.tasks import SEPARATION_LOSSES, SEPARATIONS, TASKS
-from jaxae.train import LR_SCHEDULES, OPTIMIZERS
+from jaxae.optimizers import LR_SCHEDULES, OPTIMIZERS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "tfds data directory holding mnist and cifar10 "

@@ -56,9 +56,14 @@ class Config:
   optimizer: str = "adam"
   learning_rate: float = 1e-3
   # "constant" (the original's) or "cosine": linear warmup over warmup_steps, then cosine decay
-  # to 0 at the end of the last epoch (jaxae/train.py, make_optimizer).
+  # to 0 at the end of the last epoch (jaxae/optimizers.py).
   lr_schedule: str = "constant"
   warmup_steps: int = 0
+  # 0 = off (the original's). Clip each step's gradient to this global L2 norm.
+  grad_clip_norm: float = 0.0
+  # 0 = off (the original's). Decoupled weight decay (AdamW's): each step every parameter shrinks
+  # by learning rate x weight_decay x its value.
+  weight_decay: float = 0.0
   # Procedure.
   epochs: int = 50
   batch_size: int = 32
@@ -103,6 +108,11 @@ class Config:
          "a positive number")
     need(isinstance(self.lr_schedule, str) and self.lr_schedule in ("constant", "cosine"),
          "lr_schedule", "constant or cosine")
+    from jaxae.optimizers import OPTIMIZERS  # pylint: disable=g-import-not-at-top
+    need(self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}")
+    for name in ("grad_clip_norm", "weight_decay"):
+      need(_is_number(getattr(self, name)) and getattr(self, name) >= 0, name,
+           "0 (off) or a positive number")
     need(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps",
          "a non-negative integer")
     need(_is_int(self.epochs) and self.epochs > 0, "epochs", "a positive integer")

@@ -14,12 +14,12 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import struct
 from flax.training import train_state
 
 from jaxae.config import Config
 from jaxae.models import model_from_config
+from jaxae.optimizers import make_optimizer
 from jaxae.tasks import IMAGE_SHAPE, RECONSTRUCT, per_example_mse, task_from_config
 
 __all__ = ["IMAGE_SHAPE", "TrainState", "create_train_state", "eval_step", "per_example_mse",
@@ -33,52 +33,6 @@ class TrainState(train_state.TrainState):
   """
 
   task: Any = struct.field(pytree_node=False, default=RECONSTRUCT)
-
-
-OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
-    "adam": optax.adam,
-    "adamw": optax.adamw,
-    "sgd": optax.sgd,
-    "rmsprop": optax.rmsprop,
-}
-
-
-LR_SCHEDULES = ("constant", "cosine")
-
-
-def make_optimizer(config: Config, steps_per_epoch: int | None = None) -> optax.GradientTransformation:
-  """The config's optimizer and learning-rate schedule; one object per distinct setting (see
-  `create_train_state`).
-
-  "constant" is the original's; "cosine" warms up linearly over `config.warmup_steps` steps and
-  then decays to 0 by the last step of `config.epochs` epochs of `steps_per_epoch` steps.
-
-  Raises:
-    ValueError: an unknown optimizer or schedule, or "cosine" without `steps_per_epoch`.
-  """
-  if config.lr_schedule not in LR_SCHEDULES:
-    raise ValueError(f"Unknown lr_schedule {config.lr_schedule!r}; use one of {LR_SCHEDULES}.")
-  total = None
-  if config.lr_schedule != "constant":
-    if not steps_per_epoch or steps_per_epoch <= 0:
-      raise ValueError(f"lr_schedule={config.lr_schedule!r} needs the run's steps_per_epoch "
-                       "(its steps decay over config.epochs epochs).")
-    total = config.epochs * steps_per_epoch
-  return _optimizer(config.optimizer, config.learning_rate, config.lr_schedule,
-                    config.warmup_steps, total)
-
-
-@functools.cache
-def _optimizer(name: str, learning_rate: float, schedule: str = "constant", warmup_steps: int = 0,
-               total_steps: int | None = None) -> optax.GradientTransformation:
-  if name not in OPTIMIZERS:
-    raise ValueError(f"Unknown optimizer {name!r}; use one of {sorted(OPTIMIZERS)}.")
-  if schedule == "constant":
-    return OPTIMIZERS[name](learning_rate)
-  warmup = min(warmup_steps, total_steps - 1)
-  return OPTIMIZERS[name](optax.warmup_cosine_decay_schedule(
-      init_value=0.0 if warmup else learning_rate, peak_value=learning_rate, warmup_steps=warmup,
-      decay_steps=total_steps, end_value=0.0))
 
 
 def create_train_state(rng: jax.Array, config: Config | None = None, *,

@@ -1,0 +1,110 @@
+"""The config's optimizer (jaxae/optimizers.py): equal to optax's own where one exists."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxae import Config, create_train_state, train_step
+from jaxae.optimizers import make_optimizer
+from jaxae.workdir import SETTINGS_FILE, holds_other_run, run_settings
+
+
+def _params():
+  rng = np.random.default_rng(0)
+  return {"w": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+          "b": jnp.asarray(rng.normal(size=(4,)), jnp.float32)}
+
+
+def _grads(k):
+  rng = np.random.default_rng(k + 1)
+  return {"w": jnp.asarray(rng.normal(size=(3, 4)) * 10, jnp.float32),
+          "b": jnp.asarray(rng.normal(size=(4,)) * 10, jnp.float32)}
+
+
+def _run(tx, steps=4):
+  params = _params()
+  state = tx.init(params)
+  for k in range(steps):
+    updates, state = tx.update(_grads(k), state, params)
+    params = optax.apply_updates(params, updates)
+  return params, state
+
+
+def _assert_trees_close(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+
+
+def test_the_default_is_optax_adam_with_its_state_structure():
+  ours, ours_state = _run(make_optimizer(Config()))
+  theirs, their_state = _run(optax.adam(1e-3))
+  _assert_trees_close(ours, theirs)
+  # Checkpoints of runs from before the options existed restore into this state.
+  assert jax.tree.structure(ours_state) == jax.tree.structure(their_state)
+
+
+def test_adam_with_weight_decay_is_optax_adamw_under_a_schedule():
+  config = Config(weight_decay=0.1, lr_schedule="cosine", warmup_steps=2, epochs=2,
+                  learning_rate=0.01)
+  ours, _ = _run(make_optimizer(config, steps_per_epoch=3), steps=6)
+  schedule = optax.warmup_cosine_decay_schedule(0.0, 0.01, 2, 6, 0.0)
+  theirs, _ = _run(optax.adamw(schedule, weight_decay=0.1), steps=6)
+  _assert_trees_close(ours, theirs)
+
+
+def test_sgd_weight_decay_is_decoupled_and_clipping_bounds_the_gradient_norm():
+  lr, wd, clip = 0.1, 0.5, 1.0
+  tx = make_optimizer(Config(optimizer="sgd", learning_rate=lr, weight_decay=wd,
+                             grad_clip_norm=clip))
+  params, grads = _params(), _grads(0)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  norm = float(optax.tree.norm(grads))
+  assert norm > 10 * clip  # The clip is active.
+  for u, g, p in zip(*(jax.tree.leaves(t) for t in (updates, grads, params))):
+    np.testing.assert_allclose(u, -lr * g * clip / norm - lr * wd * p, rtol=1e-5, atol=1e-7)
+  # Below the norm, clipping changes nothing.
+  small = jax.tree.map(lambda g: g * 1e-3, grads)
+  clip_only = make_optimizer(Config(optimizer="sgd", learning_rate=lr, grad_clip_norm=clip))
+  updates, _ = clip_only.update(small, clip_only.init(params), params)
+  for u, g in zip(jax.tree.leaves(updates), jax.tree.leaves(small)):
+    np.testing.assert_allclose(u, -lr * g, rtol=1e-6)
+
+
+def test_a_train_step_clips_and_decays():
+  config = Config(optimizer="sgd", learning_rate=1.0, grad_clip_norm=1e-3, features=(4, 8))
+  images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)), jnp.float32)
+  state = create_train_state(jax.random.key(0), config)
+  after, _ = jax.jit(train_step)(state, images)
+  change = optax.tree.norm(jax.tree.map(jnp.subtract, after.params, state.params))
+  assert 0 < float(change) <= 1e-3 * (1 + 1e-5)
+  # Weight decay alone, with a zero learning signal, shrinks every parameter by lr * wd.
+  decaying = create_train_state(jax.random.key(0), config.replace(
+      grad_clip_norm=0.0, weight_decay=0.25, learning_rate=0.1, optimizer="sgd"))
+  zero = jax.tree.map(jnp.zeros_like, decaying.params)
+  shrunk = decaying.apply_gradients(grads=zero)
+  for p0, p1 in zip(jax.tree.leaves(decaying.params), jax.tree.leaves(shrunk.params)):
+    np.testing.assert_allclose(p1, p0 * (1 - 0.1 * 0.25), rtol=1e-6)
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(weight_decay=-0.1), "weight_decay"),
+    (dict(grad_clip_norm="1"), "grad_clip_norm"),
+    (dict(optimizer="adamw"), "optimizer"),
+])
+def test_bad_optimizer_settings_are_named(changes, field):
+  with pytest.raises(ValueError, match=f"^{field} must be"):
+    Config(**changes).validate()
+
+
+def test_a_run_from_before_the_options_resumes(tmp_path):
+  settings = run_settings(Config(), 0, 0)
+  old = {k: v for k, v in settings.items() if k not in ("grad_clip_norm", "weight_decay")}
+  (tmp_path / SETTINGS_FILE).write_text(json.dumps(old))
+  assert holds_other_run(tmp_path, settings, overwrite=False) is False
+  with pytest.raises(Exception, match="weight_decay"):
+    holds_other_run(tmp_path, run_settings(Config(weight_decay=0.1), 0, 0), overwrite=False)
