@@ -1,6 +1,8 @@
-"""Evaluates the newest checkpoint of a training run on the test split.
+"""Evaluates a training run's newest checkpoint, or a params file, on the test split.
 
     python experiments/evaluate.py --data_dir=../shared/tensorflow_datasets --workdir=runs/original
+    python experiments/evaluate.py --data_dir=../shared/tensorflow_datasets \
+        --params=results/corrected/params.msgpack --workdir=runs/corrected_eval
 
 Writes eval.json (test loss, image count, versions and the task's metrics: for reconstruct SSIM
 and PSNR in both conventions, for separate per source beside the trivial estimate; mean and std)
@@ -8,11 +10,12 @@ and a figure into --workdir: comparison.png (MNIST source, CIFAR-10 source, mean
 reconstruction) or, for separate, separation.png (mean image, true and estimated digit, true and
 estimated photo). A run of several seeds (--num_seeds) evaluates every replica: eval.json holds
 each one's metrics under "replicas" and their spread under "final"; the figure shows the first.
+
+With --params (a file of jaxae/weights.py: a finished run's params.msgpack, or one of
+results/*/params.msgpack), no training run is needed: --workdir only receives the results.
 """
 
-import json
 import pathlib
-import sys
 import time
 
 from absl import flags
@@ -20,15 +23,17 @@ import jax
 
 from jaxae import cli, platforms, seeds
 from jaxae import workdir as workdir_lib
-from jaxae.checkpoints import Checkpointer, IncompatibleCheckpointError, NoUsableCheckpointError
-from jaxae.config import Config
 from jaxae.experiment import replica_final_metrics, seeds_summary
 from jaxae.provenance import provenance
-from jaxae.workdir import CHECKPOINT_DIR, SETTINGS_FILE, RunError, write_json
+from jaxae.weights import ParamsFileError, load_params
+from jaxae.workdir import RunError, write_json
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "tfds data directory holding mnist and cifar10.")
-flags.DEFINE_string("workdir", None, "A training run's workdir (holds checkpoints/).")
+flags.DEFINE_string("workdir", None, "A training run's workdir (holds checkpoints/); with "
+                    "--params, where the results go.")
+flags.DEFINE_string("params", None, "Evaluate this params file (jaxae.save_params, a run's "
+                    "params.msgpack) instead of the workdir's newest checkpoint.")
 flags.DEFINE_integer("test_limit", 0, "Evaluate the first N test pairs (0 = all).")
 flags.DEFINE_integer("eval_batch_size", 0, "Batch size of evaluation (0: the model's, which "
                      "keeps its activations in cache on CPU).")
@@ -43,63 +48,60 @@ def main(argv):
   if FLAGS.test_limit < 0 or FLAGS.eval_batch_size < 0:
     cli.fail("--test_limit and --eval_batch_size must be 0 or positive.")
   workdir = pathlib.Path(FLAGS.workdir)
-  checkpoints = workdir / CHECKPOINT_DIR
-  if not workdir_lib.jaxae_checkpoints(workdir):
-    cli.fail(f"{workdir} holds no checkpoint; train first with experiments/train.py "
-             f"--workdir={workdir}.")
-  # The run's settings (written when it started) say which model and normalization it used.
-  try:
-    config = Config.from_dict(json.loads((workdir / SETTINGS_FILE).read_text()))
-  except (OSError, ValueError, TypeError) as e:
-    cli.fail(f"{workdir / SETTINGS_FILE} cannot be used ({type(e).__name__}: "
-             f"{str(e).splitlines()[0] if str(e) else ''}); it is written when "
-             "experiments/train.py starts a run in this workdir.")
-  cli.check_writable(str(workdir))  # Before the evaluation, not after it.
+  if FLAGS.params:
+    try:
+      params, config = load_params(FLAGS.params)
+    except ParamsFileError as e:
+      cli.fail(str(e))
+    cli.check_writable(str(workdir))
+  else:
+    # The run's settings (written when it started) say which model and normalization it used.
+    config = cli.run_config(workdir)
+    cli.check_writable(str(workdir))  # Before the evaluation, not after it.
   cli.check_data_dir(FLAGS.data_dir)
 
   try:
     with workdir_lib.hold(workdir, purpose="evaluation"):
-      evaluate(workdir, checkpoints, config)
+      if FLAGS.params:
+        # A template's values replaced by the file's: any steps_per_epoch will do.
+        state = seeds.initial_state(config, steps_per_epoch=1).replace(params=params)
+        evaluate(workdir, state, config, epoch=None)
+      else:
+        restored = cli.restore_newest(workdir, config)
+        evaluate(workdir, restored.state, config, epoch=restored.epoch)
   except RunError as e:
     cli.fail(str(e), e.exit_code)
 
 
-def evaluate(workdir: pathlib.Path, checkpoints: pathlib.Path, config: Config) -> None:
-  checkpointer = Checkpointer(checkpoints)
-  try:
-    # A template for the restore: its values are replaced, so any steps_per_epoch will do.
-    template = seeds.initial_state(config, steps_per_epoch=1)
-    restored = checkpointer.restore_latest(template)
-  except (NoUsableCheckpointError, IncompatibleCheckpointError) as e:
-    cli.fail(str(e))
-  finally:
-    checkpointer.close()
-  for note in restored.damaged:
-    print(f"warning: {note}", file=sys.stderr, flush=True)
-
+def evaluate(workdir: pathlib.Path, state, config, epoch: int | None) -> None:
+  """Writes eval.json and the figure of `state` (a checkpoint's of `epoch`, or --params's)."""
   _, test = cli.load_data(FLAGS.data_dir, config, 0, FLAGS.test_limit)
   start = time.perf_counter()
   replicas = seeds.replicas_of(config)
   finals, predictions = replica_final_metrics(
-      restored.state, test, FLAGS.eval_batch_size
+      state, test, FLAGS.eval_batch_size
       or platforms.choices(config, jax.default_backend()).eval_batch_size, replicas)
   seconds = time.perf_counter() - start
-  task = restored.state.task
+  task = state.task
   if replicas:
     result = {"seeds": seeds.seeds_of(config), "final": seeds.spread_of(finals),
               "replicas": [{"seed": s, **f} for s, f in zip(seeds.seeds_of(config), finals)]}
   else:
     result = dict(finals[0])
-  result.update(epoch=restored.epoch, seconds=seconds, device=jax.devices()[0].device_kind,
+  result.update(epoch=epoch, seconds=seconds, device=jax.devices()[0].device_kind,
                 provenance=provenance())
+  if FLAGS.params:
+    result["params"] = str(FLAGS.params)
   try:
     write_json(workdir / "eval.json", result)
     task.draw(test, predictions, workdir / task.eval_figure, detailed=True,
-              title=f"Test pairs after epoch {restored.epoch}"
+              title=(f"Test pairs after epoch {epoch}" if epoch is not None
+                     else f"Test pairs, {pathlib.Path(FLAGS.params).name}")
               + (f", seed {config.seed} (the first of {replicas})" if replicas else ""))
   except OSError as e:
     cli.fail(f"could not write into {workdir} ({e.strerror or e}).")
-  print(f"Checkpoint of epoch {restored.epoch}; evaluated in {seconds:.2f} s.")
+  source = f"the checkpoint of epoch {epoch}" if epoch is not None else FLAGS.params
+  print(f"Evaluated {source} in {seconds:.2f} s.")
   print(seeds_summary(finals, seeds.seeds_of(config), task))
 
 

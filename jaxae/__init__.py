@@ -8,11 +8,13 @@ from jaxae.models import Autoencoder, UNet
 from jaxae.preprocess import mean_images, to_unit_range
 from jaxae.tasks import Reconstruct, Separate, task_from_config
 from jaxae.train import TrainState, create_train_state, eval_step, train_step
+from jaxae.weights import from_torch_state_dict, load_params, save_params
 
 __all__ = [
     "Autoencoder", "CIFAR_NORMALIZATION", "Config", "DatasetNotFoundError", "MNIST_NORMALIZATION",
     "MixedSplit", "Normalization", "Reconstruct", "Separate", "TrainState", "UNet",
-    "create_train_state", "eval_step", "image_quality", "load_mixed", "load_split", "load_splits",
-    "mean_images", "mix", "psnr", "ssim", "task_from_config", "to_unit_range", "train_step",
+    "create_train_state", "eval_step", "from_torch_state_dict", "image_quality", "load_mixed",
+    "load_params", "load_split", "load_splits", "mean_images", "mix", "psnr", "save_params",
+    "ssim", "task_from_config", "to_unit_range", "train_step",
 ]
 __version__ = "0.1.0"

@@ -1,7 +1,9 @@
-"""Shared pieces of the experiment scripts: one-line errors, data checks, timed loading."""
+"""Shared pieces of the experiment scripts: one-line errors, data checks, timed loading, a run's
+checkpoint."""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import sys
@@ -9,9 +11,12 @@ import tempfile
 import time
 from typing import Callable, NoReturn, Sequence
 
+from jaxae import seeds
+from jaxae.checkpoints import Checkpointer, IncompatibleCheckpointError, NoUsableCheckpointError
 from jaxae.config import Config
 from jaxae.data import DataError, _prepared_files, _resolve_data_dir, prepare_command
 from jaxae.dataset import MixedSplit, load_mixed
+from jaxae.workdir import CHECKPOINT_DIR, SETTINGS_FILE, jaxae_checkpoints
 
 _HELP_FLAGS = ("--help", "-help", "--helpshort", "--helpfull", "-h", "-?", "--helpxml")
 
@@ -119,3 +124,31 @@ def load_data(data_dir: str | None, config: Config, train_limit: int, test_limit
     if limit > len(splits[name]):
       fail(f"--{name}_limit={limit} is larger than the {name} split ({len(splits[name]):,} pairs).")
   return splits["train"].take(train_limit), splits["test"].take(test_limit)
+
+
+def run_config(workdir: pathlib.Path) -> Config:
+  """The config of the run in `workdir` (its settings.json), or a one-line exit."""
+  if not jaxae_checkpoints(workdir):
+    fail(f"{workdir} holds no checkpoint; train first with experiments/train.py "
+         f"--workdir={workdir}.")
+  try:
+    return Config.from_dict(json.loads((workdir / SETTINGS_FILE).read_text()))
+  except (OSError, ValueError, TypeError) as e:
+    fail(f"{workdir / SETTINGS_FILE} cannot be used ({type(e).__name__}: "
+         f"{str(e).splitlines()[0] if str(e) else ''}); it is written when "
+         "experiments/train.py starts a run in this workdir.")
+
+
+def restore_newest(workdir: pathlib.Path, config: Config):
+  """The newest good checkpoint of the run in `workdir` (checkpoints.Restored), or a one-line exit."""
+  checkpointer = Checkpointer(workdir / CHECKPOINT_DIR)
+  try:
+    # A template for the restore: its values are replaced, so any steps_per_epoch will do.
+    restored = checkpointer.restore_latest(seeds.initial_state(config, steps_per_epoch=1))
+  except (NoUsableCheckpointError, IncompatibleCheckpointError) as e:
+    fail(str(e))
+  finally:
+    checkpointer.close()
+  for note in restored.damaged:
+    print(f"warning: {note}", file=sys.stderr, flush=True)
+  return restored

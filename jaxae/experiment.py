@@ -25,8 +25,9 @@ from jaxae.provenance import provenance, version_changes
 from jaxae.models import forward_flops
 from jaxae.tasks import RECONSTRUCT
 from jaxae.train import TrainState, count_params
-from jaxae.workdir import (CHECKPOINT_DIR, METRICS_FILE, SETTINGS_FILE, RunError, run_settings,
-                           write_json)
+from jaxae.weights import save_params
+from jaxae.workdir import (CHECKPOINT_DIR, METRICS_FILE, PARAMS_FILE, SETTINGS_FILE, RunError,
+                           run_settings, write_json)
 
 
 
@@ -205,6 +206,8 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   if not primary:
     return metrics
   _write(lambda: write_json(workdir / METRICS_FILE, metrics), workdir / METRICS_FILE)
+  _write(lambda: save_params(workdir / PARAMS_FILE, state.params, user_config),
+         workdir / PARAMS_FILE)
   if history:
     _write(lambda: plots.loss_curve(
         history, workdir / "loss_curve.png",

@@ -3,6 +3,7 @@
 Layout of a workdir:
     .jaxae.lock            held (flock) by the one process that trains or evaluates here
     settings.json          the settings the checkpoints belong to
+    params.msgpack         the trained parameters and their config, when the run ends
     checkpoints/<epoch>/   orbax checkpoints (orbax's <epoch>.orbax-checkpoint-tmp* while saving)
     damaged_checkpoints/   checkpoints that failed their checksum, moved aside, never deleted
     metrics.json, eval.json, *.png   results
@@ -28,12 +29,14 @@ from jaxae.config import Config
 
 SETTINGS_FILE = "settings.json"
 METRICS_FILE = "metrics.json"
+# The trained parameters with their config (jaxae/weights.py), written at the end of a run.
+PARAMS_FILE = "params.msgpack"
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "damaged_checkpoints"
 LOCK_FILE = ".jaxae.lock"
 # Files a run writes at the top of its workdir; --overwrite removes these, the step folders jaxae
 # wrote in checkpoints/ and damaged_checkpoints/, and nothing else.
-RUN_FILES = (SETTINGS_FILE, METRICS_FILE, "loss_curve.png", "reconstructions.png",
+RUN_FILES = (SETTINGS_FILE, METRICS_FILE, PARAMS_FILE, "loss_curve.png", "reconstructions.png",
              "comparison.png", "separation.png", "eval.json")
 # A step folder of orbax's, finished or being written (orbax's TMP_DIR_SUFFIX); moved-aside damaged
 # steps are named <epoch> or <epoch>.<n>.

@@ -93,6 +93,19 @@ def test_train_and_evaluate_scripts_on_real_data(tmp_path):
   assert result["ssim_original_mean"] == pytest.approx(metrics["final"]["ssim_original_mean"])
   assert (tmp_path / "run" / "comparison.png").stat().st_size > 1000
 
+  # The run's params file (and the same exported from its checkpoint) evaluates without the run.
+  export = run_script("export_params.py", f"--workdir={tmp_path / 'run'}",
+                      f"--output={tmp_path / 'exported.msgpack'}")
+  assert export.returncode == 0 and "epoch 2" in export.stdout, export.stderr
+  assert ((tmp_path / "exported.msgpack").read_bytes()
+          == (tmp_path / "run" / "params.msgpack").read_bytes())
+  ev = run_script("evaluate.py", f"--data_dir={data_dir}", f"--workdir={tmp_path / 'eval'}",
+                  f"--params={tmp_path / 'exported.msgpack'}", "--test_limit=16")
+  assert ev.returncode == 0, ev.stderr
+  from_file = json.loads((tmp_path / "eval" / "eval.json").read_text())
+  assert from_file["epoch"] is None and from_file["params"].endswith("exported.msgpack")
+  assert from_file["psnr_standard_mean"] == pytest.approx(metrics["final"]["psnr_standard_mean"])
+
 
 @pytest.mark.parametrize("case", ["epochs", "batch", "limit", "data_dir", "workdir",
                                   "processes_incomplete", "process_id", "task", "model",

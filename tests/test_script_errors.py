@@ -84,6 +84,17 @@ def test_evaluate_refuses_a_hand_edited_settings_file(tmp_path, trained_workdir)
             "features must be a non-empty sequence of positive integers")
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda path: path.write_bytes(b"not msgpack"), "is not a jaxae params file"),
+    (lambda path: None, "cannot read"),
+])
+def test_evaluate_names_an_unusable_params_file(tmp_path, make, message):
+  make(tmp_path / "p.msgpack")
+  _one_line(run_script("evaluate.py", f"--workdir={tmp_path / 'out'}",
+                       f"--params={tmp_path / 'p.msgpack'}", GOOD_DATA), 2, message)
+  assert not (tmp_path / "out" / "eval.json").exists()
+
+
 def test_evaluate_checks_a_read_only_workdir_before_evaluating(tmp_path, trained_workdir):
   shutil.copytree(trained_workdir, tmp_path / "w")
   os.chmod(tmp_path / "w", 0o555)
@@ -98,7 +109,7 @@ def test_evaluate_checks_a_read_only_workdir_before_evaluating(tmp_path, trained
       subprocess.run(["chattr", "-i", str(tmp_path / "w")], check=True)
     os.chmod(tmp_path / "w", 0o755)
   _one_line(run, 2, "cannot be written")
-  assert "evaluated in" not in run.stdout  # Refused before the work, not after it.
+  assert "Evaluated" not in run.stdout  # Refused before the work, not after it.
 
 
 def test_ctrl_c_is_one_line_and_keeps_the_checkpoints(tmp_path):

@@ -1,0 +1,47 @@
+"""Writes the parameters of a training run's newest checkpoint into a params file.
+
+    python experiments/export_params.py --workdir=runs/original --output=corrected.msgpack
+
+The file (jaxae/weights.py) holds the parameters and the run's config; read it back with
+`params, config = jaxae.load_params(path)`, or evaluate it with experiments/evaluate.py --params.
+A finished run writes <workdir>/params.msgpack itself; this is for a run's checkpoints (an
+unfinished run, or one from before runs wrote it).
+"""
+
+import pathlib
+
+from absl import flags
+
+from jaxae import cli
+from jaxae import workdir as workdir_lib
+from jaxae.weights import save_params
+from jaxae.workdir import PARAMS_FILE, RunError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "A training run's workdir (holds checkpoints/).")
+flags.DEFINE_string("output", None, f"The params file to write (default: <workdir>/{PARAMS_FILE}).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.quiet_logs()
+  if not FLAGS.workdir:
+    cli.fail("--workdir is required.")
+  workdir = pathlib.Path(FLAGS.workdir)
+  output = pathlib.Path(FLAGS.output or workdir / PARAMS_FILE)
+  config = cli.run_config(workdir)
+  cli.check_writable(str(output.parent))
+  try:
+    with workdir_lib.hold(workdir, purpose="export"):
+      restored = cli.restore_newest(workdir, config)
+      save_params(output, restored.state.params, config)
+  except RunError as e:
+    cli.fail(str(e), e.exit_code)
+  except OSError as e:
+    cli.fail(f"could not write {output} ({e.strerror or e}).")
+  print(f"Wrote the parameters of epoch {restored.epoch} to {output}.")
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,165 @@
+"""Trained parameters as files: jaxae's own (with their config), and PyTorch's state_dicts.
+
+    params, config = load_params("results/corrected/params.msgpack")
+    state = create_train_state(jax.random.key(0), config).replace(params=params)
+
+    params = from_torch_state_dict({k: v.numpy() for k, v in net.state_dict().items()})
+
+A params file is Flax msgpack (`flax.serialization`) of {"format", "version", "config": the run's
+Config as JSON, "params": the model's parameters}. A run of several seeds stores its replicas'
+parameters stacked on a leading axis of `config.num_seeds`; `load_params(path, replica=k)` gives
+one of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+
+from jaxae.config import Config
+from jaxae.models import model_from_config
+from jaxae.tasks import IMAGE_SHAPE, task_from_config
+
+FORMAT = "jaxae.params"
+VERSION = 1
+
+
+class ParamsFileError(ValueError):
+  """A params file (or state_dict) that cannot be used; the message says why, in one line."""
+
+
+def save_params(path: str | os.PathLike, params: Any, config: Config) -> None:
+  """Writes `params` (one model's, or `config.num_seeds` stacked replicas') with their config.
+
+  Written to a temporary file and renamed, so a reader never sees half a file.
+  """
+  path = pathlib.Path(path)
+  payload = {"format": FORMAT, "version": VERSION, "config": json.dumps(config.to_dict()),
+             "params": jax.tree.map(_on_host, params)}
+  _check_shapes(params, config, str(path))
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_bytes(serialization.msgpack_serialize(payload))
+  os.replace(tmp, path)
+
+
+def _on_host(x) -> np.ndarray:
+  # A multi-process run's arrays are replicated but not fully addressable: any shard is all of it.
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    x = x.addressable_data(0)
+  return np.asarray(x, np.float32)
+
+
+def load_params(path: str | os.PathLike, replica: int | None = None) -> tuple[Any, Config]:
+  """(params, config) from a file of `save_params`; params are jax arrays.
+
+  With `replica=k`, a file of several seeds gives replica k's parameters and a single-seed config
+  (seed + k); without it, its stacked parameters and config as saved.
+
+  Raises:
+    ParamsFileError: the file is missing, not a jaxae params file, or its parameters do not fit
+      its config's model.
+  """
+  path = pathlib.Path(path)
+  try:
+    raw = path.read_bytes()
+  except OSError as e:
+    raise ParamsFileError(f"cannot read {path} ({e.strerror or e}).") from None
+  try:
+    payload = serialization.msgpack_restore(raw)
+  except Exception:  # pylint: disable=broad-except  # msgpack raises several kinds.
+    payload = None
+  if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    raise ParamsFileError(f"{path} is not a jaxae params file (written by save_params, "
+                          "experiments/train.py or experiments/export_params.py).")
+  if payload.get("version") != VERSION:
+    raise ParamsFileError(f"{path} is a version {payload.get('version')} params file; this "
+                          f"jaxae reads version {VERSION}.")
+  try:
+    config = Config.from_dict(json.loads(payload["config"]))
+  except (ValueError, TypeError, KeyError) as e:
+    raise ParamsFileError(f"{path} holds an unusable config: {e}") from None
+  params = jax.tree.map(jnp.asarray, payload["params"])
+  _check_shapes(params, config, str(path))
+  if replica is not None:
+    if config.num_seeds == 1:
+      if replica != 0:
+        raise ParamsFileError(f"{path} holds one seed; replica={replica} does not exist.")
+      return params, config
+    if not 0 <= replica < config.num_seeds:
+      raise ParamsFileError(f"{path} holds {config.num_seeds} replicas; replica={replica} is "
+                            f"not one of 0..{config.num_seeds - 1}.")
+    params = jax.tree.map(lambda x: x[replica], params)
+    config = config.replace(seed=config.seed + replica, num_seeds=1)
+  return params, config
+
+
+def expected_shapes(config: Config) -> dict[str, tuple[int, ...]]:
+  """Parameter path -> shape of the config's model (one replica), without computing anything."""
+  model = model_from_config(config, task_from_config(config).out_channels)
+  abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *IMAGE_SHAPE)))
+  return {_key(path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(abstract["params"])}
+
+
+def _check_shapes(params: Any, config: Config, where: str) -> None:
+  lead = (config.num_seeds,) if config.num_seeds > 1 else ()
+  expected = {k: lead + v for k, v in expected_shapes(config).items()}
+  got = {_key(path): tuple(np.shape(leaf))
+         for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+  if got != expected:
+    differing = sorted(k for k in set(got) | set(expected) if got.get(k) != expected.get(k))
+    k = differing[0]
+    raise ParamsFileError(f"{where}: the parameters do not fit the config's model "
+                          f"({config.model} {list(config.features)}): {k} is "
+                          f"{got.get(k, 'missing')}, the model needs {expected.get(k, 'none')}.")
+
+
+def _key(path) -> str:
+  return "/".join(str(getattr(p, "key", p)) for p in path)
+
+
+def from_torch_state_dict(state_dict: Mapping[str, Any], config: Config | None = None) -> Any:
+  """The "seed" model's params from the original PyTorch model's `state_dict` (NumPy arrays).
+
+  The original is `nn.Sequential(Conv2d, LeakyReLU, ..., ConvTranspose2d)` (or any module whose
+  state_dict lists its convolutions in order, encoder first): its weight/bias pairs are taken in
+  order and mapped onto enc0.., dec0.. (kernels to HWIO, jaxae/models/layers.py). Pass arrays,
+  not tensors (`{k: v.numpy() for k, v in net.state_dict().items()}`), so torch is not needed.
+
+  Raises:
+    ParamsFileError: the config's model is not "seed", or the state_dict's layers do not match
+      its widths (the key and both shapes are named).
+  """
+  config = config or Config()
+  if config.model != "seed" or config.task != "reconstruct" or config.num_seeds != 1:
+    raise ParamsFileError("a PyTorch state_dict maps onto the original model only "
+                          "(model='seed', task='reconstruct', num_seeds=1).")
+  expected = expected_shapes(config)
+  layers = [name for name in expected if name.endswith("/kernel")]
+  layers.sort(key=lambda n: (not n.startswith("enc"), int(re.sub(r"\D", "", n.split("/")[0]))))
+  weights = [k for k in state_dict if k.endswith("weight")]
+  biases = [k for k in state_dict if k.endswith("bias")]
+  if len(weights) != len(layers) or len(biases) != len(layers):
+    raise ParamsFileError(f"the state_dict has {len(weights)} weights and {len(biases)} biases; "
+                          f"the model ({list(config.features)}) has {len(layers)} layers.")
+  params: dict[str, dict[str, jax.Array]] = {}
+  for layer, w_key, b_key in zip(layers, weights, biases):
+    name = layer.split("/")[0]
+    w, b = np.asarray(state_dict[w_key], np.float32), np.asarray(state_dict[b_key], np.float32)
+    # Conv2d.weight is [out, in, kh, kw]; ConvTranspose2d.weight [in, out, kh, kw].
+    kernel = w.transpose(2, 3, 1, 0) if name.startswith("enc") else w.transpose(2, 3, 0, 1)
+    if kernel.shape != expected[layer] or b.shape != expected[f"{name}/bias"]:
+      torch_shape = (tuple(np.array(expected[layer])[[3, 2, 0, 1]]) if name.startswith("enc")
+                     else tuple(np.array(expected[layer])[[2, 3, 0, 1]]))
+      raise ParamsFileError(f"state_dict[{w_key!r}] has shape {w.shape} (bias {b.shape}); layer "
+                            f"{name} needs {torch_shape} (bias {expected[f'{name}/bias']}).")
+    params[name] = {"kernel": jnp.asarray(kernel), "bias": jnp.asarray(b)}
+  return params

@@ -1,0 +1,144 @@
+"""Params files and PyTorch state_dicts (jaxae/weights.py)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_splits
+from jaxae import Config, eval_step, from_torch_state_dict, load_params, save_params, seeds
+from jaxae.experiment import train_and_evaluate
+from jaxae.models import model_from_config
+from jaxae.weights import ParamsFileError
+
+
+def _trees_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_a_finished_run_writes_params_that_reproduce_its_test_loss(tmp_path):
+  config = Config(epochs=1, batch_size=16, features=(4, 8), weight_decay=0.01)
+  train, test = tiny_splits(32, 8)
+  metrics = train_and_evaluate(config, train, test, tmp_path, log=lambda _: None)
+  params, loaded = load_params(tmp_path / "params.msgpack")
+  assert loaded == config
+  state = seeds.initial_state(loaded, steps_per_epoch=1)
+  loss = jax.jit(eval_step)(state.replace(params=params), state.task.examples(test))["loss"]
+  assert float(loss) == pytest.approx(metrics["final"]["test_loss"], rel=1e-5)
+
+
+def test_several_seeds_are_stacked_and_load_one_by_one(tmp_path):
+  config = Config(num_seeds=3, seed=5, features=(4, 8))
+  stacked = seeds.initial_state(config, steps_per_epoch=1).params
+  save_params(tmp_path / "p.msgpack", stacked, config)
+  params, loaded = load_params(tmp_path / "p.msgpack")
+  _trees_equal(params, stacked)
+  assert loaded == config
+  one, one_config = load_params(tmp_path / "p.msgpack", replica=2)
+  _trees_equal(one, jax.tree.map(lambda x: x[2], stacked))
+  assert one_config == config.replace(seed=7, num_seeds=1)
+  # Replica 2 is seed 7's own initialization.
+  _trees_equal(one, seeds.initial_state(one_config, steps_per_epoch=1).params)
+  with pytest.raises(ParamsFileError, match="replica=3 is not one of 0..2"):
+    load_params(tmp_path / "p.msgpack", replica=3)
+
+
+def test_unusable_files_are_named_in_one_line(tmp_path):
+  config = Config(features=(4, 8))
+  params = seeds.initial_state(config, steps_per_epoch=1).params
+  with pytest.raises(ParamsFileError, match="do not fit the config's model"):
+    save_params(tmp_path / "p.msgpack", params, Config(features=(4, 16)))
+  (tmp_path / "garbage.msgpack").write_bytes(b"\x00not msgpack")
+  cases = [(tmp_path / "missing.msgpack", "cannot read"),
+           (tmp_path / "garbage.msgpack", "is not a jaxae params file")]
+  for path, message in cases:
+    with pytest.raises(ParamsFileError, match=message) as e:
+      load_params(path)
+    assert "\n" not in str(e.value)
+
+
+# The original model as PyTorch builds it: nn.Sequential(Conv2d, LeakyReLU, ..., ConvTranspose2d),
+# with a NumPy forward pass of PyTorch's definitions (NCHW, its weight layouts).
+def _torch_layers(features=(16, 32, 64)):
+  widths = [3, *features]
+  convs = [("conv", widths[i], widths[i + 1]) for i in range(len(features))]
+  back = widths[::-1]
+  return convs + [("convT", back[i], back[i + 1]) for i in range(len(features))]
+
+
+def _numpy_conv(x, w, b):  # Conv2d(k=4, stride=2, padding=1); w [out, in, 4, 4].
+  x = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+  n, _, h, wd = x.shape
+  out_h, out_w = (h - 4) // 2 + 1, (wd - 4) // 2 + 1
+  out = np.zeros((n, w.shape[0], out_h, out_w))
+  for ki in range(4):
+    for kj in range(4):
+      patch = x[:, :, ki:ki + 2 * out_h:2, kj:kj + 2 * out_w:2]
+      out += np.einsum("nchw,oc->nohw", patch, w[:, :, ki, kj])
+  return out + b[None, :, None, None]
+
+
+def _numpy_conv_transpose(x, w, b):  # ConvTranspose2d(k=4, stride=2, padding=1); w [in, out, 4, 4].
+  n, _, h, wd = x.shape
+  full = np.zeros((n, w.shape[1], 2 * h + 2, 2 * wd + 2))
+  for ki in range(4):
+    for kj in range(4):
+      full[:, :, ki:ki + 2 * h:2, kj:kj + 2 * wd:2] += np.einsum("nchw,co->nohw", x, w[:, :, ki, kj])
+  return full[:, :, 1:-1, 1:-1] + b[None, :, None, None]
+
+
+def _numpy_forward(state_dict, x_NCHW, layers):
+  for i, (kind, _, _) in enumerate(layers):
+    w, b = state_dict[f"{2 * i}.weight"], state_dict[f"{2 * i}.bias"]
+    x_NCHW = (_numpy_conv if kind == "conv" else _numpy_conv_transpose)(x_NCHW, w, b)
+    if i < len(layers) - 1:
+      x_NCHW = np.where(x_NCHW > 0, x_NCHW, 0.01 * x_NCHW)
+  return x_NCHW
+
+
+def _random_state_dict(layers, rng):
+  state_dict = {}
+  for i, (kind, c_in, c_out) in enumerate(layers):
+    shape = (c_out, c_in, 4, 4) if kind == "conv" else (c_in, c_out, 4, 4)
+    state_dict[f"{2 * i}.weight"] = rng.normal(0, 0.2, shape).astype(np.float32)
+    state_dict[f"{2 * i}.bias"] = rng.normal(0, 0.2, (c_out,)).astype(np.float32)
+  return state_dict
+
+
+@pytest.mark.parametrize("conv_impl", ["reference", "gemm"])
+def test_a_torch_state_dict_computes_what_pytorch_computes(conv_impl):
+  rng = np.random.default_rng(0)
+  layers = _torch_layers()
+  state_dict = _random_state_dict(layers, rng)
+  x_NCHW = rng.uniform(-1, 1, (2, 3, 32, 32)).astype(np.float32)
+  expected = _numpy_forward({k: v.astype(np.float64) for k, v in state_dict.items()},
+                            x_NCHW.astype(np.float64), layers)
+  config = Config(conv_impl=conv_impl)
+  params = from_torch_state_dict(state_dict, config)
+  got = model_from_config(config).apply({"params": params}, jnp.asarray(x_NCHW.transpose(0, 2, 3, 1)))
+  np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_state_dict_of_other_widths_is_named():
+  state_dict = _random_state_dict(_torch_layers((16, 32, 64)), np.random.default_rng(0))
+  with pytest.raises(ParamsFileError, match=r"state_dict\['0.weight'\] has shape \(16, 3, 4, 4\)"):
+    from_torch_state_dict(state_dict, Config(features=(8, 32, 64)))
+  del state_dict["10.bias"]
+  with pytest.raises(ParamsFileError, match="6 weights and 5 biases"):
+    from_torch_state_dict(state_dict)
+  with pytest.raises(ParamsFileError, match="original model only"):
+    from_torch_state_dict(state_dict, Config(model="unet"))
+
+
+def test_params_files_hold_json_configs(tmp_path):
+  # The file names its config in JSON, readable without jaxae (msgpack + json).
+  from flax import serialization  # pylint: disable=g-import-not-at-top
+  config = Config(features=(4, 8), learning_rate=3e-4)
+  save_params(tmp_path / "p.msgpack", seeds.initial_state(config, steps_per_epoch=1).params, config)
+  payload = serialization.msgpack_restore((tmp_path / "p.msgpack").read_bytes())
+  assert json.loads(payload["config"])["learning_rate"] == 3e-4
+  assert payload["format"] == "jaxae.params" and payload["version"] == 1
