@@ -4,12 +4,13 @@
 
 Figures: train_images_per_s at each --batch_sizes (median over --epochs timed epochs after one
 warm-up epoch, on --num_images mean images of random digits and photos: for the default task and
-model the same workload as ../shared/bench/torch_reference.py; --task, --model and --features
-time the others), compile_s of the training step, eval_images_per_s,
+model the same workload as ../shared/bench/torch_reference.py; --config (a config file, as for
+train.py) and --config.<field> time the others: its task, model, widths, conv_impl and optimizer;
+its batch_size and epochs are this script's own flags), compile_s of the training step, eval_images_per_s,
 metrics_s (the task's final metrics over up to 10,000 images) and, with --data_dir,
 load_preprocess_s (both splits of both datasets; cold = without the decoded-array cache).
 
-With --num_seeds=N (> 1), each batch size is also timed with N replicas (jaxae/seeds.py), run as
+With --config.num_seeds=N (> 1), each batch size is also timed with N replicas (jaxae/seeds.py), run as
 --replica_strategy says (default: the platform's, jaxae/platforms.py):
 replica_images_per_s (N x images per second) and seeds_time_ratio, the time of an N-seed epoch
 over that of the single-seed epoch measured just before it.
@@ -25,36 +26,24 @@ import jax
 import numpy as np
 
 from jaxae import cli, parallel, seeds
-from jaxae.config import Config
 from jaxae import platforms
 from jaxae.loop import (epoch_batches, epoch_key, evaluate, microbatch_size, sharded_train_epoch,
                         steps_per_epoch, train_epoch)
 from jaxae.dataset import load_mixed, mix
-from jaxae.models import MODELS
-from jaxae.tasks import SEPARATION_LOSSES, SEPARATIONS, TASKS, task_from_config
+from jaxae.tasks import task_from_config
 from jaxae.train import batch_size_of
 
 FLAGS = flags.FLAGS
+CONFIG = cli.define_config_flag(pathlib.Path(__file__).parent / "configs" / "corrected.py")
 flags.DEFINE_list("batch_sizes", ["32", "256"], "Training batch sizes to measure.")
 flags.DEFINE_integer("batch_size", None, "Measure this one batch size (overrides --batch_sizes).")
 flags.DEFINE_integer("num_images", 10_000, "Random training images per epoch.")
 flags.DEFINE_integer("epochs", 3, "Timed epochs per batch size (after one warm-up epoch).")
-flags.DEFINE_enum("conv_impl", platforms.AUTO, list(platforms.CONV_IMPL_CHOICES),
-                  "Conv formulation to time (jaxae/conv.py; auto: the platform's, as a run "
-                  "chooses it in jaxae/platforms.py).")
-flags.DEFINE_enum("task", "reconstruct", sorted(TASKS), "Task whose training step to time.")
-flags.DEFINE_enum("model", "seed", sorted(MODELS), "Model to time.")
-flags.DEFINE_list("features", list(map(str, Config().features)), "Channel widths per level.")
-flags.DEFINE_enum("separation", "digit", list(SEPARATIONS), "With --task=separate: its formulation.")
-flags.DEFINE_enum("separation_loss", "log_mse", list(SEPARATION_LOSSES), "With --task=separate: "
-                  "its loss.")
 flags.DEFINE_string("data_dir", None, "If set, also time loading + preprocessing the real data.")
 flags.DEFINE_integer("microbatch", 0, "Training microbatch per device (0: the platform's for "
                      "the model, jaxae/platforms.py); batches no larger than it run whole.")
 flags.DEFINE_integer("eval_batch_size", 0, "Evaluation batch (0: the platform's for the model).")
-flags.DEFINE_integer("num_seeds", 1, "Also time this many replicas as one program (1: only one "
-                     "seed).")
-flags.DEFINE_enum("replica_strategy", None, list(platforms.REPLICA_STRATEGIES), "With --num_seeds: "
+flags.DEFINE_enum("replica_strategy", None, list(platforms.REPLICA_STRATEGIES), "With --config.num_seeds: "
                   "'vmap' (one batched program) or 'loop' (the single-seed program per replica); "
                   "default: the platform's.")
 flags.DEFINE_string("output", None, "Also write the JSON lines to this file.")
@@ -129,14 +118,7 @@ def main(argv):
     cli.fail(f"a batch size ({max(sizes)}) is larger than --num_images ({FLAGS.num_images}).")
   if FLAGS.data_dir:
     cli.check_data_dir(FLAGS.data_dir)
-  try:
-    features = tuple(int(f) for f in FLAGS.features)
-    config = Config(conv_impl=FLAGS.conv_impl, task=FLAGS.task, model=FLAGS.model,
-                    features=features, separation=FLAGS.separation,
-                    separation_loss=FLAGS.separation_loss, num_seeds=FLAGS.num_seeds).validate()
-  except ValueError as e:
-    cli.fail(f"--{e}" if "must be" in str(e) else
-             f"--features must be comma-separated integers, got {','.join(FLAGS.features)!r}.")
+  config = cli.config_from_flag(CONFIG)
   lines = []
   choice = platforms.choices(config, platforms.platform_of(parallel.data_mesh()))
   config = config.replace(conv_impl=choice.conv_impl)
@@ -155,7 +137,7 @@ def main(argv):
     if config.num_seeds > 1:
       _, many = time_training(examples, batch_size, FLAGS.epochs, config, choice, lines)
       emit(lines, metric="seeds_time_ratio", value=round(many / one_seed, 3),
-           batch_size=batch_size, num_seeds=FLAGS.num_seeds)
+           batch_size=batch_size, num_seeds=config.num_seeds)
 
   test = split.take(min(FLAGS.num_images, 10_000))
   test_examples = state.task.examples(test)

@@ -8,7 +8,7 @@ Writes eval.json (test loss, image count, versions and the task's metrics: for r
 and PSNR in both conventions, for separate per source beside the trivial estimate; mean and std)
 and a figure into --workdir: comparison.png (MNIST source, CIFAR-10 source, mean image,
 reconstruction) or, for separate, separation.png (mean image, true and estimated digit, true and
-estimated photo). A run of several seeds (--num_seeds) evaluates every replica: eval.json holds
+estimated photo). A run of several seeds (num_seeds) evaluates every replica: eval.json holds
 each one's metrics under "replicas" and their spread under "final"; the figure shows the first.
 
 With --params (a file of jaxae/weights.py: a finished run's params.msgpack, or one of

@@ -2,12 +2,14 @@
 
     python experiments/export_params.py --workdir=runs/original --output=corrected.msgpack
 
-The file (jaxae/weights.py) holds the parameters and the run's config; read it back with
+The file (jaxae/weights.py) holds the parameters and the run's config (its epochs: those of the
+finished run's metrics.json, else the checkpoint's); read it back with
 `params, config = jaxae.load_params(path)`, or evaluate it with experiments/evaluate.py --params.
 A finished run writes <workdir>/params.msgpack itself; this is for a run's checkpoints (an
 unfinished run, or one from before runs wrote it).
 """
 
+import json
 import pathlib
 
 from absl import flags
@@ -15,11 +17,23 @@ from absl import flags
 from jaxae import cli
 from jaxae import workdir as workdir_lib
 from jaxae.weights import save_params
-from jaxae.workdir import PARAMS_FILE, RunError
+from jaxae.workdir import METRICS_FILE, PARAMS_FILE, RunError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A training run's workdir (holds checkpoints/).")
 flags.DEFINE_string("output", None, f"The params file to write (default: <workdir>/{PARAMS_FILE}).")
+
+
+def planned_epochs(workdir: pathlib.Path) -> int | None:
+  """The epochs the run was started for (its metrics.json's config), if it finished.
+
+  settings.json leaves them out (a run may be continued for more), but a schedule depends on them.
+  """
+  try:
+    epochs = json.loads((workdir / METRICS_FILE).read_text())["config"]["epochs"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+  return epochs if isinstance(epochs, int) and epochs > 0 else None
 
 
 def main(argv):
@@ -35,7 +49,8 @@ def main(argv):
   try:
     with workdir_lib.hold(workdir, purpose="export"):
       restored = cli.restore_newest(workdir, config)
-      save_params(output, restored.state.params, config)
+      save_params(output, restored.state.params,
+                  config.replace(epochs=planned_epochs(workdir) or restored.epoch))
   except RunError as e:
     cli.fail(str(e), e.exit_code)
   except OSError as e:

@@ -4,9 +4,9 @@
 
 One Markdown row per workdir: epochs, optimizer steps, final train and test loss, SSIM and PSNR
 (mean ± std over the test images) in both conventions, wall time (sum of the epochs' times) and
-device, all read from the run's own metrics.json. Separation runs (--task=separate) get a table of
+device, all read from the run's own metrics.json. Separation runs (task "separate") get a table of
 their own: digit and photo PSNR/SSIM, each run followed by the trivial estimate's row. Runs of
-several seeds (--num_seeds) get a table per task: each final number's mean ± standard deviation
+several seeds (num_seeds) get a table per task: each final number's mean ± standard deviation
 across the seeds, and [min, max].
 """
 

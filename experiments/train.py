@@ -1,11 +1,13 @@
 """Trains a model on MNIST + CIFAR-10 mean images and writes results into --workdir.
 
-    python experiments/train.py --data_dir=../shared/tensorflow_datasets --workdir=runs/original
-    python experiments/train.py --data_dir=../shared/tensorflow_datasets --workdir=runs/separate \
-        --task=separate --model=unet
+    python experiments/train.py --data_dir=../shared/tensorflow_datasets --workdir=runs/corrected
+    python experiments/train.py --config=experiments/configs/separate_unet_cosine.py \
+        --data_dir=../shared/tensorflow_datasets --workdir=runs/separate --config.epochs=8
 
-With --num_seeds=N, trains N replicas (seeds --seed .. --seed + N - 1) as one program and
-records each one and their spread.
+--config names an experiment (experiments/configs/*.py, one per run of RESULTS.md; default
+corrected.py, the original experiment with its training corrected) and --config.<field>=<value>
+overrides any field of jaxae.Config. With --config.num_seeds=N, trains N replicas (seeds seed ..
+seed + N - 1) as one program and records each one and their spread.
 
 Writes metrics.json, loss_curve.png, reconstructions.png (separate: separation.png) and
 checkpoints/ (one per epoch).
@@ -20,54 +22,19 @@ import sys
 
 from absl import flags
 
-from jaxae import cli, parallel, platforms
+from jaxae import cli, parallel
 from jaxae import workdir as workdir_lib
-from jaxae.config import MAX_SEED, Config
+from jaxae.config import Config
 from jaxae.experiment import train_and_evaluate
 from jaxae.workdir import RunError, run_settings
-from jaxae.models import MODELS
-from jaxae.tasks import SEPARATION_LOSSES, SEPARATIONS, TASKS
-from jaxae.optimizers import LR_SCHEDULES, OPTIMIZERS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "tfds data directory holding mnist and cifar10 "
                     "(default: $TFDS_DATA_DIR or ~/tensorflow_datasets).")
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and figures go.")
-flags.DEFINE_enum("task", "reconstruct", sorted(TASKS), "What to learn: 'reconstruct' the mean "
-                  "image (the original experiment) or 'separate' it into its digit and photo.")
-flags.DEFINE_enum("model", "seed", sorted(MODELS), "'seed' (the original autoencoder) or 'unet' "
-                  "(encoder-decoder with skip connections).")
-flags.DEFINE_list("features", list(map(str, Config().features)), "Channel widths per resolution "
-                  "level, 32x32 first (both models).")
-flags.DEFINE_enum("separation", "digit", list(SEPARATIONS), "With --task=separate: 'digit' "
-                  "(estimate the grey digit; the photo is what the mean image leaves) or "
-                  "'project' (estimate both, then project onto the pairs whose mean is the mean "
-                  "image).")
-flags.DEFINE_enum("separation_loss", "log_mse", list(SEPARATION_LOSSES), "With "
-                  "--task=separate: the per-example loss, 'log_mse' (log10 of the MSE: what the "
-                  "mean PSNR rewards) or 'mse'.")
-flags.DEFINE_integer("epochs", 50, "Training epochs.")
-flags.DEFINE_integer("batch_size", 32, "Minibatch size (ignored with --full_batch).")
-flags.DEFINE_float("learning_rate", 1e-3, "Optimizer learning rate.")
-flags.DEFINE_enum("optimizer", "adam", sorted(OPTIMIZERS), "Optimizer.")
-flags.DEFINE_enum("lr_schedule", "constant", list(LR_SCHEDULES), "Learning rate over the run: "
-                  "'constant' (the original's) or 'cosine' (decays to 0 at the last epoch, "
-                  "after --warmup_steps of linear warmup).")
-flags.DEFINE_integer("warmup_steps", 0, "With --lr_schedule=cosine: linear warmup steps.")
-flags.DEFINE_integer("seed", 0, "Seed of the initialization and of every epoch's shuffle "
-                     f"(0..{MAX_SEED}).")
-flags.DEFINE_integer("num_seeds", 1, "Train this many replicas, seeds --seed .. --seed + N - 1, "
-                     "as one program (each its own initialization and shuffle); metrics.json "
-                     "holds each one's results and their spread.")
+CONFIG = cli.define_config_flag(pathlib.Path(__file__).parent / "configs" / "corrected.py")
 flags.DEFINE_integer("train_limit", 0, "Use the first N training pairs (0 = all).")
 flags.DEFINE_integer("test_limit", 0, "Use the first N test pairs (0 = all).")
-flags.DEFINE_bool("full_batch", False, "The original's procedure: one optimizer step on the "
-                  "whole training set per epoch.")
-flags.DEFINE_enum("conv_impl", platforms.AUTO, list(platforms.CONV_IMPL_CHOICES),
-                  "How the conv layers are computed: 'auto' (the platform's: the GEMMs of "
-                  "'gemm_vjp' on CPU, XLA's convolutions elsewhere), 'gemm_vjp' (fastest to "
-                  "train on CPU), 'gemm' (also forward-mode derivatives) or 'reference' (XLA's "
-                  "convolutions); all compute the same function.")
 flags.DEFINE_bool("overwrite", False, "Replace a run with different settings (or unreadable "
                   "checkpoints) in --workdir instead of refusing.")
 flags.DEFINE_integer("eval_batch_size", 0, "Batch size of evaluation (0: the platform's for "
@@ -82,12 +49,6 @@ flags.DEFINE_integer("process_id", None, "This process's index, 0 .. --num_proce
 def validate_flags() -> Config:
   if not FLAGS.workdir:
     cli.fail("--workdir is required.")
-  if FLAGS.epochs <= 0:
-    cli.fail(f"--epochs must be positive, got {FLAGS.epochs}.")
-  if FLAGS.batch_size <= 0:
-    cli.fail(f"--batch_size must be positive, got {FLAGS.batch_size}.")
-  if not FLAGS.learning_rate > 0:
-    cli.fail(f"--learning_rate must be positive, got {FLAGS.learning_rate}.")
   for name in ("train_limit", "test_limit"):
     if FLAGS[name].value < 0:
       cli.fail(f"--{name} must be 0 (all) or positive, got {FLAGS[name].value}.")
@@ -105,20 +66,7 @@ def validate_flags() -> Config:
       cli.fail(f"--process_id must be in 0..{FLAGS.num_processes - 1} and --num_processes "
                f"positive, got --process_id={FLAGS.process_id} "
                f"--num_processes={FLAGS.num_processes}.")
-  try:
-    features = tuple(int(f) for f in FLAGS.features)
-  except ValueError:
-    cli.fail(f"--features must be comma-separated integers, got {','.join(FLAGS.features)!r}.")
-  try:
-    config = Config(task=FLAGS.task, model=FLAGS.model, features=features,
-                    separation=FLAGS.separation, separation_loss=FLAGS.separation_loss,
-                    epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
-                    learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule,
-                    warmup_steps=FLAGS.warmup_steps, optimizer=FLAGS.optimizer, seed=FLAGS.seed,
-                    num_seeds=FLAGS.num_seeds, full_batch=FLAGS.full_batch,
-                    conv_impl=FLAGS.conv_impl).validate()
-  except ValueError as e:
-    cli.fail(f"--{e}")
+  config = cli.config_from_flag(CONFIG)
   cli.check_writable(FLAGS.workdir)
   cli.check_data_dir(FLAGS.data_dir)
   return config

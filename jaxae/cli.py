@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import sys
 import tempfile
 import time
@@ -13,7 +14,7 @@ from typing import Callable, NoReturn, Sequence
 
 from jaxae import seeds
 from jaxae.checkpoints import Checkpointer, IncompatibleCheckpointError, NoUsableCheckpointError
-from jaxae.config import Config
+from jaxae.config import Config, from_config_dict
 from jaxae.data import DataError, _prepared_files, _resolve_data_dir, prepare_command
 from jaxae.dataset import MixedSplit, load_mixed
 from jaxae.workdir import CHECKPOINT_DIR, SETTINGS_FILE, jaxae_checkpoints
@@ -49,10 +50,63 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
     return flags.FLAGS(list(argv))
   except flags.Error as e:
     fail(f"{' '.join(str(e).split())} (--help lists the flags).")
+  except AttributeError as e:  # With --config=<file>, its overrides are checked here.
+    _unknown_field(e, argv)
+  except Exception as e:  # pylint: disable=broad-except  # A --config file that fails to run.
+    if not any(a.startswith("--config=") for a in argv[1:]):
+      raise
+    _unloadable_config(e, argv)
   except SystemExit as e:
     if e.code == 1 and any(a.split("=")[0] in _HELP_FLAGS for a in argv[1:]):
       sys.exit(0)  # absl exits 1 after printing the help someone asked for.
     raise
+
+
+def define_config_flag(default_file: pathlib.Path):
+  """`--config=<file.py>` (whose `get_config()` returns a ConfigDict, as in the Flax examples) and
+  `--config.<field>=<value>` for every Config field; `config_from_flag` turns it into a Config.
+
+  The named experiments are such files (experiments/configs/); `default_file` is used without
+  `--config`.
+  """
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  try:
+    return config_flags.DEFINE_config_file(
+        "config", str(default_file), "A config file (experiments/configs/*.py; default "
+        f"{default_file.name}); override any field with --config.<field>=<value>.",
+        lock_config=True)
+  except AttributeError as e:  # Without --config=<file>, the overrides are checked here.
+    _unknown_field(e, sys.argv)
+
+
+def _unknown_field(e: AttributeError, argv: Sequence[str]) -> NoReturn:
+  """One line for ml_collections' error about a --config.<field> the config does not have."""
+  message = str(e).replace("\\n", "\n")
+  if "get_config" in message:  # A --config file without get_config().
+    _unloadable_config(e, argv)
+  field = next((a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and re.search(
+      rf"\b{re.escape(a.split('=')[0].split('.')[-1])}\b", message)), "--config.<field>")
+  hint = message.splitlines()[-1].strip("'\" ") if "Did you mean" in message else ""
+  fail(f"{field} is not a field of the config (jaxae/config.py lists them). {hint}".strip())
+
+
+def _unloadable_config(e: BaseException, argv: Sequence[str]) -> NoReturn:
+  path = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), "(default)")
+  reason = re.findall(r"\[Errno \d+\] [^:'\n]+", str(e))
+  why = reason[-1] if reason else f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
+  fail(f"--config={path} could not be loaded ({why}); name a config file whose get_config() "
+       "returns a ConfigDict, such as experiments/configs/corrected.py.")
+
+
+def config_from_flag(holder) -> Config:
+  """The validated Config of `--config` and its overrides, or a one-line exit naming the field."""
+  try:
+    cfg = holder.value
+    return from_config_dict(cfg)
+  except ValueError as e:
+    fail(f"--config.{e}")
+  except OSError as e:  # ml_collections defers a --config file it could not find to here.
+    _unloadable_config(e, sys.argv)
 
 
 def quiet_logs() -> None:

@@ -149,11 +149,37 @@ class Config:
                 and all(_is_number(v) for v in (*norm["mean"], *norm["std"]))):
           raise ValueError(f"{key} must be {{\"mean\": [3 numbers], \"std\": [3 numbers]}}, "
                            f"got {norm!r}.")
-        d[key] = Normalization(mean=tuple(norm["mean"]), std=tuple(norm["std"]))
+        try:
+          d[key] = Normalization(mean=tuple(norm["mean"]), std=tuple(norm["std"]))
+        except ValueError as e:
+          raise ValueError(f"{key}: {e}") from None
     if isinstance(d.get("features"), (list, tuple)):
       d["features"] = tuple(d["features"])
     known = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in known}).validate()
+
+
+def to_config_dict(config: Config):
+  """The config as an `ml_collections.ConfigDict` (what a config file's `get_config()` returns).
+
+  Every field, nested normalizations included, so that each can be overridden on the command line
+  (`--config.learning_rate=3e-4`, `--config.mnist_normalization.mean='(0.5, 0.5, 0.5)'`).
+  """
+  from ml_collections import config_dict  # pylint: disable=g-import-not-at-top
+  return config_dict.ConfigDict(config.to_dict())
+
+
+def from_config_dict(cfg) -> Config:
+  """The validated Config of a ConfigDict from `to_config_dict` (or a config file), overrides and
+  all.
+
+  Raises:
+    ValueError: a field of the wrong type or out of range, or one Config does not have (named).
+  """
+  d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+  if unknown := sorted(set(d) - {f.name for f in dataclasses.fields(Config)}):
+    raise ValueError(f"{unknown[0]} is not a Config field (jaxae/config.py lists them).")
+  return Config.from_dict(d)
 
 
 MAX_SEED = 2 ** 32 - 1

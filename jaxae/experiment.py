@@ -120,8 +120,8 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
     if restored.epoch > config.epochs:
       checkpointer.close()
       raise RunError(f"{workdir} holds {restored.epoch} completed epochs, more than "
-                     f"--epochs={config.epochs}: pass --epochs={restored.epoch} or more to "
-                     "continue that run (its checkpoints are kept), or another --workdir.")
+                     f"--config.epochs={config.epochs}: pass --config.epochs={restored.epoch} or "
+                     "more to continue that run (its checkpoints are kept), or another --workdir.")
     for note in restored.damaged:
       warn(note)
     if changes := version_changes(restored.provenance, now):
@@ -170,7 +170,7 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
           "Training diverged: " + ("" if k is None else f"replica {k} (seed {config.seed + k}): ")
           + f"the loss became {value} at epoch {epoch}, step {step + 1} of "
           f"{result.step_losses.shape[-1]}. The last good checkpoint ({last}) is kept in "
-          f"{checkpoint_dir}; lower --learning_rate and run again.", exit_code=1)
+          f"{checkpoint_dir}; lower --config.learning_rate and run again.", exit_code=1)
     state = result.state
     test_loss = evaluate(state, test_examples, batch_size=eval_batch_size,
                          with_predictions=False, mesh=mesh, replicas=replicas)["loss"]

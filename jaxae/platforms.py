@@ -8,7 +8,7 @@ CPU figures are measured on the 2-core project CPU (README, "Speed"): XLA:CPU's 
 convolution gradients are slow, so the layers run as GEMMs (jaxae/conv.py), in microbatches
 and evaluation batches small enough to keep the activations in the 2 MB L2 cache.
 Accelerators get XLA's convolutions (cuDNN on GPU) and large batches, the usual choice there;
-no accelerator was lent to measure them (benchmark.py --conv_impl times either formulation).
+no accelerator was lent to measure them (benchmark.py --config.conv_impl times either formulation).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from jaxae.config import Config
 from jaxae.conv import CONV_IMPLS
 
 AUTO = "auto"
-# What Config.conv_impl (and the scripts' --conv_impl) accepts.
+# What Config.conv_impl (and the scripts' --config.conv_impl) accepts.
 CONV_IMPL_CHOICES = (AUTO, *sorted(CONV_IMPLS))
 
 

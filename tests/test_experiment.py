@@ -74,8 +74,9 @@ def test_diverging_run_stops_naming_epoch_and_step_and_keeps_checkpoints(tmp_pat
 
 def test_train_and_evaluate_scripts_on_real_data(tmp_path):
   data_dir = shared_data_dir()
-  common = [f"--data_dir={data_dir}", "--train_limit=64", "--test_limit=16", "--batch_size=32"]
-  run = run_script("train.py", *common, f"--workdir={tmp_path / 'run'}", "--epochs=2")
+  common = [f"--data_dir={data_dir}", "--train_limit=64", "--test_limit=16",
+            "--config.batch_size=32"]
+  run = run_script("train.py", *common, f"--workdir={tmp_path / 'run'}", "--config.epochs=2")
   assert run.returncode == 0, run.stderr
   assert "epoch   2/2" in run.stdout and "images/s" in run.stdout
   metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -109,23 +110,28 @@ def test_train_and_evaluate_scripts_on_real_data(tmp_path):
 
 @pytest.mark.parametrize("case", ["epochs", "batch", "limit", "data_dir", "workdir",
                                   "processes_incomplete", "process_id", "task", "model",
-                                  "features"])
+                                  "features", "unknown_field", "config_file"])
 def test_bad_flags_get_one_line_exit_2_and_write_nothing(tmp_path, case):
   (tmp_path / "a_file").write_text("")
   workdir = tmp_path / "run"
   good_data = f"--data_dir={REPO.parent / 'shared' / 'tensorflow_datasets'}"
   args, message = {
-      "epochs": ([good_data, "--epochs=0"], "--epochs must be positive"),
-      "batch": ([good_data, "--batch_size=-1"], "--batch_size must be positive"),
+      "epochs": ([good_data, "--config.epochs=0"], "--config.epochs must be a positive integer"),
+      "batch": ([good_data, "--config.batch_size=-1"], "--config.batch_size must be a positive"),
       "limit": ([good_data, "--train_limit=-5"], "--train_limit must be 0"),
       "data_dir": ([f"--data_dir={tmp_path}/no_data"], "does not hold the prepared mnist"),
       "processes_incomplete": ([good_data, "--coordinator_address=localhost:1234"],
                                "needs all of --coordinator_address"),
       "process_id": ([good_data, "--coordinator_address=localhost:1234", "--num_processes=2",
                       "--process_id=2"], "--process_id must be in 0..1"),
-      "task": ([good_data, "--task=denoise"], "--task"),
-      "model": ([good_data, "--model=resnet"], "--model"),
-      "features": ([good_data, "--features=16,x"], "--features must be comma-separated integers"),
+      "task": ([good_data, "--config.task=denoise"], "--config.task must be one of"),
+      "model": ([good_data, "--config.model=resnet"], "--config.model must be one of"),
+      "features": ([good_data, "--config.features=(16,0)"],
+                   "--config.features must be a non-empty sequence of positive integers"),
+      "unknown_field": ([good_data, "--config.learning_rat=0.1"],
+                        "--config.learning_rat is not a field of the config"),
+      "config_file": ([good_data, "--config=experiments/configs/nope.py"],
+                      "--config=experiments/configs/nope.py could not be loaded"),
   }.get(case, ([good_data], "cannot be written"))
   if case == "workdir":
     workdir = tmp_path / "a_file" / "run"  # A file where a folder must be.
@@ -142,7 +148,8 @@ def test_evaluate_without_checkpoint_is_one_line(tmp_path):
   assert "Traceback" not in run.stderr
 
 
-TASK_FLAGS = {"reconstruct": [], "separate": ["--task=separate", "--model=unet", "--features=4,8"]}
+TASK_FLAGS = {"reconstruct": [], "separate": ["--config.task=separate", "--config.model=unet",
+                                              "--config.features=(4,8)"]}
 
 
 def test_killed_multi_seed_run_resumes_and_evaluate_scores_every_replica(tmp_path):
@@ -151,8 +158,8 @@ def test_killed_multi_seed_run_resumes_and_evaluate_scores_every_replica(tmp_pat
   test_resumed_run_ends_with_the_uninterrupted_history), and so does a separation run
   (tests/test_tasks.py)."""
   data_dir = shared_data_dir()
-  args = [f"--data_dir={data_dir}", "--train_limit=96", "--test_limit=16", "--epochs=3",
-          "--batch_size=32", "--num_seeds=2"]
+  args = [f"--data_dir={data_dir}", "--train_limit=96", "--test_limit=16",
+          "--config.epochs=3", "--config.batch_size=32", "--config.num_seeds=2"]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   killed = subprocess.Popen([sys.executable, str(REPO / "experiments" / "train.py"), *args,
                              f"--workdir={tmp_path / 'killed'}"], env=env, cwd=REPO,
@@ -190,7 +197,7 @@ def test_killed_multi_seed_run_resumes_and_evaluate_scores_every_replica(tmp_pat
 @pytest.mark.parametrize("task", sorted(TASK_FLAGS))
 def test_benchmark_prints_json_lines(tmp_path, task):
   out = tmp_path / "bench.jsonl"
-  seeds = ["--num_seeds=2"] if task == "reconstruct" else []
+  seeds = ["--config.num_seeds=2"] if task == "reconstruct" else []
   run = run_script("benchmark.py", "--num_images=96", "--epochs=1", "--batch_sizes=32",
                    f"--output={out}", *TASK_FLAGS[task], *seeds)
   assert run.returncode == 0, run.stderr

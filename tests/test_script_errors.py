@@ -27,12 +27,19 @@ def _one_line(run, exit_code, message):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--epochs=abc"], "flag --epochs=abc"),  # absl alone exits 1 with usage text.
-    (["--seed=4294967296", GOOD_DATA], "--seed must be an integer in 0..4294967295"),
-    (["--seed=18446744073709551615", GOOD_DATA], "--seed must be an integer in 0..4294967295"),
+    (["--config.epochs=abc"], "flag --config.epochs=abc"),  # absl alone exits 1 with usage text.
+    (["--config.seed=4294967296", GOOD_DATA],
+     "--config.seed must be an integer in 0..4294967295"),
+    (["--config.seed=18446744073709551615", GOOD_DATA],
+     "--config.seed must be an integer in 0..4294967295"),
     (["--data_dir="], "--data_dir is empty"),
-    (["--num_seeds=0", GOOD_DATA], "--num_seeds must be a positive integer, got 0"),
-    (["--num_seeds=-3", GOOD_DATA], "--num_seeds must be a positive integer, got -3"),
+    (["--config.num_seeds=0", GOOD_DATA], "--config.num_seeds must be a positive integer, got 0"),
+    (["--config.num_seeds=-3", GOOD_DATA], "--config.num_seeds must be a positive integer, got -3"),
+    (["--config=experiments/configs/faithful.py", "--config.full_batch=maybe", GOOD_DATA],
+     "--config.full_batch=maybe"),
+    (["--config=README.md", GOOD_DATA], "--config=README.md could not be loaded (SyntaxError"),
+    (["--config.mnist_normalization.std=(0.2,0,0.2)", GOOD_DATA],
+     "--config.mnist_normalization: Normalization stds must be positive"),
 ])
 def test_train_refuses_before_writing_anything(tmp_path, args, message):
   run = run_script("train.py", f"--workdir={tmp_path / 'run'}", *args)
@@ -55,6 +62,7 @@ def test_train_refuses_a_workdir_another_process_holds(tmp_path):
     ("benchmark.py", ["--batch_sizes=abc"], "--batch_sizes must be a comma-separated list"),
     ("benchmark.py", ["--output=/no/such/folder/bench.jsonl"],
      "--output=/no/such/folder/bench.jsonl cannot be written (/no/such/folder is not a directory)"),
+    ("benchmark.py", ["--config.modle=unet"], "--config.modle is not a field of the config"),
 ])
 def test_benchmark_checks_its_flags_before_measuring(script, args, message):
   _one_line(run_script(script, *args), 2, message)
@@ -115,8 +123,8 @@ def test_evaluate_checks_a_read_only_workdir_before_evaluating(tmp_path, trained
 def test_ctrl_c_is_one_line_and_keeps_the_checkpoints(tmp_path):
   data_dir = shared_data_dir()
   # Epochs of 64 images take tens of milliseconds: enough of them that the run is still going.
-  args = [f"--data_dir={data_dir}", "--train_limit=64", "--test_limit=16", "--batch_size=32",
-          "--epochs=5000", f"--workdir={tmp_path / 'w'}"]
+  args = [f"--data_dir={data_dir}", "--train_limit=64", "--test_limit=16",
+          "--config.batch_size=32", "--config.epochs=5000", f"--workdir={tmp_path / 'w'}"]
   proc = subprocess.Popen([sys.executable, str(REPO / "experiments" / "train.py"), *args],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                           env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1"))
@@ -151,7 +159,7 @@ def _copy_with_a_corrupt_mnist_test_shard(data_dir, target):
 def test_corrupt_data_shard_is_named_in_one_line(tmp_path):
   shard = _copy_with_a_corrupt_mnist_test_shard(shared_data_dir(), tmp_path / "data")
   run = run_script("train.py", f"--data_dir={tmp_path / 'data'}", f"--workdir={tmp_path / 'w'}",
-                   "--epochs=1", env={"JAXAE_CACHE_DIR": str(tmp_path / "cache")})
+                   "--config.epochs=1", env={"JAXAE_CACHE_DIR": str(tmp_path / "cache")})
   _one_line(run, 2, f"{shard} (record ")
   assert "is damaged: prepare mnist again" in run.stderr
 

@@ -82,7 +82,7 @@ def test_fewer_epochs_than_completed_is_refused_and_metrics_stay_true(tmp_path):
   train, test = tiny_splits()
   train_and_evaluate(Config(epochs=3, batch_size=16), train, test, tmp_path, log=QUIET)
   metrics = (tmp_path / "metrics.json").read_bytes()
-  with pytest.raises(RunError, match="holds 3 completed epochs, more than --epochs=2"):
+  with pytest.raises(RunError, match="holds 3 completed epochs, more than --config.epochs=2"):
     train_and_evaluate(Config(epochs=2, batch_size=16), train, test, tmp_path, log=QUIET)
   assert (tmp_path / "metrics.json").read_bytes() == metrics
 

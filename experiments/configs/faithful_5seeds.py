@@ -1,0 +1,15 @@
+"""The faithful experiment for seeds 0..4, trained as one program.
+
+Results: results/faithful_5seeds (RESULTS.md).
+
+    python experiments/train.py --config=experiments/configs/faithful_5seeds.py \
+        --data_dir=../shared/tensorflow_datasets --workdir=runs/faithful_5seeds
+
+Any field can be overridden: --config.epochs=10, --config.learning_rate=3e-4 (jaxae/config.py).
+"""
+
+from jaxae.config import Config, to_config_dict
+
+
+def get_config():
+  return to_config_dict(Config(full_batch=True, num_seeds=5))
