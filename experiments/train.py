@@ -9,8 +9,9 @@ corrected.py, the original experiment with its training corrected) and --config.
 overrides any field of jaxae.Config. With --config.num_seeds=N, trains N replicas (seeds seed ..
 seed + N - 1) as one program and records each one and their spread.
 
-Writes metrics.json, loss_curve.png, reconstructions.png (separate: separation.png) and
-checkpoints/ (one per epoch).
+Writes metrics.json, params.msgpack, loss_curve.png, reconstructions.png (separate:
+separation.png), checkpoints/ (one per epoch) and TensorBoard event files (tensorboard/, as
+training goes: `tensorboard --logdir=<workdir>/tensorboard`).
 Running the same command again resumes from the newest good checkpoint.
 
 Training is data-parallel over every device. For several processes (hosts), start one per host
@@ -40,6 +41,9 @@ flags.DEFINE_bool("overwrite", False, "Replace a run with different settings (or
 flags.DEFINE_integer("eval_batch_size", 0, "Batch size of evaluation (0: the platform's for "
                      "the model, jaxae/platforms.py).")
 flags.DEFINE_integer("keep_checkpoints", 3, "How many of the newest checkpoints to keep.")
+flags.DEFINE_integer("log_every_steps", 100, "TensorBoard: log the training loss (mean of the "
+                     "window) every N optimizer steps, into <workdir>/tensorboard; 0 writes no "
+                     "TensorBoard files.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a multi-process "
                     "run (jax.distributed); every process passes the same one.")
 flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
@@ -52,6 +56,9 @@ def validate_flags() -> Config:
   for name in ("train_limit", "test_limit"):
     if FLAGS[name].value < 0:
       cli.fail(f"--{name} must be 0 (all) or positive, got {FLAGS[name].value}.")
+  if FLAGS.log_every_steps < 0:
+    cli.fail(f"--log_every_steps must be 0 (no TensorBoard files) or positive, got "
+             f"{FLAGS.log_every_steps}.")
   if FLAGS.eval_batch_size < 0 or FLAGS.keep_checkpoints <= 0:
     cli.fail("--eval_batch_size must be 0 (the model's) or positive, and --keep_checkpoints "
              "positive.")
@@ -102,7 +109,7 @@ def main(argv):
                          keep_checkpoints=FLAGS.keep_checkpoints,
                          eval_batch_size=FLAGS.eval_batch_size or None, log=log,
                          warn=lambda line: print(f"warning: {line}", file=sys.stderr, flush=True),
-                         lock=False)
+                         lock=False, tensorboard_every=FLAGS.log_every_steps or None)
   except RunError as e:
     cli.fail(str(e), e.exit_code)
 

@@ -23,11 +23,12 @@ from jaxae.dataset import MixedSplit
 from jaxae.loop import evaluate, steps_per_epoch, train_epoch, train_full_batch_epoch
 from jaxae.provenance import provenance, version_changes
 from jaxae.models import forward_flops
+from jaxae.monitoring import TensorBoard
 from jaxae.tasks import RECONSTRUCT
 from jaxae.train import TrainState, count_params
 from jaxae.weights import save_params
-from jaxae.workdir import (CHECKPOINT_DIR, METRICS_FILE, PARAMS_FILE, SETTINGS_FILE, RunError,
-                           run_settings, write_json)
+from jaxae.workdir import (CHECKPOINT_DIR, METRICS_FILE, PARAMS_FILE, SETTINGS_FILE,
+                           TENSORBOARD_DIR, RunError, run_settings, write_json)
 
 
 
@@ -44,7 +45,8 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit, work
                        *, train_limit: int = 0, test_limit: int = 0, overwrite: bool = False,
                        keep_checkpoints: int = 3, eval_batch_size: int | None = None,
                        log: Callable[[str], None] = print, warn: Callable[[str], None] | None = None,
-                       mesh: Mesh | None = None, lock: bool = True) -> dict[str, Any]:
+                       mesh: Mesh | None = None, lock: bool = True,
+                       tensorboard_every: int | None = None) -> dict[str, Any]:
   """Trains (resuming from the newest good checkpoint), evaluates, writes the run's files.
 
   Data-parallel over `mesh` (default: every device of every process). In a multi-process run
@@ -56,6 +58,8 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit, work
   checkpoints moved aside, other package versions); default `log`. `eval_batch_size` (default:
   the platform's) is the evaluation batch. `config.conv_impl="auto"`, the microbatch and the
   full-batch chunks are the platform's too (jaxae/platforms.py); the run logs them.
+  `tensorboard_every=N` also writes TensorBoard event files into workdir/tensorboard, the
+  training loss every N steps among them (jaxae/monitoring.py).
 
   Returns the contents of metrics.json.
 
@@ -68,19 +72,22 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit, work
   except ValueError as e:
     raise RunError(f"invalid config: {e}") from None
   workdir = pathlib.Path(workdir)
-  with workdir_lib.hold(workdir) if lock else contextlib.nullcontext():
+  with workdir_lib.hold(workdir) if lock else contextlib.nullcontext(), \
+      contextlib.ExitStack() as cleanup:
     return _train_and_evaluate(config, train, test, workdir, train_limit=train_limit,
                                test_limit=test_limit, overwrite=overwrite,
                                keep_checkpoints=keep_checkpoints,
                                eval_batch_size=eval_batch_size, log=log, warn=warn or log,
-                               mesh=mesh or parallel.data_mesh())
+                               mesh=mesh or parallel.data_mesh(),
+                               tensorboard_every=tensorboard_every, cleanup=cleanup)
 
 
 def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
                         workdir: pathlib.Path, *, train_limit: int, test_limit: int,
                         overwrite: bool, keep_checkpoints: int, eval_batch_size: int | None,
                         log: Callable[[str], None], warn: Callable[[str], None],
-                        mesh: Mesh) -> dict[str, Any]:
+                        mesh: Mesh, tensorboard_every: int | None,
+                        cleanup: contextlib.ExitStack) -> dict[str, Any]:
   primary = parallel.is_primary()
   log = log if primary else (lambda _: None)
   warn = warn if primary else (lambda _: None)
@@ -132,6 +139,17 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   if primary:
     _write(lambda: write_json(workdir / SETTINGS_FILE, settings), workdir / SETTINGS_FILE)
   parallel.sync("jaxae:workdir_ready")
+  board = None
+  if tensorboard_every:
+    # Every process computes the previews (a program over the whole mesh); process 0 writes.
+    preview = test.take(min(8, len(test)))
+    preview_examples = parallel.replicate(task.examples(preview), mesh)
+    if primary:
+      board = cleanup.enter_context(contextlib.closing(TensorBoard(
+          workdir / TENSORBOARD_DIR, tensorboard_every,
+          seeds=seeds.seeds_of(config) if replicas else None,
+          # Steps after the restored one are trained again: earlier events of theirs are hidden.
+          purge_step=int(np.max(state.step)) + 1 if restored is not None else None)))
   one = seeds.one_replica(state, replicas)
   size = {"num_params": count_params(one.params), "forward_flops_per_image": forward_flops(one)}
   log(f"Task {config.task}" + (f" ({config.separation})" if config.task == "separate" else "")
@@ -152,6 +170,7 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
         f"examples to split evenly over {parallel.mesh_size(mesh)} devices (same loss and "
         "gradient, some idle compute); a multiple of the device count avoids that.")
 
+  step = int(np.max(state.step))  # Counted on the host: the state is donated to each epoch.
   for epoch in range(len(history) + 1, config.epochs + 1):
     start = time.perf_counter()
     if config.full_batch:
@@ -172,6 +191,7 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
           f"{result.step_losses.shape[-1]}. The last good checkpoint ({last}) is kept in "
           f"{checkpoint_dir}; lower --config.learning_rate and run again.", exit_code=1)
     state = result.state
+    first_step, step = step, step + result.step_losses.shape[-1]
     test_loss = evaluate(state, test_examples, batch_size=eval_batch_size,
                          with_predictions=False, mesh=mesh, replicas=replicas)["loss"]
     seconds = time.perf_counter() - start
@@ -182,6 +202,12 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
     except CheckpointSaveError as e:
       raise RunError(f"{e}. The checkpoints of earlier epochs are intact: fix that (free disk "
                      "space) and run the same command again to resume.") from None
+    if tensorboard_every:
+      previews = _previews(state, task, preview, preview_examples, mesh, replicas)
+      if board is not None:
+        board.epoch(first_step=first_step, step_losses=result.step_losses,
+                    train_loss=result.loss, test_loss=test_loss, seconds=seconds,
+                    previews=previews)
     remaining = (config.epochs - epoch) * float(np.median([h["seconds"] for h in history[-5:]]))
     log(_line(epoch, config.epochs, result.loss, test_loss, seconds, len(train), remaining))
   checkpointer.close()
@@ -203,6 +229,8 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
         for k, seed in enumerate(seeds.seeds_of(config))])
   else:
     metrics["final"] = finals[0]
+  if board is not None:
+    board.final(metrics["optimizer_steps"], finals)
   if not primary:
     return metrics
   _write(lambda: write_json(workdir / METRICS_FILE, metrics), workdir / METRICS_FILE)
@@ -221,6 +249,14 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   _write(lambda: task.draw(test, predictions, figure, title=title), figure)
   log(seeds_summary(finals, seeds.seeds_of(config), task))
   return metrics
+
+
+def _previews(state, task, preview: MixedSplit, examples, mesh: Mesh, replicas: int):
+  """Each replica's `task.preview_rows` of the preview pairs (a few test pairs)."""
+  out = evaluate(state, examples, batch_size=len(preview), mesh=mesh, replicas=replicas)
+  predictions = {k: v for k, v in out.items() if k not in ("loss", "per_example_loss")}
+  return [task.preview_rows(preview, {k: v[r] for k, v in predictions.items()} if replicas
+                            else predictions) for r in range(replicas or 1)]
 
 
 def _plain(value):

@@ -77,15 +77,6 @@ def display(images_BHWC, mnist_normalization: Normalization = MNIST_NORMALIZATIO
   return np.asarray(to_unit_range(images_BHWC, mnist_normalization, cifar_normalization))
 
 
-def reconstructions(originals, reconstructed, path, *, count: int = 8, title: str = "",
-                    mnist_normalization: Normalization = MNIST_NORMALIZATION,
-                    cifar_normalization: Normalization = CIFAR_NORMALIZATION) -> None:
-  """Test mean images above their reconstructions."""
-  norms = dict(mnist_normalization=mnist_normalization, cifar_normalization=cifar_normalization)
-  image_grid([("mean image", display(originals[:count], **norms)),
-              ("reconstruction", display(reconstructed[:count], **norms))], path, title)
-
-
 def comparison(mnist_u8, cifar_u8, originals, reconstructed, path, *, count: int = 8,
                title: str = "", mnist_normalization: Normalization = MNIST_NORMALIZATION,
                cifar_normalization: Normalization = CIFAR_NORMALIZATION) -> None:
@@ -95,18 +86,3 @@ def comparison(mnist_u8, cifar_u8, originals, reconstructed, path, *, count: int
               ("CIFAR-10", np.asarray(cifar_u8[:count]) / 255.0),
               ("mean image", display(originals[:count], **norms)),
               ("reconstruction", display(reconstructed[:count], **norms))], path, title)
-
-
-def separation(mean_images, true_digits, digits, true_photos, photos, path, *, count: int = 8,
-               title: str = "", mnist_normalization: Normalization = MNIST_NORMALIZATION,
-               cifar_normalization: Normalization = CIFAR_NORMALIZATION) -> None:
-  """Per pair: the mean image, its true and estimated digit, its true and estimated photo.
-
-  Sources and estimates are in [0, 1] (estimates clipped for showing).
-  """
-  norms = dict(mnist_normalization=mnist_normalization, cifar_normalization=cifar_normalization)
-  image_grid([("mean image", display(mean_images[:count], **norms)),
-              ("true digit", np.asarray(true_digits[:count])),
-              ("estimated digit", np.asarray(digits[:count])),
-              ("true photo", np.asarray(true_photos[:count])),
-              ("estimated photo", np.asarray(photos[:count]))], path, title)

@@ -88,17 +88,24 @@ class Reconstruct:
   run_figure: ClassVar[str] = "reconstructions.png"
   eval_figure: ClassVar[str] = "comparison.png"
 
-  def draw(self, split, predictions, path, *, title: str = "", detailed: bool = False) -> None:
-    """Test mean images above their reconstructions; `detailed` adds both sources above them."""
+  def preview_rows(self, split, predictions, count: int = 8) -> list[tuple[str, np.ndarray]]:
+    """(label, images [count, 32, 32, C] in [0, 1]) rows: mean images, their reconstructions."""
     norms = dict(mnist_normalization=self.mnist_normalization,
                  cifar_normalization=self.cifar_normalization)
+    return [("mean image", plots.display(split.images[:count], **norms)),
+            ("reconstruction", plots.display(predictions["reconstructions"][:count], **norms))]
+
+  def draw(self, split, predictions, path, *, title: str = "", detailed: bool = False) -> None:
+    """Test mean images above their reconstructions; `detailed` adds both sources above them."""
     count = min(8, len(split))
     if detailed:
       plots.comparison(split.mnist_images, split.cifar_images, split.images,
-                       predictions["reconstructions"], path, count=count, title=title, **norms)
+                       predictions["reconstructions"], path, count=count, title=title,
+                       mnist_normalization=self.mnist_normalization,
+                       cifar_normalization=self.cifar_normalization)
     else:
-      plots.reconstructions(split.images, predictions["reconstructions"], path, count=count,
-                            title=title or "Test mean images (top), reconstructions", **norms)
+      plots.image_grid(self.preview_rows(split, predictions, count), path,
+                       title or "Test mean images (top), reconstructions")
 
   def summary_lines(self, final: dict[str, Any]) -> list[str]:
     def f(name):
@@ -229,15 +236,20 @@ class Separate:
   run_figure: ClassVar[str] = "separation.png"
   eval_figure: ClassVar[str] = "separation.png"
 
+  def preview_rows(self, split, predictions, count: int = 8) -> list[tuple[str, np.ndarray]]:
+    """(label, images [count, 32, 32, C] in [0, 1]) rows: the mean image, the true and estimated
+    digit, the true and estimated photo (estimates clipped for showing)."""
+    digit, photo = self.targets(split.take(count))
+    return [("mean image", plots.display(split.images[:count], self.mnist_normalization,
+                                         self.cifar_normalization)),
+            ("true digit", digit), ("estimated digit", np.asarray(predictions["digit"][:count])),
+            ("true photo", photo), ("estimated photo", np.asarray(predictions["photo"][:count]))]
+
   def draw(self, split, predictions, path, *, title: str = "", detailed: bool = False) -> None:
     """Mean image | true digit | estimated digit | true photo | estimated photo, per test pair."""
     del detailed  # One figure shows everything.
-    count = min(8, len(split))
-    digit, photo = self.targets(split.take(count))
-    plots.separation(split.images, digit, predictions["digit"], photo, predictions["photo"], path,
-                     count=count, title=title or "Test pairs: the mean image and its two sources",
-                     mnist_normalization=self.mnist_normalization,
-                     cifar_normalization=self.cifar_normalization)
+    plots.image_grid(self.preview_rows(split, predictions, min(8, len(split))), path,
+                     title or "Test pairs: the mean image and its two sources")
 
   def summary_lines(self, final: dict[str, Any]) -> list[str]:
     def row(label, m):

@@ -4,6 +4,7 @@ Layout of a workdir:
     .jaxae.lock            held (flock) by the one process that trains or evaluates here
     settings.json          the settings the checkpoints belong to
     params.msgpack         the trained parameters and their config, when the run ends
+    tensorboard/           TensorBoard event files (per seed: tensorboard/seed_<s>/)
     checkpoints/<epoch>/   orbax checkpoints (orbax's <epoch>.orbax-checkpoint-tmp* while saving)
     damaged_checkpoints/   checkpoints that failed their checksum, moved aside, never deleted
     metrics.json, eval.json, *.png   results
@@ -32,6 +33,10 @@ METRICS_FILE = "metrics.json"
 # The trained parameters with their config (jaxae/weights.py), written at the end of a run.
 PARAMS_FILE = "params.msgpack"
 CHECKPOINT_DIR = "checkpoints"
+# TensorBoard event files (jaxae/monitoring.py): tensorboard/ or tensorboard/seed_<s>/.
+TENSORBOARD_DIR = "tensorboard"
+_EVENT_FILE = re.compile(r"events\.out\.tfevents\..*")
+_SEED_DIR = re.compile(r"seed_\d+")
 DAMAGED_DIR = "damaged_checkpoints"
 LOCK_FILE = ".jaxae.lock"
 # Files a run writes at the top of its workdir; --overwrite removes these, the step folders jaxae
@@ -204,8 +209,8 @@ def jaxae_checkpoints(workdir: pathlib.Path) -> list[pathlib.Path]:
 def clear_run(workdir: pathlib.Path) -> None:
   """Removes what jaxae wrote for a run in `workdir`, and nothing else.
 
-  The run's files, its step folders in checkpoints/ and damaged_checkpoints/ (then those
-  folders if nothing else is in them). Files placed there by anyone else stay. The lock stays.
+  The run's files, its step folders in checkpoints/ and damaged_checkpoints/, its TensorBoard
+  event files (then those folders if nothing else is in them). Files placed there by anyone else stay. The lock stays.
   """
   for name in RUN_FILES:
     (workdir / name).unlink(missing_ok=True)
@@ -216,7 +221,13 @@ def clear_run(workdir: pathlib.Path) -> None:
     for p in damaged.iterdir():
       if p.is_dir() and _DAMAGED_STEP_DIR.fullmatch(p.name):
         shutil.rmtree(p)
-  for d in (workdir / CHECKPOINT_DIR, damaged):
+  board = workdir / TENSORBOARD_DIR
+  folders = [board, *(p for p in board.glob("seed_*") if _SEED_DIR.fullmatch(p.name))]
+  for folder in folders:
+    for p in folder.glob("events.out.tfevents.*"):
+      if p.is_file() and _EVENT_FILE.fullmatch(p.name):
+        p.unlink()
+  for d in (workdir / CHECKPOINT_DIR, damaged, *folders[1:], board):
     with contextlib.suppress(OSError):
       d.rmdir()  # Only if empty.
 

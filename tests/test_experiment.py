@@ -85,6 +85,7 @@ def test_train_and_evaluate_scripts_on_real_data(tmp_path):
   for name in ("loss_curve.png", "reconstructions.png"):
     assert (tmp_path / "run" / name).stat().st_size > 1000
   assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["1", "2"]
+  assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))  # As it trains.
 
   ev = run_script("evaluate.py", f"--data_dir={data_dir}", f"--workdir={tmp_path / 'run'}",
             "--test_limit=16")

@@ -1,0 +1,101 @@
+"""TensorBoard event files of a training run, written with tensorboardX (no TensorFlow).
+
+    tensorboard --logdir=runs/corrected/tensorboard
+
+Layout: <workdir>/tensorboard/ for one seed; tensorboard/seed_<s>/ per replica of a run of
+several seeds, so that TensorBoard overlays them as runs. The x axis is the optimizer step.
+
+    train/loss          mean training loss over each window of `every` steps, at its last step
+    train/epoch_loss    the epoch's mean training loss
+    test/loss           the test loss after each epoch
+    epoch/seconds       the epoch's wall time (training and test loss)
+    test/predictions    a few test pairs as the task shows them (mean images and reconstructions,
+                        or the sources and their estimates), after each epoch
+    final/<metric>      the task's final metrics (SSIM, PSNR, ...) at the last step
+
+The per-step losses come back with the epoch's one compiled program (its scan's output), which the
+loop fetches anyway to stop a diverging run: logging them adds no device round trip. The writer
+queues events and writes them from its own thread.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any, Sequence
+
+import numpy as np
+
+
+
+def grid(rows: Sequence[tuple[str, np.ndarray]], pad: int = 2) -> np.ndarray:
+  """One image [H, W, 3] in [0, 1] of rows of images [K, h, w, 1 or 3]: examples left to right."""
+  lines = []
+  for _, images in rows:
+    images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+    if images.shape[-1] == 1:
+      images = np.repeat(images, 3, axis=-1)
+    cells = [np.pad(x, ((pad, pad), (pad, pad), (0, 0)), constant_values=1.0) for x in images]
+    lines.append(np.concatenate(cells, axis=1))
+  return np.concatenate(lines, axis=0)
+
+
+class TensorBoard:
+  """The event files of one run; `seeds` (a run of several) gives each replica its own."""
+
+  def __init__(self, logdir: str | os.PathLike, every: int, seeds: Sequence[int] | None = None,
+               purge_step: int | None = None):
+    """`purge_step`: the first step a resumed run trains again (restored step + 1); TensorBoard
+    hides the events a killed run wrote from it on, so each step keeps one value."""
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    if every <= 0:
+      raise ValueError(f"every must be positive, got {every}.")
+    self.every = every
+    names = [""] if seeds is None else [f"seed_{s}" for s in seeds]
+    self._writers = [SummaryWriter(str(pathlib.Path(logdir) / name), purge_step=purge_step,
+                                   flush_secs=30) for name in names]
+
+  @property
+  def replicas(self) -> int:
+    return len(self._writers)
+
+  def epoch(self, *, first_step: int, step_losses: np.ndarray, train_loss, test_loss,
+            seconds: float, previews: Sequence[Sequence[tuple[str, np.ndarray]]] = ()) -> None:
+    """Logs one epoch that ran steps first_step + 1 .. first_step + S.
+
+    step_losses: [S] (or [R, S] for R replicas) losses of its steps; train_loss, test_loss:
+    scalars (or [R]); previews: per replica, the task's `preview_rows`.
+    """
+    losses = np.asarray(step_losses, np.float64).reshape(self.replicas, -1)
+    last = first_step + losses.shape[1]
+    train = np.asarray(train_loss, np.float64).reshape(-1)
+    test = np.asarray(test_loss, np.float64).reshape(-1)
+    for k, writer in enumerate(self._writers):
+      for end in range(first_step - first_step % self.every + self.every, last + 1, self.every):
+        window = losses[k, max(end - self.every, first_step) - first_step:end - first_step]
+        writer.add_scalar("train/loss", float(window.mean()), end)
+      writer.add_scalar("train/epoch_loss", float(train[k]), last)
+      writer.add_scalar("test/loss", float(test[k]), last)
+      writer.add_scalar("epoch/seconds", seconds, last)
+      if k < len(previews):
+        writer.add_image("test/predictions", grid(previews[k]), last, dataformats="HWC")
+
+  def final(self, step: int, finals: Sequence[dict[str, Any]]) -> None:
+    """The task's final metrics of each replica (plain numbers only; nested ones by path)."""
+    for writer, final in zip(self._writers, finals):
+      for tag, value in _numbers(final):
+        writer.add_scalar(f"final/{tag}", value, step)
+
+  def close(self) -> None:
+    for writer in self._writers:
+      writer.close()
+
+
+def _numbers(d: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:
+  out = []
+  for key, value in d.items():
+    if isinstance(value, dict):
+      out += _numbers(value, f"{prefix}{key}/")
+    elif isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
+      out.append((f"{prefix}{key}", float(value)))
+  return out

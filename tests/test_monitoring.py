@@ -1,0 +1,101 @@
+"""TensorBoard event files of a run (jaxae/monitoring.py), read back as TensorBoard reads them."""
+
+import struct
+
+import numpy as np
+import pytest
+from tensorboardX.proto import event_pb2
+
+from conftest import tiny_splits
+from jaxae import Config
+from jaxae.experiment import train_and_evaluate
+from jaxae.monitoring import grid
+
+
+def _events(folder):
+  """Events of every event file in `folder`, in writing order, with TensorBoard's purge rule: a
+  session restarting at step T hides the events at steps >= T written before it."""
+  events = []
+  for path in sorted(folder.glob("events.out.tfevents.*")):
+    raw = path.read_bytes()
+    at = 0
+    while at < len(raw):
+      (length,) = struct.unpack("<Q", raw[at:at + 8])
+      events.append(event_pb2.Event.FromString(raw[at + 12:at + 12 + length]))
+      at += 12 + length + 4
+  kept = []
+  for e in events:
+    if e.HasField("session_log") and e.session_log.status == event_pb2.SessionLog.START:
+      kept = [k for k in kept if k.step < e.step]
+    kept.append(e)
+  return kept
+
+
+def _scalars(folder):
+  out = {}
+  for e in _events(folder):
+    for v in e.summary.value:
+      if v.HasField("simple_value"):
+        out.setdefault(v.tag, []).append((e.step, v.simple_value))
+  return out
+
+
+def _images(folder):
+  return [(e.step, v.image) for e in _events(folder) for v in e.summary.value
+          if v.HasField("image")]
+
+
+def test_a_run_logs_losses_every_n_steps_test_metrics_and_predictions(tmp_path):
+  train, test = tiny_splits(40, 12)  # Batch 16: 3 steps per epoch.
+  metrics = train_and_evaluate(Config(epochs=2, batch_size=16, features=(4, 8)), train, test,
+                               tmp_path, log=lambda _: None, tensorboard_every=2)
+  scalars = _scalars(tmp_path / "tensorboard")
+  assert [s for s, _ in scalars["train/loss"]] == [2, 4, 6]
+  history = metrics["history"]
+  for tag, key in (("train/epoch_loss", "train_loss"), ("test/loss", "test_loss")):
+    assert [s for s, _ in scalars[tag]] == [3, 6]
+    np.testing.assert_allclose([v for _, v in scalars[tag]], [h[key] for h in history], rtol=1e-6)
+  for name in ("test_loss", "psnr_standard_mean", "ssim_original_mean"):
+    assert scalars[f"final/{name}"] == [(6, pytest.approx(metrics["final"][name], rel=1e-6))]
+  images = _images(tmp_path / "tensorboard")
+  assert [s for s, _ in images] == [3, 6]
+  # 2 rows (mean images, reconstructions) of 8 test pairs, 32 px + 2 px of padding each side.
+  assert (images[0][1].height, images[0][1].width) == (2 * 36, 8 * 36)
+
+
+def test_each_seed_gets_its_own_run_and_a_resumed_run_hides_what_it_trains_again(tmp_path):
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  train, test = tiny_splits(32, 4)
+  config = Config(epochs=1, batch_size=16, features=(4, 8), num_seeds=2, seed=3)
+  train_and_evaluate(config, train, test, tmp_path, log=lambda _: None, tensorboard_every=1)
+  # A run killed during epoch 2 had logged its first step; the resumed run trains it again.
+  with SummaryWriter(str(tmp_path / "tensorboard" / "seed_3")) as killed:
+    killed.add_scalar("train/loss", 123.0, 3)
+  metrics = train_and_evaluate(config.replace(epochs=2), train, test, tmp_path,
+                               log=lambda _: None, tensorboard_every=1)
+  assert sorted(p.name for p in (tmp_path / "tensorboard").iterdir()) == ["seed_3", "seed_4"]
+  for k, seed in enumerate((3, 4)):
+    scalars = _scalars(tmp_path / "tensorboard" / f"seed_{seed}")
+    assert [s for s, _ in scalars["train/loss"]] == [1, 2, 3, 4]
+    assert 123.0 not in [v for _, v in scalars["train/loss"]]
+    np.testing.assert_allclose([v for _, v in scalars["test/loss"]],
+                               [h["test_loss"] for h in metrics["replicas"][k]["history"]],
+                               rtol=1e-6)
+
+
+def test_overwrite_removes_the_event_files_and_nothing_else(tmp_path):
+  train, test = tiny_splits(16, 4)
+  config = Config(epochs=1, batch_size=16, features=(4, 8))
+  train_and_evaluate(config, train, test, tmp_path, log=lambda _: None, tensorboard_every=1)
+  (tmp_path / "tensorboard" / "notes.txt").write_text("mine")
+  train_and_evaluate(config.replace(learning_rate=1e-2), train, test, tmp_path,
+                     log=lambda _: None, overwrite=True)  # No TensorBoard this time.
+  assert [p.name for p in (tmp_path / "tensorboard").iterdir()] == ["notes.txt"]
+
+
+def test_grid_tiles_rows_of_grey_and_colour_images():
+  grey = np.zeros((3, 4, 4, 1))
+  colour = np.ones((3, 4, 4, 3)) * 2.0  # Clipped to 1.
+  out = grid([("a", grey), ("b", colour)], pad=1)
+  assert out.shape == (2 * 6, 3 * 6, 3)
+  assert out[1:5, 1:5].max() == 0.0 and out[7:11, 1:5].min() == 1.0
