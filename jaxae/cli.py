@@ -101,8 +101,7 @@ def _unloadable_config(e: BaseException, argv: Sequence[str]) -> NoReturn:
 def config_from_flag(holder) -> Config:
   """The validated Config of `--config` and its overrides, or a one-line exit naming the field."""
   try:
-    cfg = holder.value
-    return from_config_dict(cfg)
+    return from_config_dict(holder.value)
   except ValueError as e:
     fail(f"--config.{e}")
   except OSError as e:  # ml_collections defers a --config file it could not find to here.

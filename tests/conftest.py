@@ -16,6 +16,13 @@ SHARED_DATA = REPO.parent / "shared" / "tensorflow_datasets"
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory):
   os.environ["JAXAE_CACHE_DIR"] = str(tmp_path_factory.mktemp("jaxae_cache"))
+  # The scripts' subprocesses (which inherit this environment) share one persistent compilation
+  # cache: each compiles the same small programs, and a repeat run of train.py takes 7 s
+  # instead of 22 s. Compiled programs are the same either way; this process has imported JAX
+  # already and does not use it.
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_compilation_cache"))
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 
 def shared_data_dir() -> pathlib.Path:
