@@ -19,6 +19,9 @@ from jaxae.data import DataError, _prepared_files, _resolve_data_dir, prepare_co
 from jaxae.dataset import MixedSplit, load_mixed
 from jaxae.workdir import CHECKPOINT_DIR, SETTINGS_FILE, jaxae_checkpoints
 
+# The named experiments' config files, in a checkout.
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+_CONFIGS = _REPO / "experiments" / "configs"
 _HELP_FLAGS = ("--help", "-help", "--helpshort", "--helpfull", "-h", "-?", "--helpxml")
 
 
@@ -94,6 +97,9 @@ def _unloadable_config(e: BaseException, argv: Sequence[str]) -> NoReturn:
   path = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), "(default)")
   reason = re.findall(r"\[Errno \d+\] [^:'\n]+", str(e))
   why = reason[-1] if reason else f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
+  named = _CONFIGS / f"{path}.py"
+  if "/" not in path and named.is_file():  # A config's name rather than its file.
+    fail(f"--config={path} is not a file; did you mean --config={named.relative_to(_REPO)}?")
   fail(f"--config={path} could not be loaded ({why}); name a config file whose get_config() "
        "returns a ConfigDict, such as experiments/configs/corrected.py.")
 

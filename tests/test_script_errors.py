@@ -38,6 +38,9 @@ def _one_line(run, exit_code, message):
     (["--config=experiments/configs/faithful.py", "--config.full_batch=maybe", GOOD_DATA],
      "--config.full_batch=maybe"),
     (["--config=README.md", GOOD_DATA], "--config=README.md could not be loaded (SyntaxError"),
+    (["--config=faithful", GOOD_DATA],
+     "--config=faithful is not a file; did you mean --config=experiments/configs/faithful.py?"),
+    (["--log_every_steps=-1", GOOD_DATA], "--log_every_steps must be 0"),
     (["--config.mnist_normalization.std=(0.2,0,0.2)", GOOD_DATA],
      "--config.mnist_normalization: Normalization stds must be positive"),
 ])
