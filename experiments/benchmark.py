@@ -99,9 +99,7 @@ def time_training(examples, batch_size, epochs, config, choice, lines):
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  cli.quiet_logs()
+  cli.start(argv)
   try:
     sizes = [FLAGS.batch_size] if FLAGS.batch_size else [int(b) for b in FLAGS.batch_sizes]
   except ValueError:

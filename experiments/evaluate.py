@@ -40,9 +40,7 @@ flags.DEFINE_integer("eval_batch_size", 0, "Batch size of evaluation (0: the mod
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  cli.quiet_logs()
+  cli.start(argv)
   if not FLAGS.workdir:
     cli.fail("--workdir is required.")
   if FLAGS.test_limit < 0 or FLAGS.eval_batch_size < 0:

@@ -37,9 +37,7 @@ def planned_epochs(workdir: pathlib.Path) -> int | None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  cli.quiet_logs()
+  cli.start(argv)
   if not FLAGS.workdir:
     cli.fail("--workdir is required.")
   workdir = pathlib.Path(FLAGS.workdir)

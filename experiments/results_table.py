@@ -115,8 +115,7 @@ def separate_rows(name: str, metrics: dict) -> list[str]:
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.start(argv, quiet=False)
   if not FLAGS.workdirs:
     cli.fail("--workdirs is required.")
   cli.quiet_logs()

@@ -80,9 +80,7 @@ def validate_flags() -> Config:
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  cli.quiet_logs()
+  cli.start(argv)
   config = validate_flags()
   if FLAGS.coordinator_address:
     try:

@@ -114,6 +114,14 @@ def config_from_flag(holder) -> Config:
     _unloadable_config(e, sys.argv)
 
 
+def start(argv: Sequence[str], quiet: bool = True) -> None:
+  """The first lines of every script's main: no positional arguments; quiet library logs."""
+  if len(argv) > 1:
+    fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  if quiet:
+    quiet_logs()
+
+
 def quiet_logs() -> None:
   """Keeps the scripts' output to their own lines: orbax and tfds log every step at INFO."""
   from absl import logging  # pylint: disable=g-import-not-at-top
