@@ -9,8 +9,10 @@ several seeds, so that TensorBoard overlays them as runs. The x axis is the opti
     train/epoch_loss    the epoch's mean training loss
     test/loss           the test loss after each epoch
     epoch/seconds       the epoch's wall time (training and test loss)
-    test/predictions    a few test pairs as the task shows them (mean images and reconstructions,
+    test/predictions    8 test pairs as the task shows them (mean images and reconstructions,
                         or the sources and their estimates), after each epoch
+    test_first_<n>/<metric>  the task's metrics (SSIM, PSNR, ...) on the first n test pairs
+                        (1,000, or all if fewer), after each epoch
     final/<metric>      the task's final metrics (SSIM, PSNR, ...) at the last step
 
 The per-step losses come back with the epoch's one compiled program (its scan's output), which the
@@ -60,11 +62,13 @@ class TensorBoard:
     return len(self._writers)
 
   def epoch(self, *, first_step: int, step_losses: np.ndarray, train_loss, test_loss,
-            seconds: float, previews: Sequence[Sequence[tuple[str, np.ndarray]]] = ()) -> None:
+            seconds: float, previews: Sequence[Sequence[tuple[str, np.ndarray]]] = (),
+            subset_metrics: Sequence[dict[str, Any]] = ()) -> None:
     """Logs one epoch that ran steps first_step + 1 .. first_step + S.
 
     step_losses: [S] (or [R, S] for R replicas) losses of its steps; train_loss, test_loss:
-    scalars (or [R]); previews: per replica, the task's `preview_rows`.
+    scalars (or [R]); per replica, previews: the task's `preview_rows`, and subset_metrics: the
+    task's `final_metrics` on the first test pairs (their "num_test_images" says how many).
     """
     losses = np.asarray(step_losses, np.float64).reshape(self.replicas, -1)
     last = first_step + losses.shape[1]
@@ -79,6 +83,12 @@ class TensorBoard:
       writer.add_scalar("epoch/seconds", seconds, last)
       if k < len(previews):
         writer.add_image("test/predictions", grid(previews[k]), last, dataformats="HWC")
+      if k < len(subset_metrics):
+        metrics = subset_metrics[k]
+        for tag, value in metrics.items():  # Top level only: "trivial" never changes.
+          if tag != "num_test_images" and _is_number(value):
+            writer.add_scalar(f"test_first_{metrics['num_test_images']}/{tag}", float(value),
+                              last)
 
   def final(self, step: int, finals: Sequence[dict[str, Any]]) -> None:
     """The task's final metrics of each replica (plain numbers only; nested ones by path)."""
@@ -96,6 +106,10 @@ def _numbers(d: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:
   for key, value in d.items():
     if isinstance(value, dict):
       out += _numbers(value, f"{prefix}{key}/")
-    elif isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
+    elif _is_number(value):
       out.append((f"{prefix}{key}", float(value)))
   return out
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)

@@ -57,6 +57,11 @@ def test_a_run_logs_losses_every_n_steps_test_metrics_and_predictions(tmp_path):
     np.testing.assert_allclose([v for _, v in scalars[tag]], [h[key] for h in history], rtol=1e-6)
   for name in ("test_loss", "psnr_standard_mean", "ssim_original_mean"):
     assert scalars[f"final/{name}"] == [(6, pytest.approx(metrics["final"][name], rel=1e-6))]
+  # Each epoch, the task's metrics on the first test pairs (here all 12): after the last epoch
+  # they are the final ones.
+  for name in ("psnr_standard_mean", "ssim_original_mean", "ssim_standard_mean"):
+    steps, values = zip(*scalars[f"test_first_12/{name}"])
+    assert steps == (3, 6) and values[1] == pytest.approx(metrics["final"][name], rel=1e-5)
   images = _images(tmp_path / "tensorboard")
   assert [s for s, _ in images] == [3, 6]
   # 2 rows (mean images, reconstructions) of 8 test pairs, 32 px + 2 px of padding each side.
@@ -81,6 +86,9 @@ def test_each_seed_gets_its_own_run_and_a_resumed_run_hides_what_it_trains_again
     np.testing.assert_allclose([v for _, v in scalars["test/loss"]],
                                [h["test_loss"] for h in metrics["replicas"][k]["history"]],
                                rtol=1e-6)
+    # Each replica logs its own metrics.
+    assert scalars["test_first_4/psnr_standard_mean"][-1][1] == pytest.approx(
+        metrics["replicas"][k]["final"]["psnr_standard_mean"], rel=1e-5)
 
 
 def test_overwrite_removes_the_event_files_and_nothing_else(tmp_path):
