@@ -51,11 +51,10 @@ def main(argv):
       params, config = load_params(FLAGS.params)
     except ParamsFileError as e:
       cli.fail(str(e))
-    cli.check_writable(str(workdir))
   else:
     # The run's settings (written when it started) say which model and normalization it used.
     config = cli.run_config(workdir)
-    cli.check_writable(str(workdir))  # Before the evaluation, not after it.
+  cli.check_writable(str(workdir))  # Before the evaluation, not after it.
   cli.check_data_dir(FLAGS.data_dir)
 
   try:

@@ -106,9 +106,9 @@ class Config:
     need(_is_number(self.negative_slope), "negative_slope", "a number")
     need(_is_number(self.learning_rate) and self.learning_rate > 0, "learning_rate",
          "a positive number")
-    need(isinstance(self.lr_schedule, str) and self.lr_schedule in ("constant", "cosine"),
-         "lr_schedule", "constant or cosine")
-    from jaxae.optimizers import OPTIMIZERS  # pylint: disable=g-import-not-at-top
+    from jaxae.optimizers import LR_SCHEDULES, OPTIMIZERS  # pylint: disable=g-import-not-at-top
+    need(isinstance(self.lr_schedule, str) and self.lr_schedule in LR_SCHEDULES,
+         "lr_schedule", " or ".join(LR_SCHEDULES))
     need(self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}")
     for name in ("grad_clip_norm", "weight_decay"):
       need(_is_number(getattr(self, name)) and getattr(self, name) >= 0, name,

@@ -171,7 +171,7 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
         f"examples to split evenly over {parallel.mesh_size(mesh)} devices (same loss and "
         "gradient, some idle compute); a multiple of the device count avoids that.")
 
-  step = int(np.max(state.step))  # Counted on the host: the state is donated to each epoch.
+  steps_done = int(np.max(state.step))  # Counted on the host: each epoch takes the state.
   for epoch in range(len(history) + 1, config.epochs + 1):
     start = time.perf_counter()
     if config.full_batch:
@@ -192,7 +192,7 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
           f"{result.step_losses.shape[-1]}. The last good checkpoint ({last}) is kept in "
           f"{checkpoint_dir}; lower --config.learning_rate and run again.", exit_code=1)
     state = result.state
-    first_step, step = step, step + result.step_losses.shape[-1]
+    first_step, steps_done = steps_done, steps_done + result.step_losses.shape[-1]
     test_loss = evaluate(state, test_examples, batch_size=eval_batch_size,
                          with_predictions=False, mesh=mesh, replicas=replicas)["loss"]
     seconds = time.perf_counter() - start
@@ -253,19 +253,16 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   return metrics
 
 
-# TensorBoard's per-epoch SSIM/PSNR are over this many test pairs (0.2 s an epoch on the 2-core
-# CPU, against about 2.5 s for all 10,000); the final metrics are over all of them.
+# TensorBoard's per-epoch SSIM/PSNR are over this many test pairs (0.22 s an epoch on the 2-core
+# CPU; all 10,000 would take about ten times that); the final metrics are over all of them.
 TENSORBOARD_METRICS_PAIRS = 1000
 
 
 def _watch(state, task, split: MixedSplit, examples, eval_batch_size: int, mesh: Mesh,
            replicas: int) -> tuple[list[dict[str, Any]], list[list]]:
   """Each replica's task metrics on `split` (the first test pairs), and its `preview_rows`."""
-  out = evaluate(state, examples, batch_size=min(eval_batch_size, len(split)), mesh=mesh,
-                 replicas=replicas)
-  predictions = {k: v for k, v in out.items() if k not in ("loss", "per_example_loss")}
-  mine = [{k: v[r] for k, v in predictions.items()} if replicas else predictions
-          for r in range(replicas or 1)]
+  mine = _per_replica(evaluate(state, examples, batch_size=min(eval_batch_size, len(split)),
+                               mesh=mesh, replicas=replicas), replicas)
   return ([{"num_test_images": len(split), **task.final_metrics(split, m)} for m in mine],
           [task.preview_rows(split, m) for m in mine])
 
@@ -311,13 +308,19 @@ def replica_final_metrics(state: TrainState, test: MixedSplit, eval_batch_size: 
   """
   ev = evaluate(state, state.task.examples(test), batch_size=eval_batch_size, mesh=mesh,
                 replicas=replicas)
-  predictions = {k: v for k, v in ev.items() if k not in ("loss", "per_example_loss")}
-  finals = []
-  for k in range(replicas or 1):
-    mine = {key: v[k] for key, v in predictions.items()} if replicas else predictions
-    finals.append({"test_loss": float(ev["loss"][k]) if replicas else ev["loss"],
-                   "num_test_images": len(test), **state.task.final_metrics(test, mine)})
-  return finals, ({key: v[0] for key, v in predictions.items()} if replicas else predictions)
+  predictions = _per_replica(ev, replicas)
+  finals = [{"test_loss": float(ev["loss"][k]) if replicas else ev["loss"],
+             "num_test_images": len(test), **state.task.final_metrics(test, mine)}
+            for k, mine in enumerate(predictions)]
+  return finals, predictions[0]
+
+
+def _per_replica(evaluated: dict[str, Any], replicas: int) -> list[dict[str, np.ndarray]]:
+  """The task's predictions in `loop.evaluate`'s output, one dict per replica (one if none)."""
+  predictions = {k: v for k, v in evaluated.items() if k not in ("loss", "per_example_loss")}
+  if not replicas:
+    return [predictions]
+  return [{k: v[r] for k, v in predictions.items()} for r in range(replicas)]
 
 
 def _devices(mesh: Mesh) -> str:

@@ -75,14 +75,3 @@ def display(images_BHWC, mnist_normalization: Normalization = MNIST_NORMALIZATIO
             cifar_normalization: Normalization = CIFAR_NORMALIZATION) -> np.ndarray:
   """Normalized mean images (or reconstructions) -> [0, 1] for showing."""
   return np.asarray(to_unit_range(images_BHWC, mnist_normalization, cifar_normalization))
-
-
-def comparison(mnist_u8, cifar_u8, originals, reconstructed, path, *, count: int = 8,
-               title: str = "", mnist_normalization: Normalization = MNIST_NORMALIZATION,
-               cifar_normalization: Normalization = CIFAR_NORMALIZATION) -> None:
-  """Per pair: the MNIST source, the CIFAR-10 source, the mean image, the reconstruction."""
-  norms = dict(mnist_normalization=mnist_normalization, cifar_normalization=cifar_normalization)
-  image_grid([("MNIST", np.asarray(mnist_u8[:count]) / 255.0),
-              ("CIFAR-10", np.asarray(cifar_u8[:count]) / 255.0),
-              ("mean image", display(originals[:count], **norms)),
-              ("reconstruction", display(reconstructed[:count], **norms))], path, title)

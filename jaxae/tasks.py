@@ -98,14 +98,13 @@ class Reconstruct:
   def draw(self, split, predictions, path, *, title: str = "", detailed: bool = False) -> None:
     """Test mean images above their reconstructions; `detailed` adds both sources above them."""
     count = min(8, len(split))
+    rows = self.preview_rows(split, predictions, count)
     if detailed:
-      plots.comparison(split.mnist_images, split.cifar_images, split.images,
-                       predictions["reconstructions"], path, count=count, title=title,
-                       mnist_normalization=self.mnist_normalization,
-                       cifar_normalization=self.cifar_normalization)
+      plots.image_grid([("MNIST", np.asarray(split.mnist_images[:count]) / 255.0),
+                        ("CIFAR-10", np.asarray(split.cifar_images[:count]) / 255.0), *rows],
+                       path, title)
     else:
-      plots.image_grid(self.preview_rows(split, predictions, count), path,
-                       title or "Test mean images (top), reconstructions")
+      plots.image_grid(rows, path, title or "Test mean images (top), reconstructions")
 
   def summary_lines(self, final: dict[str, Any]) -> list[str]:
     def f(name):

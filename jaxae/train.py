@@ -9,7 +9,6 @@ Each works under `jax.jit`, `jax.lax.scan` and inside a caller's own jitted code
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import jax
@@ -21,6 +20,7 @@ from jaxae.config import Config
 from jaxae.models import model_from_config
 from jaxae.optimizers import make_optimizer
 from jaxae.tasks import IMAGE_SHAPE, RECONSTRUCT, per_example_mse, task_from_config
+from jaxae.weights import expected_shapes, param_shapes
 
 __all__ = ["IMAGE_SHAPE", "TrainState", "create_train_state", "eval_step", "per_example_mse",
            "train_step"]
@@ -178,21 +178,9 @@ def eval_step(params_or_state: Any, batch, mask_B: jax.Array | None = None, *,
           **predictions}
 
 
-def _param_shapes(params) -> list[tuple[str, tuple[int, ...]]]:
-  return [(jax.tree_util.keystr(path), tuple(getattr(leaf, "shape", ())))
-          for path, leaf in jax.tree_util.tree_leaves_with_path(params)]
-
-
-@functools.cache
-def _default_param_shapes() -> list[tuple[str, tuple[int, ...]]]:
-  model = model_from_config(Config())
-  abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *IMAGE_SHAPE)))
-  return _param_shapes(abstract["params"])
-
-
 def _check_default_model_params(params) -> None:
   """Refuses a bare params tree that is not the default model's (it would be evaluated as one)."""
-  if _param_shapes(params) != _default_param_shapes():
+  if param_shapes(params) != expected_shapes(Config()):
     raise ValueError("eval_step got a params tree that is not the default model's; pass its "
                      "model's apply function (apply_fn=model.apply) or a TrainState.")
 

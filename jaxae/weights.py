@@ -13,6 +13,7 @@ one of them.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -101,19 +102,28 @@ def load_params(path: str | os.PathLike, replica: int | None = None) -> tuple[An
   return params, config
 
 
+@functools.cache
 def expected_shapes(config: Config) -> dict[str, tuple[int, ...]]:
-  """Parameter path -> shape of the config's model (one replica), without computing anything."""
+  """Parameter path -> shape of the config's model (one replica), without computing anything.
+
+  Cached per config: treat the dict as read-only.
+  """
   model = model_from_config(config, task_from_config(config).out_channels)
   abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *IMAGE_SHAPE)))
   return {_key(path): tuple(leaf.shape)
           for path, leaf in jax.tree_util.tree_leaves_with_path(abstract["params"])}
 
 
+def param_shapes(params: Any) -> dict[str, tuple[int, ...]]:
+  """Parameter path -> shape of a params tree (arrays, or tracers under jit)."""
+  return {_key(path): tuple(np.shape(leaf))
+          for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+
+
 def _check_shapes(params: Any, config: Config, where: str) -> None:
   lead = (config.num_seeds,) if config.num_seeds > 1 else ()
   expected = {k: lead + v for k, v in expected_shapes(config).items()}
-  got = {_key(path): tuple(np.shape(leaf))
-         for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+  got = param_shapes(params)
   if got != expected:
     differing = sorted(k for k in set(got) | set(expected) if got.get(k) != expected.get(k))
     k = differing[0]

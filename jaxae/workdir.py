@@ -35,7 +35,6 @@ PARAMS_FILE = "params.msgpack"
 CHECKPOINT_DIR = "checkpoints"
 # TensorBoard event files (jaxae/monitoring.py): tensorboard/ or tensorboard/seed_<s>/.
 TENSORBOARD_DIR = "tensorboard"
-_EVENT_FILE = re.compile(r"events\.out\.tfevents\..*")
 _SEED_DIR = re.compile(r"seed_\d+")
 DAMAGED_DIR = "damaged_checkpoints"
 LOCK_FILE = ".jaxae.lock"
@@ -210,7 +209,8 @@ def clear_run(workdir: pathlib.Path) -> None:
   """Removes what jaxae wrote for a run in `workdir`, and nothing else.
 
   The run's files, its step folders in checkpoints/ and damaged_checkpoints/, its TensorBoard
-  event files (then those folders if nothing else is in them). Files placed there by anyone else stay. The lock stays.
+  event files (then those folders if nothing else is in them). Files placed there by anyone else
+  stay. The lock stays.
   """
   for name in RUN_FILES:
     (workdir / name).unlink(missing_ok=True)
@@ -225,7 +225,7 @@ def clear_run(workdir: pathlib.Path) -> None:
   folders = [board, *(p for p in board.glob("seed_*") if _SEED_DIR.fullmatch(p.name))]
   for folder in folders:
     for p in folder.glob("events.out.tfevents.*"):
-      if p.is_file() and _EVENT_FILE.fullmatch(p.name):
+      if p.is_file():
         p.unlink()
   for d in (workdir / CHECKPOINT_DIR, damaged, *folders[1:], board):
     with contextlib.suppress(OSError):
