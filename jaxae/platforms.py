@@ -61,8 +61,8 @@ CPU_FULL_BATCH_CHUNK = 32
 ACCELERATOR_BATCH_SIZES = {"seed": (2048, 2000), "unet": (256, 500)}
 
 # Replicas on CPU run one after another: the batch-32 step keeps its activations in cache and
-# runs 1.8-1.9x as fast on the 2 cores as on one; vmapping 8 replicas pushed them out of cache (11.8x the time of
-# one replica, against 8.3x one after another; README, "Many seeds in one program").
+# runs 1.8-1.9x as fast on the 2 cores as on one; vmapping 8 replicas pushed them out of cache
+# (11.8x the time of one replica, against 8.3x one after another; README, "Many seeds").
 REPLICA_STRATEGIES = ("vmap", "loop")
 
 
