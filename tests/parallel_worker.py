@@ -1,8 +1,11 @@
 """Runs data-parallel training in a subprocess for tests/test_parallel.py; prints one JSON line.
 
-    python tests/parallel_worker.py devices WORKDIR
-        (with XLA_FLAGS=--xla_force_host_platform_device_count=4) the same run on a mesh of one
-        device and on a mesh of all four, and where the batch of the four-device run lives.
+    python tests/parallel_worker.py devices WORKDIR PART
+        (with XLA_FLAGS=--xla_force_host_platform_device_count=4) the same runs on a mesh of one
+        device and on a mesh of all four. PART "runs": a training run, a long epoch and where
+        the batch of the four-device step lives; PART "variants": separation on a U-Net,
+        three replicas, and a batch the devices do not divide. The two parts are separate
+        processes so that the test can compile them side by side, one per core.
     python tests/parallel_worker.py process WORKDIR COORDINATOR NUM_PROCESSES PROCESS_ID
         one process of a multi-process run (jax.distributed over gloo).
 """
@@ -32,42 +35,28 @@ def history(metrics):
   return [[h["train_loss"], h["test_loss"]] for h in metrics["history"]]
 
 
-def devices(workdir):
+def devices(workdir, part):
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxae import parallel  # pylint: disable=g-import-not-at-top
+
+  out = {"num_devices": jax.device_count()}
+  meshes = (("one", parallel.data_mesh(jax.devices()[:1])), ("four", parallel.data_mesh()))
+  {"runs": _runs, "variants": _variants}[part](workdir, meshes, out)
+  print(json.dumps(out))
+
+
+def _runs(workdir, meshes, out):
   import jax  # pylint: disable=g-import-not-at-top
   from jaxae import loop, parallel  # pylint: disable=g-import-not-at-top
   from jaxae.experiment import train_and_evaluate  # pylint: disable=g-import-not-at-top
   from jaxae.train import create_train_state  # pylint: disable=g-import-not-at-top
 
   train, test = splits()
-  quiet = lambda _: None
-  out = {"num_devices": jax.device_count()}
-  one = train_and_evaluate(config(), train, test, f"{workdir}/one", log=quiet,
-                           mesh=parallel.data_mesh(jax.devices()[:1]))
-  four = train_and_evaluate(config(), train, test, f"{workdir}/four", log=quiet,
-                            mesh=parallel.data_mesh())
-  out.update(history_one=history(one), history_four=history(four),
-             ssim_one=one["final"]["ssim_standard_mean"],
-             ssim_four=four["final"]["ssim_standard_mean"])
-  # The separation task (a dict of examples per batch) on a U-Net, batch 6 padded to 8.
-  separate = config(batch_size=6, epochs=1).replace(task="separate", model="unet",
-                                                    features=(4, 8), conv_impl="gemm_vjp")
-  for name, mesh in (("one", parallel.data_mesh(jax.devices()[:1])), ("four", parallel.data_mesh())):
-    run = train_and_evaluate(separate, train, test, f"{workdir}/separate_{name}", log=quiet,
+  for name, mesh in meshes:
+    run = train_and_evaluate(config(), train, test, f"{workdir}/{name}", log=lambda _: None,
                              mesh=mesh)
-    out[f"separate_{name}"] = history(run) + [[run["final"]["digit_psnr_mean"],
-                                               run["final"]["photo_ssim_mean"]]]
-  # Batch 6, which four devices do not divide: padded to 8 with masked examples.
-  meshes = (("one", parallel.data_mesh(jax.devices()[:1])), ("four", parallel.data_mesh()))
-  # Three replicas (jaxae/seeds.py), a number the four devices do not divide.
-  three = config(epochs=1).replace(num_seeds=3, features=(4, 8, 8))
-  for name, mesh in meshes:
-    run = train_and_evaluate(three, train, test, f"{workdir}/seeds_{name}", log=quiet, mesh=mesh)
-    out[f"seeds_{name}"] = [[h["train_loss"], h["test_loss"]] for r in run["replicas"]
-                            for h in r["history"]]
-  for name, mesh in meshes:
-    result = loop.train_epoch(create_train_state(jax.random.key(0)), train.images, seed=0,
-                              epoch=1, batch_size=6, mesh=mesh)
-    out[f"batch6_{name}"] = result.step_losses.tolist()
+    out[f"history_{name}"] = history(run)
+    out[f"ssim_{name}"] = run["final"]["ssim_standard_mean"]
 
   # A long epoch (200 steps): an unbounded queue of per-step programs once deadlocked XLA:CPU's
   # collectives; the epoch is one program now, with 200 all-reduces inside its loop.
@@ -92,7 +81,33 @@ def devices(workdir):
                     for line in hlo.splitlines() if " gather(" in line]
   out["has_all_reduce"] = "all-reduce(" in hlo
   out["params_spec"] = str(state.params["enc0"]["kernel"].sharding.spec)
-  print(json.dumps(out))
+
+
+def _variants(workdir, meshes, out):
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxae import loop  # pylint: disable=g-import-not-at-top
+  from jaxae.experiment import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from jaxae.train import create_train_state  # pylint: disable=g-import-not-at-top
+
+  train, test = splits()
+  quiet = lambda _: None
+  # The separation task (a dict of examples per batch) on a U-Net, batch 6 padded to 8.
+  separate = config(batch_size=6, epochs=1).replace(task="separate", model="unet",
+                                                    features=(4, 8), conv_impl="gemm_vjp")
+  # Three replicas (jaxae/seeds.py), a number the four devices do not divide.
+  three = config(epochs=1).replace(num_seeds=3, features=(4, 8, 8))
+  for name, mesh in meshes:
+    run = train_and_evaluate(separate, train, test, f"{workdir}/separate_{name}", log=quiet,
+                             mesh=mesh)
+    out[f"separate_{name}"] = history(run) + [[run["final"]["digit_psnr_mean"],
+                                               run["final"]["photo_ssim_mean"]]]
+    run = train_and_evaluate(three, train, test, f"{workdir}/seeds_{name}", log=quiet, mesh=mesh)
+    out[f"seeds_{name}"] = [[h["train_loss"], h["test_loss"]] for r in run["replicas"]
+                            for h in r["history"]]
+    # Batch 6, which four devices do not divide: padded to 8 with masked examples.
+    result = loop.train_epoch(create_train_state(jax.random.key(0)), train.images, seed=0,
+                              epoch=1, batch_size=6, mesh=mesh)
+    out[f"batch6_{name}"] = result.step_losses.tolist()
 
 
 def process(workdir, coordinator, num_processes, process_id, epochs="2", unlucky=""):
