@@ -4,8 +4,8 @@
         (with XLA_FLAGS=--xla_force_host_platform_device_count=4) the same runs on a mesh of one
         device and on a mesh of all four. PART "runs": a training run, a long epoch and where
         the batch of the four-device step lives; PART "variants": separation on a U-Net,
-        three replicas, and a batch the devices do not divide. The two parts are separate
-        processes so that the test can compile them side by side, one per core.
+        three replicas, and a batch the devices do not divide. (Two parts, two tests: pytest's
+        workers run them side by side.)
     python tests/parallel_worker.py process WORKDIR COORDINATOR NUM_PROCESSES PROCESS_ID
         one process of a multi-process run (jax.distributed over gloo).
 """

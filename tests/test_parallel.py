@@ -54,36 +54,19 @@ def test_padded_batch_columns_are_masked_and_keep_the_batches():
   assert float(mask[:, 6:].sum()) == 0.0
 
 
-@pytest.fixture(scope="module")
-def four_devices(tmp_path_factory):
-  """Both parts of the four-device worker, started together (each compiles on its own core).
-
-  Returns part -> its JSON line, waiting for that part's process.
-  """
-  env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  procs = {part: subprocess.Popen(
-      [sys.executable, str(WORKER), "devices", str(tmp_path_factory.mktemp(part)), part],
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-           for part in ("runs", "variants")}
-
-  def result(part):
-    try:
-      stdout, stderr = procs[part].communicate(timeout=600)
-    except subprocess.TimeoutExpired:
-      pytest.fail(f"the four-device worker's {part!r} did not finish in 600 s")
-    assert procs[part].returncode == 0, stderr[-3000:]
-    out = _json_line(stdout)
-    assert out["num_devices"] == 4
-    return out
-
-  yield result
-  for proc in procs.values():
-    proc.kill()
-    proc.communicate()
+def _four_devices(tmp_path, part):
+  """The JSON line of the four-device worker's `part` (tests/parallel_worker.py)."""
+  proc = subprocess.run(
+      [sys.executable, str(WORKER), "devices", str(tmp_path), part], capture_output=True,
+      text=True, timeout=600, env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = _json_line(proc.stdout)
+  assert out["num_devices"] == 4
+  return out
 
 
-def test_four_devices_run_every_variant_like_one(four_devices):
-  out = four_devices("variants")
+def test_four_devices_run_every_variant_like_one(tmp_path):
+  out = _four_devices(tmp_path, "variants")
   # The separation task (dicts of examples, the U-Net, its per-source metrics): the same
   # losses and final metrics as on one device.
   assert len(out["separate_four"]) == 2
@@ -96,8 +79,8 @@ def test_four_devices_run_every_variant_like_one(four_devices):
   np.testing.assert_allclose(out["batch6_four"], out["batch6_one"], rtol=1e-5)
 
 
-def test_four_devices_train_like_one_and_split_every_batch(four_devices):
-  out = four_devices("runs")
+def test_four_devices_train_like_one_and_split_every_batch(tmp_path):
+  out = _four_devices(tmp_path, "runs")
   # Same per-epoch train and test losses, and the same final SSIM, as on one device.
   np.testing.assert_allclose(out["history_four"], out["history_one"], rtol=1e-5)
   np.testing.assert_allclose(out["ssim_four"], out["ssim_one"], rtol=1e-5)
