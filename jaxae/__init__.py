@@ -1,4 +1,4 @@
-"""jaxae: the MNIST + CIFAR-10 mean-image experiment (reconstruct, separate) in pure-functional JAX."""
+"""jaxae: the MNIST + CIFAR-10 mean-image experiment (reconstruct, separate) in functional JAX."""
 
 from jaxae.config import CIFAR_NORMALIZATION, MNIST_NORMALIZATION, Config, Normalization
 from jaxae.data import DatasetNotFoundError, load_split, load_splits

@@ -207,7 +207,7 @@ def run_config(workdir: pathlib.Path) -> Config:
 
 
 def restore_newest(workdir: pathlib.Path, config: Config):
-  """The newest good checkpoint of the run in `workdir` (checkpoints.Restored), or a one-line exit."""
+  """The newest good checkpoint of the run in `workdir` (checkpoints.Restored), or one-line exit."""
   checkpointer = Checkpointer(workdir / CHECKPOINT_DIR)
   try:
     # A template for the restore: its values are replaced, so any steps_per_epoch will do.

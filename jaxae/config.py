@@ -97,12 +97,16 @@ class Config:
          f"one of {', '.join(CONV_IMPL_CHOICES)}")
     # The registries live above this module; imported here, when a config is checked.
     from jaxae.models import MODELS  # pylint: disable=g-import-not-at-top
-    from jaxae.tasks import SEPARATION_LOSSES, SEPARATIONS, TASKS  # pylint: disable=g-import-not-at-top
-    need(isinstance(self.task, str) and self.task in TASKS, "task", f"one of {', '.join(sorted(TASKS))}")
-    need(isinstance(self.separation, str) and self.separation in SEPARATIONS, "separation", f"one of {', '.join(SEPARATIONS)}")
+    from jaxae.tasks import (SEPARATION_LOSSES, SEPARATIONS,  # pylint: disable=g-import-not-at-top
+                             TASKS)
+    need(isinstance(self.task, str) and self.task in TASKS, "task",
+         f"one of {', '.join(sorted(TASKS))}")
+    need(isinstance(self.separation, str) and self.separation in SEPARATIONS, "separation",
+         f"one of {', '.join(SEPARATIONS)}")
     need(isinstance(self.separation_loss, str) and self.separation_loss in SEPARATION_LOSSES,
          "separation_loss", f"one of {', '.join(SEPARATION_LOSSES)}")
-    need(isinstance(self.model, str) and self.model in MODELS, "model", f"one of {', '.join(sorted(MODELS))}")
+    need(isinstance(self.model, str) and self.model in MODELS, "model",
+         f"one of {', '.join(sorted(MODELS))}")
     need(_is_number(self.negative_slope), "negative_slope", "a number")
     need(_is_number(self.learning_rate) and self.learning_rate > 0, "learning_rate",
          "a positive number")

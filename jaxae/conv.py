@@ -118,8 +118,8 @@ def _s_kernel_grad(cols_BHWK, dy_BHWC, k):
   return grad.reshape(k, k, cols_BHWK.shape[-1] // (k * k), dy_BHWC.shape[-1])
 
 
-# Both GEMM layers are `jax.custom_jvp` functions, so forward mode (jax.jvp, jacfwd) works as well as
-# reverse mode. Their tangents are linear maps that JAX transposes for reverse mode; each one is
+# Both GEMM layers are `jax.custom_jvp` functions, so forward mode (jax.jvp, jacfwd) works as well
+# as reverse mode. Their tangents are linear maps that JAX transposes for reverse mode; each one is
 # written as the `linear_transpose` of the backward map we want, so that the transpose JAX derives
 # is that fast backward map again (JAX's own transposes of im2col and overlap-add are 6x slower
 # on CPU). Symbolic zero tangents (the input images, frozen weights) cost nothing.

@@ -41,10 +41,12 @@ def _line(epoch: int, epochs: int, train_loss, test_loss, seconds: float, images
           f"ETA {remaining_s / 60:5.1f} min")
 
 
-def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit, workdir: str | os.PathLike,
-                       *, train_limit: int = 0, test_limit: int = 0, overwrite: bool = False,
+def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
+                       workdir: str | os.PathLike, *, train_limit: int = 0, test_limit: int = 0,
+                       overwrite: bool = False,
                        keep_checkpoints: int = 3, eval_batch_size: int | None = None,
-                       log: Callable[[str], None] = print, warn: Callable[[str], None] | None = None,
+                       log: Callable[[str], None] = print,
+                       warn: Callable[[str], None] | None = None,
                        mesh: Mesh | None = None, lock: bool = True,
                        tensorboard_every: int | None = None) -> dict[str, Any]:
   """Trains (resuming from the newest good checkpoint), evaluates, writes the run's files.

@@ -2,8 +2,9 @@
 
 The whole split lives on every device; each step gathers its batch by index inside the jitted
 function. A split is the task's examples (jaxae/tasks.py): an image array [N, ...] or a dict of
-arrays with a leading example axis; every function below takes either. The last partial batch is padded with index 0 and masked out, so every example counts
-exactly once per epoch and every step has the same shape.
+arrays with a leading example axis; every function below takes either. The last partial batch is
+padded with index 0 and masked out, so every example counts exactly once per epoch and every step
+has the same shape.
 
 Every function also takes `replicas`: 0 for a TrainState of one seed, or N for a stacked state of
 N replicas (jaxae/seeds.py), whose replica k uses seed + k, each with its own shuffle, on shared

@@ -2,7 +2,8 @@
 
 standard (the headline): both images go through the one fixed per-channel affine map that sends
   the smallest and largest value preprocessing can produce to 0 and 1 (then clipped); SSIM with
-  dm-pix's defaults (11x11 Gaussian, sigma 1.5, k1 0.01, k2 0.03, max_val 1); PSNR = 10 log10(1/MSE).
+  dm-pix's defaults (11x11 Gaussian, sigma 1.5, k1 0.01, k2 0.03, max_val 1);
+  PSNR = 10 log10(1/MSE).
 original (the published numbers' convention): the normalized images as they are; SSIM as
   scikit-image's `structural_similarity(a, b, channel_axis=-1, data_range=2)` (7x7 uniform window,
   sample covariance), PSNR with data_range = max - min of each original image.

@@ -1,4 +1,4 @@
-"""The optimizer of a config: optax's, with a learning-rate schedule, gradient clipping and weight decay.
+"""A config's optimizer: optax's, with a learning-rate schedule, gradient clipping, weight decay.
 
     tx = make_optimizer(config, steps_per_epoch)
 
@@ -25,7 +25,8 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 LR_SCHEDULES = ("constant", "cosine")
 
 
-def make_optimizer(config: Config, steps_per_epoch: int | None = None) -> optax.GradientTransformation:
+def make_optimizer(config: Config,
+                   steps_per_epoch: int | None = None) -> optax.GradientTransformation:
   """The config's optimizer; one object per distinct setting (see `train.create_train_state`).
 
   In order, for each step:

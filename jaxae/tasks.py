@@ -172,7 +172,7 @@ class Separate:
     return a, jnp.broadcast_to(s_p / s_m, a.shape)
 
   def estimate(self, outputs_BHWC, mixture_BHWC) -> tuple[jax.Array, jax.Array]:
-    """The model's outputs -> a consistent (digit [B, H, W, 1], photo [B, H, W, 3]) in [0, 1] units."""
+    """The model's outputs -> consistent (digit [B, H, W, 1], photo [B, H, W, 3]), [0, 1] units."""
     a, b = self._photo_map(mixture_BHWC)
     if self.separation == "digit":
       digit = outputs_BHWC
@@ -252,8 +252,9 @@ class Separate:
 
   def summary_lines(self, final: dict[str, Any]) -> list[str]:
     def row(label, m):
-      return (f"  {label:<9} digit PSNR {m['digit_psnr_mean']:6.2f} ± {m['digit_psnr_std']:.2f} dB  "
-              f"SSIM {m['digit_ssim_mean']:.4f}   photo PSNR {m['photo_psnr_mean']:6.2f} ± "
+      return (f"  {label:<9} digit PSNR {m['digit_psnr_mean']:6.2f} ± "
+              f"{m['digit_psnr_std']:.2f} dB  SSIM {m['digit_ssim_mean']:.4f}   "
+              f"photo PSNR {m['photo_psnr_mean']:6.2f} ± "
               f"{m['photo_psnr_std']:.2f} dB  SSIM {m['photo_ssim_mean']:.4f}")
     return [row("estimate", final), row("trivial", final["trivial"])]
 

@@ -190,8 +190,8 @@ def holds_other_run(workdir: pathlib.Path, settings: dict[str, Any], overwrite: 
     return False
   if overwrite:
     return True
-  differing = sorted(k for k in set(settings) | set(existing or {})
-                     if (existing or {}).get(k) != settings.get(k)) if existing else ["(unreadable)"]
+  differing = (sorted(k for k in set(settings) | set(existing)
+                      if existing.get(k) != settings.get(k)) if existing else ["(unreadable)"])
   raise RunError(f"{workdir} holds a run with different settings ({', '.join(differing)}); "
                  "use another --workdir, or pass --overwrite to replace that run (this deletes "
                  "its checkpoints).")
