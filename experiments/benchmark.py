@@ -6,12 +6,13 @@ Figures: train_images_per_s at each --batch_sizes (median over --epochs timed ep
 warm-up epoch, on --num_images mean images of random digits and photos: for the default task and
 model the same workload as ../shared/bench/torch_reference.py; --config (a config file, as for
 train.py) and --config.<field> time the others: its task, model, widths, conv_impl and optimizer;
-its batch_size and epochs are this script's own flags), compile_s of the training step, eval_images_per_s,
-metrics_s (the task's final metrics over up to 10,000 images) and, with --data_dir,
-load_preprocess_s (both splits of both datasets; cold = without the decoded-array cache).
+its batch_size and epochs are this script's own flags), compile_s of the training step,
+eval_images_per_s, metrics_s (the task's final metrics over up to 10,000 images) and, with
+--data_dir, load_preprocess_s (both splits of both datasets; cold = without the decoded-array
+cache).
 
-With --config.num_seeds=N (> 1), each batch size is also timed with N replicas (jaxae/seeds.py), run as
---replica_strategy says (default: the platform's, jaxae/platforms.py):
+With --config.num_seeds=N (> 1), each batch size is also timed with N replicas (jaxae/seeds.py),
+run as --replica_strategy says (default: the platform's, jaxae/platforms.py):
 replica_images_per_s (N x images per second) and seeds_time_ratio, the time of an N-seed epoch
 over that of the single-seed epoch measured just before it.
 """
@@ -43,9 +44,9 @@ flags.DEFINE_string("data_dir", None, "If set, also time loading + preprocessing
 flags.DEFINE_integer("microbatch", 0, "Training microbatch per device (0: the platform's for "
                      "the model, jaxae/platforms.py); batches no larger than it run whole.")
 flags.DEFINE_integer("eval_batch_size", 0, "Evaluation batch (0: the platform's for the model).")
-flags.DEFINE_enum("replica_strategy", None, list(platforms.REPLICA_STRATEGIES), "With --config.num_seeds: "
-                  "'vmap' (one batched program) or 'loop' (the single-seed program per replica); "
-                  "default: the platform's.")
+flags.DEFINE_enum("replica_strategy", None, list(platforms.REPLICA_STRATEGIES),
+                  "With --config.num_seeds: 'vmap' (one batched program) or 'loop' (the "
+                  "single-seed program per replica); default: the platform's.")
 flags.DEFINE_string("output", None, "Also write the JSON lines to this file.")
 
 
@@ -93,7 +94,8 @@ def time_training(examples, batch_size, epochs, config, choice, lines):
   emit(lines, metric="replica_images_per_s" if replicas else "train_images_per_s",
        value=round(config.num_seeds * n / per_epoch, 1), batch_size=batch_size,
        seconds_per_epoch=round(per_epoch, 4), num_images=n, num_seeds=config.num_seeds,
-       **({"replica_strategy": strategy} if replicas else {}), conv_impl=config.conv_impl, task=config.task, model=config.model,
+       **({"replica_strategy": strategy} if replicas else {}), conv_impl=config.conv_impl,
+       task=config.task, model=config.model,
        features=list(config.features), microbatch=micro)
   return state, per_epoch
 
