@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import numbers
 import os
 import pathlib
 import time
@@ -55,6 +56,7 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   every process calls this with the same arguments; process 0 alone logs and writes files, and
   all of them take part in the checkpoints.
 
+  `train_limit` / `test_limit` (0: all) train and evaluate on the first N pairs of each split.
   The workdir is held (`workdir.hold`) for the whole call; pass `lock=False` when the caller
   already holds it. A refused run writes nothing. `warn` gets the one-line warnings (damaged
   checkpoints moved aside, other package versions); default `log`. `eval_batch_size` (default:
@@ -73,6 +75,14 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
     config.validate()
   except ValueError as e:
     raise RunError(f"invalid config: {e}") from None
+  for name, limit, split in (("train", train_limit, train), ("test", test_limit, test)):
+    if (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 0
+        or limit > len(split)):
+      raise RunError(f"{name}_limit={limit!r} must be 0 (all) or a count of at most the "
+                     f"{name} split's {len(split):,} pairs.")
+  # The limits are the run's settings (a resumed run must use the same): applied here, so that
+  # they are never recorded without being used. Taking the first N again is a no-op.
+  train, test = train.take(train_limit), test.take(test_limit)
   workdir = pathlib.Path(workdir)
   with workdir_lib.hold(workdir) if lock else contextlib.nullcontext(), \
       contextlib.ExitStack() as cleanup:

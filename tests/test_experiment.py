@@ -43,6 +43,25 @@ def test_workdir_with_different_settings_is_refused_unless_overwrite(tmp_path):
   assert out["config"]["batch_size"] == 8 and out["optimizer_steps"] == 5
 
 
+def test_limits_passed_to_the_library_are_applied_not_only_recorded(tmp_path):
+  train, test = tiny_splits()  # 40 and 12 pairs.
+  quiet = lambda _: None
+  config = Config(epochs=1, batch_size=8)
+  limited = train_and_evaluate(config, train, test, tmp_path / "a", train_limit=16,
+                               test_limit=4, log=quiet)
+  assert limited["optimizer_steps"] == 2 and limited["final"]["num_test_images"] == 4
+  assert (limited["train_limit"], limited["test_limit"]) == (16, 4)
+  # The same as a run on the first pairs, passed without limits.
+  taken = train_and_evaluate(config, train.take(16), test.take(4), tmp_path / "b", log=quiet)
+  assert _losses(limited) == _losses(taken) and limited["final"] == taken["final"]
+  for limits, message in (({"train_limit": 41}, "train_limit=41 must be 0 .* 40 pairs"),
+                          ({"test_limit": -1}, "test_limit=-1"),
+                          ({"train_limit": 2.5}, "train_limit=2.5")):
+    with pytest.raises(RunError, match=message):
+      train_and_evaluate(config, train, test, tmp_path / "c", log=quiet, **limits)
+  assert not (tmp_path / "c").exists()
+
+
 def test_run_resumes_under_another_conv_formulation(tmp_path):
   """conv_impl says how, not what: switching it (or a settings.json from before it existed,
   which named it conv_transpose) must not refuse the run."""
