@@ -115,10 +115,9 @@ def separate_rows(name: str, metrics: dict) -> list[str]:
 
 
 def main(argv):
-  cli.start(argv, quiet=False)
+  cli.start(argv)
   if not FLAGS.workdirs:
     cli.fail("--workdirs is required.")
-  cli.quiet_logs()
   rows, separate, several = [], [], {task: [] for task in SEEDS_COLUMNS}
   for workdir in map(pathlib.Path, FLAGS.workdirs):
     try:

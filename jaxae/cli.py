@@ -114,12 +114,11 @@ def config_from_flag(holder) -> Config:
     _unloadable_config(e, sys.argv)
 
 
-def start(argv: Sequence[str], quiet: bool = True) -> None:
+def start(argv: Sequence[str]) -> None:
   """The first lines of every script's main: no positional arguments; quiet library logs."""
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  if quiet:
-    quiet_logs()
+  quiet_logs()
 
 
 def quiet_logs() -> None:
