@@ -249,7 +249,8 @@ def _deferred_interrupt() -> Iterator[None]:
   finally:
     signal.signal(signal.SIGINT, previous)
     if received and callable(previous):
-      previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt.
+      # A script's handler leaves (cli.run); Python's default raises KeyboardInterrupt.
+      previous(signal.SIGINT, None)
 
 
 @contextlib.contextmanager

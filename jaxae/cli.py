@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -33,16 +34,23 @@ def run(main: Callable[[list[str]], None], interrupted: str = "interrupted.") ->
   """
   from absl import app  # pylint: disable=g-import-not-at-top
 
+  def leave(*_):
+    # Leave at once, as kill -9 would (resuming after it is tested): orbax's and tensorstore's
+    # background threads may be mid-write, and at interpreter shutdown they print tracebacks
+    # (asyncio's "Event loop is closed"). Finished checkpoints are complete on disk.
+    print(f"error: {interrupted}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(130)  # pylint: disable=protected-access
+
   def guarded(argv):
+    # Ctrl-C leaves from the signal handler itself: Python's KeyboardInterrupt is lost when it
+    # is raised inside a garbage-collector callback (JAX has one) or a __del__. A checkpoint
+    # write defers it to its end (checkpoints._deferred_interrupt), then calls this handler.
+    signal.signal(signal.SIGINT, leave)
     try:
       main(argv)
-    except KeyboardInterrupt:
-      # Leave at once, as kill -9 would (resuming after it is tested): orbax's and tensorstore's
-      # background threads may be mid-write, and at interpreter shutdown they print tracebacks
-      # (asyncio's "Event loop is closed"). Finished checkpoints are complete on disk.
-      print(f"error: {interrupted}", file=sys.stderr, flush=True)
-      sys.stdout.flush()
-      os._exit(130)  # pylint: disable=protected-access
+    except KeyboardInterrupt:  # Raised by code that replaced the handler for a while.
+      leave()
 
   app.run(guarded, flags_parser=_parse_flags)
 

@@ -144,6 +144,28 @@ def test_ctrl_c_is_one_line_and_keeps_the_checkpoints(tmp_path):
   assert saved()  # What the message promises is kept (resuming is tested with kill -9).
 
 
+def test_ctrl_c_that_lands_in_a_garbage_collector_callback_still_stops_the_script(tmp_path):
+  # Python's own KeyboardInterrupt raised inside a gc callback (JAX registers one) is printed as
+  # "Exception ignored" and lost: a run once trained on after a test's Ctrl-C.
+  script = tmp_path / "script.py"
+  script.write_text(
+      "import gc, os, signal\n"
+      "from jaxae import cli\n"
+      "def main(argv):\n"
+      "  def callback(phase, info):\n"
+      "    if phase == 'start':\n"
+      "      os.kill(os.getpid(), signal.SIGINT)\n"
+      "  gc.callbacks.append(callback)\n"
+      "  gc.collect()\n"
+      "  gc.callbacks.remove(callback)\n"
+      "  print('went on after Ctrl-C', flush=True)\n"
+      "cli.run(main, interrupted='stopped here.')\n")
+  run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=120, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+  assert "went on" not in run.stdout
+  _one_line(run, 130, "stopped here.")
+
+
 def _copy_with_a_corrupt_mnist_test_shard(data_dir, target):
   """Links the real datasets into `target`, except a damaged copy of MNIST's test shard."""
   for dataset in ("mnist", "cifar10"):
