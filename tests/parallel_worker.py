@@ -126,7 +126,8 @@ def process(workdir, coordinator, num_processes, process_id, epochs="2", unlucky
       # Reads like every process (orbax's restore has collectives inside), then sees other bytes.
       result = read(self, step, *args)
       if step == max(self.steps()):
-        return checkpoints._DAMAGED, "its contents do not match the checksum"  # pylint: disable=protected-access
+        # pylint: disable-next=protected-access
+        return checkpoints._DAMAGED, "its contents do not match the checksum"
       return result
 
     checkpoints.Checkpointer._try_step = transient_failure  # pylint: disable=protected-access

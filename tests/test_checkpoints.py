@@ -158,7 +158,8 @@ def test_ctrl_c_during_a_write_takes_effect_once_the_step_is_complete(tmp_path, 
     os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while orbax writes.
     return real_save(*args, **kwargs)
 
-  monkeypatch.setattr(checkpointer._manager, "save", interrupted_save)  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  monkeypatch.setattr(checkpointer._manager, "save", interrupted_save)
   with pytest.raises(KeyboardInterrupt):
     checkpointer.save(2, state, history + [{"epoch": 2}])
   checkpointer.close()

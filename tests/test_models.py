@@ -75,7 +75,8 @@ def test_conv_computes_pytorch_conv2d(impl, n, c, o, h, w):
 @pytest.mark.parametrize("layer", ["conv", "conv_transpose"])
 @pytest.mark.parametrize("n,h,w,c,o", [(4, 8, 8, 32, 16), (3, 4, 6, 3, 5)])
 def test_gemm_and_reference_layers_have_equal_gradients(layer, n, h, w, c, o):
-  """The hand-written derivatives of the "gemm" formulation against JAX's derivative of lax's convs."""
+  """The hand-written derivatives of the "gemm" formulation against JAX's derivative of lax's
+  convs."""
   rng = np.random.default_rng(n + c)
   x = jnp.asarray(rng.normal(size=(n, h, w, c)), jnp.float32)
   kernel = jnp.asarray(rng.normal(size=(4, 4, c, o)) * 0.1, jnp.float32)
@@ -198,7 +199,8 @@ STRIDE_ONE = [(3, 1), (1, 0)]
 def test_stride_one_layers_compute_pytorch_layers(impl, k, p):
   rng = np.random.default_rng(k)
   x = rng.normal(size=(2, 3, 5, 6))
-  w_conv, w_convt, b = rng.normal(size=(4, 3, k, k)), rng.normal(size=(3, 4, k, k)), rng.normal(size=4)
+  w_conv, w_convt = rng.normal(size=(4, 3, k, k)), rng.normal(size=(3, 4, k, k))
+  b = rng.normal(size=4)
   got = apply_nchw(TorchConv(4, k, 1, p, impl=impl), w_conv.transpose(2, 3, 1, 0), b, x)
   np.testing.assert_allclose(got, numpy_conv(x, w_conv, b, 1, p), atol=1e-4)
   got = apply_nchw(TorchConvTranspose(4, k, 1, p, impl=impl), w_convt.transpose(2, 3, 0, 1), b, x)

@@ -110,7 +110,8 @@ def test_evaluate_checks_a_read_only_workdir_before_evaluating(tmp_path, trained
   shutil.copytree(trained_workdir, tmp_path / "w")
   os.chmod(tmp_path / "w", 0o555)
   # Root ignores permission bits; an immutable folder stops root too (ext4, as here and in CI).
-  immutable = subprocess.run(["chattr", "+i", str(tmp_path / "w")], capture_output=True).returncode == 0
+  chattr = subprocess.run(["chattr", "+i", str(tmp_path / "w")], capture_output=True)
+  immutable = chattr.returncode == 0
   try:
     if os.geteuid() == 0 and not immutable:
       pytest.skip("cannot make a folder read-only for root here (no chattr)")

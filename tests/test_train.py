@@ -70,8 +70,9 @@ def test_large_batches_train_in_microbatches_with_the_same_result():
   assert loop.microbatch_size(96, mesh) == loop.MICROBATCH_PER_DEVICE * parallel.mesh_size(mesh)
   state = create_train_state(jax.random.key(0))
   got = loop.train_epoch(state, images, seed=0, epoch=1, batch_size=96)
+  first_batch = loop.epoch_batches(loop.epoch_key(0, 1), 96, 96)[0][0]
   expected, metrics = jax.jit(train_step)(create_train_state(jax.random.key(0)),
-                                          images[loop.epoch_batches(loop.epoch_key(0, 1), 96, 96)[0][0]])
+                                          images[first_batch])
   np.testing.assert_allclose(got.step_losses, [metrics["loss"]], rtol=1e-6)
   _tree_close(got.state.opt_state, expected.opt_state, rtol=1e-4, atol=1e-9)
 
@@ -164,8 +165,10 @@ def test_optimizer_is_configurable():
   assert int(new_state.step) == 1
 
 
-@pytest.mark.parametrize("shape,dtype", [((2, 28, 28, 3), jnp.float32), ((2, 3, 32, 32), jnp.float32),
-                                         ((2, 32, 32, 3), jnp.uint8), ((32, 32, 3), jnp.float32)])
+@pytest.mark.parametrize("shape,dtype", [((2, 28, 28, 3), jnp.float32),
+                                         ((2, 3, 32, 32), jnp.float32),
+                                         ((2, 32, 32, 3), jnp.uint8),
+                                         ((32, 32, 3), jnp.float32)])
 def test_steps_refuse_images_the_model_cannot_reconstruct(shape, dtype):
   state = create_train_state(jax.random.key(0))
   images = jnp.zeros(shape, dtype)
@@ -197,7 +200,8 @@ def test_eval_step_refuses_another_models_bare_params_and_takes_its_apply_fn():
 def test_config_validation_names_the_bad_field():
   for bad, message in [(dict(seed=2 ** 32), "seed must be an integer in 0..4294967295"),
                        (dict(seed=-1), "seed must be"), (dict(batch_size=0), "batch_size"),
-                       (dict(features=(16, "a")), "features"), (dict(full_batch="yes"), "full_batch")]:
+                       (dict(features=(16, "a")), "features"),
+                       (dict(full_batch="yes"), "full_batch")]:
     with pytest.raises(ValueError, match=message):
       Config(**bad).validate()
   settings = Config().to_dict()

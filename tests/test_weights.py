@@ -87,7 +87,8 @@ def _numpy_conv_transpose(x, w, b):  # ConvTranspose2d(k=4, stride=2, padding=1)
   full = np.zeros((n, w.shape[1], 2 * h + 2, 2 * wd + 2))
   for ki in range(4):
     for kj in range(4):
-      full[:, :, ki:ki + 2 * h:2, kj:kj + 2 * wd:2] += np.einsum("nchw,co->nohw", x, w[:, :, ki, kj])
+      contribution = np.einsum("nchw,co->nohw", x, w[:, :, ki, kj])
+      full[:, :, ki:ki + 2 * h:2, kj:kj + 2 * wd:2] += contribution
   return full[:, :, 1:-1, 1:-1] + b[None, :, None, None]
 
 
@@ -119,7 +120,8 @@ def test_a_torch_state_dict_computes_what_pytorch_computes(conv_impl):
                             x_NCHW.astype(np.float64), layers)
   config = Config(conv_impl=conv_impl)
   params = from_torch_state_dict(state_dict, config)
-  got = model_from_config(config).apply({"params": params}, jnp.asarray(x_NCHW.transpose(0, 2, 3, 1)))
+  x_NHWC = jnp.asarray(x_NCHW.transpose(0, 2, 3, 1))
+  got = model_from_config(config).apply({"params": params}, x_NHWC)
   np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2), expected, rtol=1e-4, atol=1e-4)
 
 

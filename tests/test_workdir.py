@@ -180,5 +180,6 @@ def test_stale_cache_temporaries_are_removed_and_live_ones_kept(tmp_path, monkey
   assert live.exists() and new_old_style.exists()
   # A failed cache write (a full disk) leaves no temporary behind.
   monkeypatch.setattr(np, "save", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "full")))
-  data._write_cache(tmp_path / "x-y-z.images.npy", np.zeros((1, 2), np.uint8), np.zeros(1))  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  data._write_cache(tmp_path / "x-y-z.images.npy", np.zeros((1, 2), np.uint8), np.zeros(1))
   assert sorted(p.name for p in tmp_path.glob("x-y-z*")) == []
