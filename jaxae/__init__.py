@@ -1,7 +1,7 @@
 """jaxae: the MNIST + CIFAR-10 mean-image experiment (reconstruct, separate) in functional JAX."""
 
 from jaxae.config import CIFAR_NORMALIZATION, MNIST_NORMALIZATION, Config, Normalization
-from jaxae.data import DatasetNotFoundError, load_split, load_splits
+from jaxae.sources import DatasetNotFoundError, load_split, load_splits
 from jaxae.dataset import MixedSplit, load_mixed, mix
 from jaxae.metrics import image_quality, psnr, ssim
 from jaxae.models import Autoencoder, UNet

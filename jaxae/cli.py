@@ -16,7 +16,7 @@ from typing import Callable, NoReturn, Sequence
 from jaxae import seeds
 from jaxae.checkpoints import Checkpointer, IncompatibleCheckpointError, NoUsableCheckpointError
 from jaxae.config import Config, from_config_dict
-from jaxae.data import DataError, _prepared_files, _resolve_data_dir, prepare_command
+from jaxae.sources import DataError, _prepared_files, _resolve_data_dir, prepare_command
 from jaxae.dataset import MixedSplit, load_mixed
 from jaxae.workdir import CHECKPOINT_DIR, SETTINGS_FILE, jaxae_checkpoints
 

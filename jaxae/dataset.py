@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from jaxae.config import CIFAR_NORMALIZATION, MNIST_NORMALIZATION, Normalization
-from jaxae.data import load_splits
+from jaxae.sources import load_splits
 from jaxae.preprocess import mean_images_of
 
 

@@ -166,7 +166,7 @@ def test_metrics_record_versions_and_a_resume_under_others_says_so(tmp_path, mon
 
 
 def test_stale_cache_temporaries_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
-  from jaxae import data  # pylint: disable=g-import-not-at-top
+  from jaxae import sources  # pylint: disable=g-import-not-at-top
   dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                         capture_output=True, text=True, check=True).stdout.strip()
   stale = tmp_path / f"mnist-test-abc.npz.{dead}.tmp"
@@ -175,11 +175,11 @@ def test_stale_cache_temporaries_are_removed_and_live_ones_kept(tmp_path, monkey
   for f in (stale, live, old_style, new_old_style):
     f.write_bytes(b"x" * 100)
   os.utime(old_style, (time.time() - 7200, time.time() - 7200))
-  data._remove_stale_temporaries(tmp_path)  # pylint: disable=protected-access
+  sources._remove_stale_temporaries(tmp_path)  # pylint: disable=protected-access
   assert not stale.exists() and not old_style.exists()
   assert live.exists() and new_old_style.exists()
   # A failed cache write (a full disk) leaves no temporary behind.
   monkeypatch.setattr(np, "save", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "full")))
   # pylint: disable-next=protected-access
-  data._write_cache(tmp_path / "x-y-z.images.npy", np.zeros((1, 2), np.uint8), np.zeros(1))
+  sources._write_cache(tmp_path / "x-y-z.images.npy", np.zeros((1, 2), np.uint8), np.zeros(1))
   assert sorted(p.name for p in tmp_path.glob("x-y-z*")) == []

@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import shared_data_dir
 from jaxae import DatasetNotFoundError, load_split
-from jaxae import data as data_lib
+from jaxae import sources as sources_lib
 from jaxae.preprocess import mnist_to_rgb32
 
 
@@ -38,37 +38,37 @@ def test_unknown_names_are_value_errors(name, split):
 def test_cache_key_follows_the_prepared_files_contents_not_their_times(tmp_path):
   f = tmp_path / "mnist-train.array_record-00000-of-00001"
   f.write_bytes(b"x" * 10)
-  first = data_lib._cache_path("mnist", "train", [f], tmp_path / "cache")
+  first = sources_lib._cache_path("mnist", "train", [f], tmp_path / "cache")
   os.utime(f, ns=(1, 1))  # Copied or re-created with the same bytes: the same entry.
-  assert data_lib._cache_path("mnist", "train", [f], tmp_path / "cache") == first
+  assert sources_lib._cache_path("mnist", "train", [f], tmp_path / "cache") == first
   f.write_bytes(b"x" * 9 + b"y")  # Re-prepared: another entry.
-  assert data_lib._cache_path("mnist", "train", [f], tmp_path / "cache") != first
-  assert data_lib._cache_path("mnist", "test", [f], tmp_path / "cache") != first
+  assert sources_lib._cache_path("mnist", "train", [f], tmp_path / "cache") != first
+  assert sources_lib._cache_path("mnist", "test", [f], tmp_path / "cache") != first
 
 
 def test_damaged_cache_is_a_miss_and_a_new_entry_replaces_the_splits_old_ones(tmp_path):
   path = tmp_path / "mnist-test-aaaa.images.npy"
   path.write_bytes(b"not an npy")
-  assert data_lib._read_cache(path, (28, 28, 1)) is None
+  assert sources_lib._read_cache(path, (28, 28, 1)) is None
   old = [tmp_path / "mnist-test-bbbb.images.npy", tmp_path / "mnist-test-bbbb.labels.npy",
          tmp_path / "mnist-test-cccc.npz"]  # An older entry, and one of the older format.
   other_split = tmp_path / "mnist-train-bbbb.images.npy"
   for f in (*old, other_split):
     f.write_bytes(b"x")
-  data_lib._write_cache(path, np.zeros((3, 28, 28, 1), np.uint8), np.arange(3))
-  images, labels = data_lib._read_cache(path, (28, 28, 1))
+  sources_lib._write_cache(path, np.zeros((3, 28, 28, 1), np.uint8), np.arange(3))
+  images, labels = sources_lib._read_cache(path, (28, 28, 1))
   assert images.shape == (3, 28, 28, 1) and list(labels) == [0, 1, 2]
-  assert data_lib._read_cache(path, (32, 32, 3)) is None  # Wrong shape: decode again.
+  assert sources_lib._read_cache(path, (32, 32, 3)) is None  # Wrong shape: decode again.
   assert not any(f.exists() for f in old) and other_split.exists()
-  data_lib._labels_path(path).unlink()
-  assert data_lib._read_cache(path, (28, 28, 1)) is None  # Half an entry is a miss.
+  sources_lib._labels_path(path).unlink()
+  assert sources_lib._read_cache(path, (28, 28, 1)) is None  # Half an entry is a miss.
 
 
 @pytest.mark.parametrize("name", ["mnist", "cifar10"])
 def test_real_data_threaded_decode_and_cache_agree_with_tfds(name, tmp_path):
   data_dir = shared_data_dir()
   images, labels = load_split(name, "test", data_dir, cache_dir=tmp_path, num_workers=2)
-  assert images.shape == (10_000, *data_lib.DATASETS[name]) and labels.dtype == np.int64
+  assert images.shape == (10_000, *sources_lib.DATASETS[name]) and labels.dtype == np.int64
   source = tfds.data_source(name, split="test", data_dir=str(data_dir), download=False)
   for i in (0, 4095, 4096, 5000, 9999):  # Both sides of a task boundary.
     assert np.array_equal(images[i], source[i]["image"]) and labels[i] == source[i]["label"]

@@ -1,4 +1,6 @@
-"""Loading MNIST and CIFAR-10 splits as NumPy arrays, without TensorFlow.
+"""The two source datasets, MNIST and CIFAR-10: their splits as NumPy arrays, without TensorFlow.
+
+(jaxae/dataset.py mixes them into the experiment's mean images.)
 
 Prepared ArrayRecord files are read directly: each record is a tf.Example (parsed with the proto
 module tfds ships) whose PNG OpenCV decodes in a thread pool. OpenCV releases the GIL and decodes
