@@ -36,7 +36,8 @@ class Config:
   # (estimate the digit and the photo of each mean image).
   task: str = "reconstruct"
   # How "separate" makes its estimate consistent with the mean image: "digit" (predict the grey
-  # digit; photo = what the mean leaves) or "project" (predict both, project). jaxae/tasks.py.
+  # digit; photo = what the mean leaves), "project" (predict both, project) or "digit28" (as
+  # "digit", the digit made a resized 28x28 digit in [0, 1], as every true one). jaxae/tasks.py.
   separation: str = "digit"
   # The per-example loss of "separate": "log_mse" (log10 of digit MSE + photo MSE: the mean PSNR's
   # own weighting) or "mse". jaxae/tasks.py says why.

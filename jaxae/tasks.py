@@ -13,6 +13,7 @@ A task is a small frozen (hashable) object carried by the TrainState as a static
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, ClassVar
 
 import jax
@@ -22,7 +23,7 @@ import numpy as np
 from jaxae import plots
 from jaxae.config import CIFAR_NORMALIZATION, MNIST_NORMALIZATION, Config, Normalization
 from jaxae.metrics import image_quality, source_quality
-from jaxae.preprocess import IMAGE_SIZE, grey_digits
+from jaxae.preprocess import IMAGE_SIZE, MNIST_SHAPE, grey_digits
 
 IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
 _EXPECTED = ("float images [B, H, W, 3] (NHWC, normalized, as mean_images returns them; sides "
@@ -118,9 +119,42 @@ class Reconstruct:
 #              leaves: normalized photo = 2 * mean - normalized digit.
 #   "project": the model outputs a digit and a photo (1 + 3 channels); both are moved to the
 #              nearest (least squares, in [0, 1] units) pair whose mean is the mean image.
+#   "digit28": as "digit", but the grey digit is made what preprocessing makes every true digit:
+#              the bilinear resize R X R^T of a 28x28 digit X in [0, 1]. X is the least-squares
+#              fit to the model's 32x32 output, clipped to [0, 1] (gradients pass the clip
+#              unchanged, so a clipped pixel still learns). 32x32 images only.
 # Both estimates are consistent by construction: 0.5 * (normalized digit + normalized photo) is
 # the mean image, up to float rounding.
-SEPARATIONS = ("digit", "project")
+SEPARATIONS = ("digit", "project", "digit28")
+
+
+@functools.cache
+def _resize_matrices() -> tuple[np.ndarray, np.ndarray]:
+  """(R [32, 28], its pseudo-inverse [28, 32]): preprocessing's bilinear 28 -> 32 of one axis.
+
+  The grey digit of a pair is R X R^T for its 28x28 digit X in [0, 1] (mnist_to_grey32).
+  """
+  size = MNIST_SHAPE[0]
+  with jax.ensure_compile_time_eval():
+    eye = jnp.eye(size, dtype=jnp.float32)[None, :, :, None]
+    r = jax.image.resize(eye, (1, IMAGE_SIZE, size, 1), method="bilinear", antialias=False)
+  r = np.asarray(r, np.float64)[0, :, :, 0]
+  return r.astype(np.float32), np.linalg.pinv(r).astype(np.float32)
+
+
+def resized_digit(outputs_BHW1) -> jax.Array:
+  """The 32x32 grey digits R X R^T nearest the outputs, X (28x28) least squares clipped to [0, 1].
+
+  Raises:
+    ValueError: outputs that are not [B, 32, 32, 1].
+  """
+  if tuple(outputs_BHW1.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE, 1):
+    raise ValueError(f"separation 'digit28' takes 32x32 images (a 28x28 MNIST digit resized); "
+                     f"the model returned {list(outputs_BHW1.shape)}.")
+  r, r_pinv = (jnp.asarray(m) for m in _resize_matrices())
+  x = jnp.einsum("ij,bjkc,lk->bilc", r_pinv, outputs_BHW1, r_pinv)
+  x = x + jax.lax.stop_gradient(jnp.clip(x, 0.0, 1.0) - x)  # Clipped; gradients pass unchanged.
+  return jnp.einsum("ij,bjkc,lk->bilc", r, x, r)
 # The per-example loss of "separate": "mse" (digit MSE + photo MSE) or "log_mse" (its log10).
 # The goal is the mean of per-image PSNRs, i.e. of -10 log10(MSE): "mse" weighs each image by
 # its error, so the hardest images dominate the gradient; "log_mse" weighs every image's relative
@@ -147,7 +181,7 @@ class Separate:
 
   @property
   def out_channels(self) -> int:
-    return 1 if self.separation == "digit" else 4
+    return 4 if self.separation == "project" else 1
 
   def examples(self, split) -> dict[str, jax.Array]:
     """{"mixture": mean images [N, 32, 32, 3], "digit": grey digits [N, 32, 32, 1] in [0, 1]}.
@@ -176,6 +210,8 @@ class Separate:
     a, b = self._photo_map(mixture_BHWC)
     if self.separation == "digit":
       digit = outputs_BHWC
+    elif self.separation == "digit28":
+      digit = resized_digit(outputs_BHWC)
     else:
       # argmin_g (g - g')^2 + sum_c (a_c - b_c g - p'_c)^2, per pixel.
       g, p = outputs_BHWC[..., :1], outputs_BHWC[..., 1:]
