@@ -24,6 +24,7 @@ import collections
 import dataclasses
 import functools
 import math
+import time
 
 import jax
 import jax.numpy as jnp
@@ -160,6 +161,17 @@ class EpochResult:
   step_losses: np.ndarray
 
 
+def to_host(x: jax.Array) -> np.ndarray:
+  """`x` as float64 NumPy, waited for in short sleeps rather than inside XLA.
+
+  Why: Python runs signal handlers only between bytecodes, so a Ctrl-C that arrives while the
+  host blocks on a whole epoch's program would wait for its end (minutes for the U-Net's seeds).
+  """
+  while not x.is_ready():
+    time.sleep(0.02)
+  return np.asarray(x, np.float64)
+
+
 def train_epoch(state: TrainState, examples, *, seed: int, epoch: int, batch_size: int,
                 mesh: Mesh | None = None,
                 microbatch_per_device: int | None = MICROBATCH_PER_DEVICE,
@@ -192,7 +204,7 @@ def train_epoch(state: TrainState, examples, *, seed: int, epoch: int, batch_siz
   epoch_fn = sharded_train_epoch(mesh, microbatch_size(width, mesh, microbatch_per_device),
                                  bool(replicas))
   state, step_losses = epoch_fn(state, examples, indices, mask)
-  step_losses = np.asarray(step_losses, np.float64)
+  step_losses = to_host(step_losses)
   losses = np.sum(step_losses * counts, axis=-1) / n
   return EpochResult(state, losses if replicas else float(losses), step_losses)
 
@@ -250,7 +262,7 @@ def train_full_batch_epoch(state: TrainState, examples, mesh: Mesh | None = None
                                                     chunk_size) for k in range(replicas)])
   state, metrics = full_batch_step(state, examples, chunk_size=chunk_size, mesh=mesh,
                                    replicas=replicas)
-  loss = np.asarray(metrics["loss"], np.float64)
+  loss = to_host(metrics["loss"])
   return EpochResult(state, loss if replicas else float(loss), loss[..., None])
 
 
