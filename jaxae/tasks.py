@@ -23,7 +23,7 @@ import numpy as np
 from jaxae import plots
 from jaxae.config import CIFAR_NORMALIZATION, MNIST_NORMALIZATION, Config, Normalization
 from jaxae.metrics import image_quality, source_quality
-from jaxae.preprocess import IMAGE_SIZE, MNIST_SHAPE, grey_digits
+from jaxae.preprocess import IMAGE_SIZE, MNIST_SHAPE, grey_digits, mnist_to_grey32
 
 IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
 _EXPECTED = ("float images [B, H, W, 3] (NHWC, normalized, as mean_images returns them; sides "
@@ -123,22 +123,32 @@ class Reconstruct:
 #              the bilinear resize R X R^T of a 28x28 digit X in [0, 1]. X is the least-squares
 #              fit to the model's 32x32 output, clipped to [0, 1] (gradients pass the clip
 #              unchanged, so a clipped pixel still learns). 32x32 images only.
-# Both estimates are consistent by construction: 0.5 * (normalized digit + normalized photo) is
+# Every estimate is consistent by construction: 0.5 * (normalized digit + normalized photo) is
 # the mean image, up to float rounding.
 SEPARATIONS = ("digit", "project", "digit28")
+
+# The per-example loss of "separate": "mse" (digit MSE + photo MSE) or "log_mse" (its log10).
+# The goal is the mean of per-image PSNRs, i.e. of -10 log10(MSE): "mse" weighs each image by
+# its error, so the hardest images dominate the gradient; "log_mse" weighs every image's relative
+# improvement equally, which is what the mean PSNR rewards (README, "Separation": +1.8 dB digit
+# PSNR after one epoch on 20,000 pairs). The floor keeps a perfect image from dominating instead.
+SEPARATION_LOSSES = ("log_mse", "mse")
+LOG_MSE_FLOOR = 1e-5
 
 
 @functools.cache
 def _resize_matrices() -> tuple[np.ndarray, np.ndarray]:
-  """(R [32, 28], its pseudo-inverse [28, 32]): preprocessing's bilinear 28 -> 32 of one axis.
+  """(R [32, 28], its pseudo-inverse [28, 32]): preprocessing's 28 -> 32 resize of one axis.
 
-  The grey digit of a pair is R X R^T for its 28x28 digit X in [0, 1] (mnist_to_grey32).
+  The grey digit of a pair is R X R^T for its 28x28 digit X in [0, 1]. R is read off
+  mnist_to_grey32 itself, so that it is always preprocessing's: a digit whose row j is white
+  resizes to column j of R (in every column, as the bilinear weights sum to 1).
   """
   size = MNIST_SHAPE[0]
+  white_rows = np.zeros((size, size, size, 1), np.uint8)
+  white_rows[np.arange(size), np.arange(size)] = 255
   with jax.ensure_compile_time_eval():
-    eye = jnp.eye(size, dtype=jnp.float32)[None, :, :, None]
-    r = jax.image.resize(eye, (1, IMAGE_SIZE, size, 1), method="bilinear", antialias=False)
-  r = np.asarray(r, np.float64)[0, :, :, 0]
+    r = np.asarray(mnist_to_grey32(white_rows), np.float64)[:, :, 0, 0].T
   return r.astype(np.float32), np.linalg.pinv(r).astype(np.float32)
 
 
@@ -155,13 +165,6 @@ def resized_digit(outputs_BHW1) -> jax.Array:
   x = jnp.einsum("ij,bjkc,lk->bilc", r_pinv, outputs_BHW1, r_pinv)
   x = x + jax.lax.stop_gradient(jnp.clip(x, 0.0, 1.0) - x)  # Clipped; gradients pass unchanged.
   return jnp.einsum("ij,bjkc,lk->bilc", r, x, r)
-# The per-example loss of "separate": "mse" (digit MSE + photo MSE) or "log_mse" (its log10).
-# The goal is the mean of per-image PSNRs, i.e. of -10 log10(MSE): "mse" weighs each image by
-# its error, so the hardest images dominate the gradient; "log_mse" weighs every image's relative
-# improvement equally, which is what the mean PSNR rewards (README, "Separation": +1.8 dB digit
-# PSNR after one epoch on 20,000 pairs). The floor keeps a perfect image from dominating instead.
-SEPARATION_LOSSES = ("log_mse", "mse")
-LOG_MSE_FLOOR = 1e-5
 
 
 @dataclasses.dataclass(frozen=True)
