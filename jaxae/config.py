@@ -73,6 +73,10 @@ class Config:
   num_seeds: int = 1
   # The original's procedure: one optimizer step on the whole training set per epoch.
   full_batch: bool = False
+  # Training pairs: "fixed" (digit i with photo i, the original's) or "shuffled" (each epoch every
+  # photo gets another digit, by a fresh permutation: data augmentation for "separate" in
+  # minibatches; the test pairs stay fixed). jaxae/loop.py, train_epoch's `repair`.
+  pairing: str = "fixed"
   # Data conventions.
   mnist_normalization: Normalization = MNIST_NORMALIZATION
   cifar_normalization: Normalization = CIFAR_NORMALIZATION
@@ -129,6 +133,11 @@ class Config:
     need(self.seed + self.num_seeds - 1 <= MAX_SEED, "num_seeds",
          f"at most {MAX_SEED + 1} - seed (the replicas' seeds seed..seed+num_seeds-1 are 32-bit)")
     need(isinstance(self.full_batch, bool), "full_batch", "true or false")
+    need(isinstance(self.pairing, str) and self.pairing in PAIRINGS, "pairing",
+         " or ".join(PAIRINGS))
+    need(self.pairing == "fixed" or (self.task == "separate" and not self.full_batch), "pairing",
+         "'fixed' for task reconstruct and with full_batch (only the separate task's "
+         "minibatches can re-pair)")
     for name in ("mnist_normalization", "cifar_normalization"):
       need(isinstance(getattr(self, name), Normalization), name, "a Normalization")
     return self
@@ -187,6 +196,7 @@ def from_config_dict(cfg) -> Config:
   return Config.from_dict(d)
 
 
+PAIRINGS = ("fixed", "shuffled")
 MAX_SEED = 2 ** 32 - 1
 MAX_LEVELS = 5
 

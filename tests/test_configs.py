@@ -62,8 +62,12 @@ def _other_value(field: dataclasses.Field):
     return "(8,24)", (8, 24)
   choices = {"task": "separate", "separation": "project", "separation_loss": "mse",
              "model": "unet", "activation": "relu", "conv_impl": "gemm", "optimizer": "sgd",
-             "lr_schedule": "cosine"}
+             "lr_schedule": "cosine", "pairing": "shuffled"}
   return choices[field.name], choices[field.name]
+
+
+# Fields whose other value is valid only beside another field's.
+_NEEDS = {"pairing": {"task": "separate"}}
 
 
 @pytest.mark.parametrize("field", [f for f in dataclasses.fields(Config)
@@ -71,9 +75,10 @@ def _other_value(field: dataclasses.Field):
                          ids=lambda f: f.name)
 def test_every_field_is_settable_on_the_command_line(field):
   text, value = _other_value(field)
-  config = _parse(f"--config.{field.name}={text}")
+  needs = _NEEDS.get(field.name, {})
+  config = _parse(f"--config.{field.name}={text}", *(f"--config.{k}={v}" for k, v in needs.items()))
   assert getattr(config, field.name) == value
-  assert config == Config().replace(**{field.name: value})
+  assert config == Config().replace(**{field.name: value}, **needs)
 
 
 def test_nested_normalizations_are_settable_and_checked():

@@ -7,11 +7,11 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from conftest import tiny_splits
-from jaxae import Config
+from jaxae import Config, loop, mix
 from jaxae.config import CIFAR_NORMALIZATION, MNIST_NORMALIZATION
 from jaxae.experiment import train_and_evaluate
 from jaxae.metrics import unit_psnr, unit_ssim
-from jaxae.preprocess import grey_digits
+from jaxae.preprocess import grey_digits, mean_images
 from jaxae.tasks import Reconstruct, Separate, resized_digit, task_from_config
 from jaxae.train import create_train_state, eval_step, train_step
 
@@ -152,6 +152,58 @@ def test_the_task_follows_the_config_and_steps_train_it():
     Config(task="denoise").validate()
   with pytest.raises(ValueError, match="model must be one of"):
     Config(model="resnet").validate()
+
+
+def test_repaired_examples_are_the_mean_images_of_the_new_pairs():
+  """Photo i with digit j: the mixture and digit the sources would give, for other normalizations
+  too."""
+  sources, _ = tiny_splits(6, 1)
+  partner = np.array([3, 0, 5, 1, 4, 2])
+  for mnist_norm in (MNIST_NORMALIZATION, CIFAR_NORMALIZATION):
+    train = mix((sources.mnist_images, sources.mnist_labels),
+                (sources.cifar_images, sources.cifar_labels), mnist_normalization=mnist_norm)
+    task = Separate(mnist_normalization=mnist_norm)
+    examples = task.examples(train)
+    got = task.repaired(examples, jax.tree.map(lambda x: x[partner], examples))
+    expected = mean_images(train.mnist_images[partner], train.cifar_images,
+                           mnist_normalization=mnist_norm)
+    np.testing.assert_allclose(got["mixture"], expected, atol=2e-6)
+    np.testing.assert_array_equal(got["digit"], grey_digits(train.mnist_images[partner]))
+
+
+def test_a_repaired_epoch_trains_on_the_pairs_its_two_permutations_name():
+  """train_epoch(repair=True) equals an ordinary epoch over the examples re-paired beforehand:
+  slot (s, w) holds the photo of indices[s, w] with the digit of partners[s, w]."""
+  train, _ = tiny_splits(20, 1)
+  config = Config(task="separate", model="unet", features=(4, 8), conv_impl="gemm_vjp",
+                  pairing="shuffled")
+  state = create_train_state(jax.random.key(0), config)
+  examples = state.task.examples(train)
+  indices, mask = loop.epoch_batches(loop.epoch_key(5, 2), 20, 8)
+  partners = loop.epoch_batches(loop.pairing_key(5, 2), 20, 8)[0]
+  real = np.asarray(mask).ravel() > 0
+  rows, partner_rows = np.asarray(indices).ravel()[real], np.asarray(partners).ravel()[real]
+  assert sorted(rows) == sorted(partner_rows) == list(range(20)) and any(rows != partner_rows)
+  new_pairs = state.task.repaired(jax.tree.map(lambda x: x[rows], examples),
+                                  jax.tree.map(lambda x: x[partner_rows], examples))
+  repaired = jax.tree.map(lambda x, new: x.at[rows].set(new), examples, new_pairs)
+
+  def epoch(examples, repair):  # Each from a fresh state: train_epoch donates its state.
+    return loop.train_epoch(create_train_state(jax.random.key(0), config), examples, seed=5,
+                            epoch=2, batch_size=8, repair=repair)
+
+  got, expected = epoch(examples, True), epoch(repaired, False)
+  np.testing.assert_allclose(got.step_losses, expected.step_losses, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               got.state.params, expected.state.params)
+  assert not np.allclose(epoch(examples, False).step_losses, got.step_losses, rtol=1e-3)
+  with pytest.raises(ValueError, match="reconstruct task's examples cannot be re-paired"):
+    loop.train_epoch(create_train_state(jax.random.key(0), Config(features=(4, 8))),
+                     train.images, seed=0, epoch=1, batch_size=8, repair=True)
+  for bad in (dict(pairing="random"), dict(pairing="shuffled"),
+              dict(task="separate", pairing="shuffled", full_batch=True)):
+    with pytest.raises(ValueError, match="^pairing must be"):
+      Config(**bad).validate()
 
 
 def test_separate_run_resumes_to_the_uninterrupted_history(tmp_path):
