@@ -39,6 +39,9 @@ class Config:
   # digit; photo = what the mean leaves), "project" (predict both, project) or "digit28" (as
   # "digit", the digit made a resized 28x28 digit in [0, 1], as every true one). jaxae/tasks.py.
   separation: str = "digit"
+  # How "digit28"'s clip passes gradients: "straight" (unchanged) or "inward" (only where descent
+  # moves a value back towards [0, 1]; reverse mode only). jaxae/tasks.py says why.
+  digit28_gradient: str = "straight"
   # The per-example loss of "separate": "log_mse" (log10 of digit MSE + photo MSE: the mean PSNR's
   # own weighting) or "mse". jaxae/tasks.py says why.
   separation_loss: str = "log_mse"
@@ -102,12 +105,16 @@ class Config:
          f"one of {', '.join(CONV_IMPL_CHOICES)}")
     # The registries live above this module; imported here, when a config is checked.
     from jaxae.models import MODELS  # pylint: disable=g-import-not-at-top
-    from jaxae.tasks import (SEPARATION_LOSSES, SEPARATIONS,  # pylint: disable=g-import-not-at-top
-                             TASKS)
+    from jaxae.tasks import (  # pylint: disable=g-import-not-at-top
+        DIGIT28_GRADIENTS, SEPARATION_LOSSES, SEPARATIONS, TASKS)
     need(isinstance(self.task, str) and self.task in TASKS, "task",
          f"one of {', '.join(sorted(TASKS))}")
     need(isinstance(self.separation, str) and self.separation in SEPARATIONS, "separation",
          f"one of {', '.join(SEPARATIONS)}")
+    need(isinstance(self.digit28_gradient, str) and self.digit28_gradient in DIGIT28_GRADIENTS,
+         "digit28_gradient", " or ".join(DIGIT28_GRADIENTS))
+    need(self.digit28_gradient == "straight" or self.separation == "digit28", "digit28_gradient",
+         "'straight' unless separation is digit28 (no other separation clips)")
     need(isinstance(self.separation_loss, str) and self.separation_loss in SEPARATION_LOSSES,
          "separation_loss", f"one of {', '.join(SEPARATION_LOSSES)}")
     need(isinstance(self.model, str) and self.model in MODELS, "model",

@@ -121,11 +121,22 @@ class Reconstruct:
 #              nearest (least squares, in [0, 1] units) pair whose mean is the mean image.
 #   "digit28": as "digit", but the grey digit is made what preprocessing makes every true digit:
 #              the bilinear resize R X R^T of a 28x28 digit X in [0, 1]. X is the least-squares
-#              fit to the model's 32x32 output, clipped to [0, 1] (gradients pass the clip
-#              unchanged, so a clipped pixel still learns). 32x32 images only.
+#              fit to the model's 32x32 output, clipped to [0, 1] (gradients pass the clip,
+#              so a clipped pixel still learns; DIGIT28_GRADIENTS says how). 32x32 images only.
 # Every estimate is consistent by construction: 0.5 * (normalized digit + normalized photo) is
 # the mean image, up to float rounding.
 SEPARATIONS = ("digit", "project", "digit28")
+
+# How the gradient of "digit28"'s clipped X reaches the unclipped X:
+#   "straight": unchanged (straight through). With it the values outside [0, 1] drift without
+#               bound: the gradient keeps pushing a clipped value away from [0, 1] where that
+#               changes nothing (a background pixel below 0 whose neighbours are too bright).
+#               separate_unet_digit28's trained X reach -5.5; the re-paired run that diverged
+#               (RESULTS.md), -2,700.
+#   "inward":   where the pixel is inside [0, 1], or where descent moves it back towards [0, 1];
+#               zero where descent would push it further out. Reverse mode only (jax.custom_vjp,
+#               as conv_impl "gemm_vjp"): jax.jvp through it raises.
+DIGIT28_GRADIENTS = ("straight", "inward")
 
 # The per-example loss of "separate": "mse" (digit MSE + photo MSE) or "log_mse" (its log10).
 # The goal is the mean of per-image PSNRs, i.e. of -10 log10(MSE): "mse" weighs each image by
@@ -152,8 +163,29 @@ def _resize_matrices() -> tuple[np.ndarray, np.ndarray]:
   return r.astype(np.float32), np.linalg.pinv(r).astype(np.float32)
 
 
-def resized_digit(outputs_BHW1) -> jax.Array:
+@jax.custom_vjp
+def clip_inward(x):
+  """clip(x, 0, 1), whose gradient passes where descent moves x into (or within) [0, 1]."""
+  return jnp.clip(x, 0.0, 1.0)
+
+
+def _clip_inward_fwd(x):
+  return clip_inward(x), x
+
+
+def _clip_inward_bwd(x, g):
+  # Descent moves x by -g: up where g < 0, which brings an x below 0 back, and down where g > 0.
+  inward = ((x >= 0.0) & (x <= 1.0)) | ((x < 0.0) & (g < 0.0)) | ((x > 1.0) & (g > 0.0))
+  return (jnp.where(inward, g, 0.0),)
+
+
+clip_inward.defvjp(_clip_inward_fwd, _clip_inward_bwd)
+
+
+def resized_digit(outputs_BHW1, gradient: str = "straight") -> jax.Array:
   """The 32x32 grey digits R X R^T nearest the outputs, X (28x28) least squares clipped to [0, 1].
+
+  `gradient`: how the clip passes gradients (DIGIT28_GRADIENTS).
 
   Raises:
     ValueError: outputs that are not [B, 32, 32, 1].
@@ -163,7 +195,10 @@ def resized_digit(outputs_BHW1) -> jax.Array:
                      f"the model returned {list(outputs_BHW1.shape)}.")
   r, r_pinv = (jnp.asarray(m) for m in _resize_matrices())
   x = jnp.einsum("ij,bjkc,lk->bilc", r_pinv, outputs_BHW1, r_pinv)
-  x = x + jax.lax.stop_gradient(jnp.clip(x, 0.0, 1.0) - x)  # Clipped; gradients pass unchanged.
+  if gradient == "inward":
+    x = clip_inward(x)
+  else:
+    x = x + jax.lax.stop_gradient(jnp.clip(x, 0.0, 1.0) - x)  # Gradients pass unchanged.
   return jnp.einsum("ij,bjkc,lk->bilc", r, x, r)
 
 
@@ -174,6 +209,7 @@ class Separate:
   name: ClassVar[str] = "separate"
   separation: str = "digit"
   loss_kind: str = "log_mse"
+  digit28_gradient: str = "straight"
   mnist_normalization: Normalization = MNIST_NORMALIZATION
   cifar_normalization: Normalization = CIFAR_NORMALIZATION
 
@@ -225,7 +261,7 @@ class Separate:
     if self.separation == "digit":
       digit = outputs_BHWC
     elif self.separation == "digit28":
-      digit = resized_digit(outputs_BHWC)
+      digit = resized_digit(outputs_BHWC, self.digit28_gradient)
     else:
       # argmin_g (g - g')^2 + sum_c (a_c - b_c g - p'_c)^2, per pixel.
       g, p = outputs_BHWC[..., :1], outputs_BHWC[..., 1:]
@@ -325,5 +361,6 @@ def task_from_config(config: Config):
     if config.separation_loss not in SEPARATION_LOSSES:
       raise ValueError(f"Unknown separation_loss {config.separation_loss!r}; use one of "
                        f"{SEPARATION_LOSSES}.")
-    return Separate(separation=config.separation, loss_kind=config.separation_loss, **norms)
+    return Separate(separation=config.separation, loss_kind=config.separation_loss,
+                    digit28_gradient=config.digit28_gradient, **norms)
   raise ValueError(f"Unknown task {config.task!r}; use one of {sorted(TASKS)}.")

@@ -62,12 +62,13 @@ def _other_value(field: dataclasses.Field):
     return "(8,24)", (8, 24)
   choices = {"task": "separate", "separation": "project", "separation_loss": "mse",
              "model": "unet", "activation": "relu", "conv_impl": "gemm", "optimizer": "sgd",
-             "lr_schedule": "cosine", "pairing": "shuffled"}
+             "lr_schedule": "cosine", "pairing": "shuffled",
+             "digit28_gradient": "inward"}
   return choices[field.name], choices[field.name]
 
 
 # Fields whose other value is valid only beside another field's.
-_NEEDS = {"pairing": {"task": "separate"}}
+_NEEDS = {"pairing": {"task": "separate"}, "digit28_gradient": {"separation": "digit28"}}
 
 
 @pytest.mark.parametrize("field", [f for f in dataclasses.fields(Config)

@@ -12,7 +12,7 @@ from jaxae.config import CIFAR_NORMALIZATION, MNIST_NORMALIZATION
 from jaxae.experiment import train_and_evaluate
 from jaxae.metrics import unit_psnr, unit_ssim
 from jaxae.preprocess import grey_digits, mean_images
-from jaxae.tasks import Reconstruct, Separate, resized_digit, task_from_config
+from jaxae.tasks import Reconstruct, Separate, clip_inward, resized_digit, task_from_config
 from jaxae.train import create_train_state, eval_step, train_step
 
 QUIET = lambda _: None
@@ -74,6 +74,41 @@ def test_digit28_gradients_pass_the_clip():
   outputs = jnp.full((1, 32, 32, 1), -1.0)  # Every X clipped to 0.
   grad = jax.grad(lambda o: jnp.sum((resized_digit(o) - target) ** 2))(outputs)
   assert float(jnp.min(grad)) < 0  # Descent raises every output.
+
+
+def test_digit28_inward_gradients_pass_the_clip_only_towards_0_1():
+  """Descent moves x by minus the gradient: a value below 0 may only rise, one above 1 only fall."""
+  x = jnp.array([-1.0, -1.0, 0.5, 0.5, 2.0, 2.0])
+  g = jnp.array([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])
+  value, pull = jax.vjp(clip_inward, x)
+  np.testing.assert_array_equal(value, [0.0, 0.0, 0.5, 0.5, 1.0, 1.0])
+  np.testing.assert_array_equal(pull(g)[0], [0.0, -1.0, 1.0, -1.0, 1.0, 0.0])
+  # Through the whole estimate, as gradients of X (the model's output is R X R^T): every X below
+  # 0 under a brighter target, so descent raises them all, as straight through.
+  def grads(x28, target):
+    r = jnp.asarray(_resize_matrix())
+    return {how: jax.grad(lambda x: jnp.sum((resized_digit(
+        jnp.einsum("ij,bjkc,lk->bilc", r, x, r), how) - target) ** 2))(x28)
+        for how in ("straight", "inward")}
+
+  below = jnp.full((1, 28, 28, 1), -1.0)
+  got = grads(below, 0.5)
+  assert float(jnp.max(got["inward"])) < 0
+  np.testing.assert_allclose(got["inward"], got["straight"])
+  # One grey pixel among them and a black target: straight through pushes its clipped
+  # neighbours further below 0 (which changes nothing); inward leaves them.
+  got = grads(below.at[0, 14, 14, 0].set(0.5), 0.0)
+  outside = np.ones((1, 28, 28, 1), bool)
+  outside[0, 14, 14, 0] = False
+  push = float(jnp.max(got["straight"][outside]))
+  assert push > 1e-3
+  # 0 up to float32 rounding in R X R^T and its fit (pinv(R) R = I).
+  np.testing.assert_allclose(got["inward"][outside], 0.0, atol=1e-6 * push)
+  np.testing.assert_allclose(got["inward"][0, 14, 14], got["straight"][0, 14, 14], rtol=1e-6)
+  config = Config(task="separate", separation="digit28", digit28_gradient="inward")
+  assert task_from_config(config).digit28_gradient == "inward"
+  with pytest.raises(ValueError, match="^digit28_gradient must be 'straight' unless"):
+    Config(task="separate", digit28_gradient="inward").validate()
 
 
 def _resize_matrix():
