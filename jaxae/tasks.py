@@ -170,7 +170,7 @@ def clip_inward(x):
 
 
 def _clip_inward_fwd(x):
-  return clip_inward(x), x
+  return jnp.clip(x, 0.0, 1.0), x
 
 
 def _clip_inward_bwd(x, g):
@@ -188,8 +188,10 @@ def resized_digit(outputs_BHW1, gradient: str = "straight") -> jax.Array:
   `gradient`: how the clip passes gradients (DIGIT28_GRADIENTS).
 
   Raises:
-    ValueError: outputs that are not [B, 32, 32, 1].
+    ValueError: outputs that are not [B, 32, 32, 1], or a `gradient` not in DIGIT28_GRADIENTS.
   """
+  if gradient not in DIGIT28_GRADIENTS:
+    raise ValueError(f"Unknown digit28 gradient {gradient!r}; use one of {DIGIT28_GRADIENTS}.")
   if tuple(outputs_BHW1.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE, 1):
     raise ValueError(f"separation 'digit28' takes 32x32 images (a 28x28 MNIST digit resized); "
                      f"the model returned {list(outputs_BHW1.shape)}.")
@@ -197,8 +199,8 @@ def resized_digit(outputs_BHW1, gradient: str = "straight") -> jax.Array:
   x = jnp.einsum("ij,bjkc,lk->bilc", r_pinv, outputs_BHW1, r_pinv)
   if gradient == "inward":
     x = clip_inward(x)
-  else:
-    x = x + jax.lax.stop_gradient(jnp.clip(x, 0.0, 1.0) - x)  # Gradients pass unchanged.
+  else:  # "straight": gradients pass unchanged.
+    x = x + jax.lax.stop_gradient(jnp.clip(x, 0.0, 1.0) - x)
   return jnp.einsum("ij,bjkc,lk->bilc", r, x, r)
 
 

@@ -66,6 +66,8 @@ def test_digit28_is_a_resized_28x28_digit_in_0_1_and_closer_to_the_true_digit():
   assert float(jnp.mean((got - truth) ** 2)) < 0.8 * float(jnp.mean((noisy - truth) ** 2))
   with pytest.raises(ValueError, match="32x32"):
     resized_digit(noisy[:, :16, :16])
+  with pytest.raises(ValueError, match="Unknown digit28 gradient 'inwards'"):
+    resized_digit(noisy, "inwards")
 
 
 def test_digit28_gradients_pass_the_clip():
