@@ -34,11 +34,16 @@ from jaxae.workdir import (CHECKPOINT_DIR, METRICS_FILE, PARAMS_FILE, SETTINGS_F
 
 
 def _line(epoch: int, epochs: int, train_loss, test_loss, seconds: float, images: int,
-          remaining_s: float) -> str:
-  """The epoch's console line; replicas' losses as their mean ± standard deviation."""
+          remaining_s: float, replicas: int = 0) -> str:
+  """The epoch's console line; replicas' losses as their mean ± standard deviation.
+
+  With replicas, the rate counts replica-images (each replica trains on every image), as
+  benchmark.py does: per mean image it would read N times too slow.
+  """
+  rate = (f"{images * replicas / max(seconds, 1e-9):8.0f} replica-images/s" if replicas
+          else f"{images / max(seconds, 1e-9):8.0f} images/s")
   return (f"epoch {epoch:3d}/{epochs}  train_loss {seeds.format_value(train_loss)}  "
-          f"test_loss {seeds.format_value(test_loss)}  "
-          f"{images / max(seconds, 1e-9):8.0f} images/s  {seconds:6.1f} s  "
+          f"test_loss {seeds.format_value(test_loss)}  {rate}  {seconds:6.1f} s  "
           f"ETA {remaining_s / 60:5.1f} min")
 
 
@@ -225,7 +230,8 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
                     train_loss=result.loss, test_loss=test_loss, seconds=seconds,
                     previews=previews, subset_metrics=watched_metrics)
     remaining = (config.epochs - epoch) * float(np.median([h["seconds"] for h in history[-5:]]))
-    log(_line(epoch, config.epochs, result.loss, test_loss, seconds, len(train), remaining))
+    log(_line(epoch, config.epochs, result.loss, test_loss, seconds, len(train), remaining,
+              replicas))
   checkpointer.close()
 
   finals, predictions = replica_final_metrics(state, test, eval_batch_size, replicas, mesh=mesh)

@@ -195,6 +195,7 @@ def test_killed_multi_seed_run_resumes_and_evaluate_scores_every_replica(tmp_pat
   resumed = run_script("train.py", *args, f"--workdir={tmp_path / 'killed'}")
   assert resumed.returncode == 0, resumed.stderr
   assert " ± " in resumed.stdout  # Each epoch's losses as the mean ± spread of the replicas.
+  assert "replica-images/s" in resumed.stdout  # Its rate counts every replica's images.
   straight = run_script("train.py", *args, f"--workdir={tmp_path / 'straight'}")
   assert straight.returncode == 0, straight.stderr
   a = json.loads((tmp_path / "killed" / "metrics.json").read_text())
