@@ -1,7 +1,7 @@
-"""The best separation (separate_unet_lr6e3.py) for seeds 0..4, as one run (about 2.4 hours on
-the 2-core CPU).
+"""The separation of separate_unet_lr6e3.py for seeds 0..4, as one run (about 2.3 hours on the
+2-core CPU: the replicas train one after another there).
 
-Results: results/separate_unet_lr6e3_5seeds (RESULTS.md, once run).
+Results: results/separate_unet_lr6e3_5seeds (RESULTS.md, "Separation").
 
     python experiments/train.py --config=experiments/configs/separate_unet_lr6e3_5seeds.py \
         --data_dir=../shared/tensorflow_datasets --workdir=runs/separate_unet_lr6e3_5seeds
