@@ -40,10 +40,10 @@ def _line(epoch: int, epochs: int, train_loss, test_loss, seconds: float, images
   With replicas, the rate counts replica-images (each replica trains on every image), as
   benchmark.py does: per mean image it would read N times too slow.
   """
-  rate = (f"{images * replicas / max(seconds, 1e-9):8.0f} replica-images/s" if replicas
-          else f"{images / max(seconds, 1e-9):8.0f} images/s")
+  count, unit = (images * replicas, "replica-images/s") if replicas else (images, "images/s")
   return (f"epoch {epoch:3d}/{epochs}  train_loss {seeds.format_value(train_loss)}  "
-          f"test_loss {seeds.format_value(test_loss)}  {rate}  {seconds:6.1f} s  "
+          f"test_loss {seeds.format_value(test_loss)}  "
+          f"{count / max(seconds, 1e-9):8.0f} {unit}  {seconds:6.1f} s  "
           f"ETA {remaining_s / 60:5.1f} min")
 
 
