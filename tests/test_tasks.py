@@ -205,7 +205,10 @@ def test_repaired_examples_are_the_mean_images_of_the_new_pairs():
     expected = mean_images(train.mnist_images[partner], train.cifar_images,
                            mnist_normalization=mnist_norm)
     np.testing.assert_allclose(got["mixture"], expected, atol=2e-6)
-    np.testing.assert_array_equal(got["digit"], grey_digits(train.mnist_images[partner]))
+    np.testing.assert_array_equal(got["digit"], np.asarray(examples["digit"])[partner])
+    # The partners' grey digits, to rounding: XLA:CPU need not round an image's resize alike in
+    # another batch (on an AVX2-only CPU 82 of 6,144 pixels differed by 1 ulp).
+    np.testing.assert_allclose(got["digit"], grey_digits(train.mnist_images[partner]), atol=1e-6)
 
 
 def test_a_repaired_epoch_trains_on_the_pairs_its_two_permutations_name():
