@@ -31,6 +31,7 @@ from jaxae import platforms
 from jaxae.loop import (epoch_batches, epoch_key, evaluate, microbatch_size, sharded_train_epoch,
                         steps_per_epoch, train_epoch)
 from jaxae.dataset import load_mixed, mix
+from jaxae.provenance import host
 from jaxae.tasks import task_from_config
 from jaxae.train import batch_size_of
 
@@ -53,6 +54,7 @@ flags.DEFINE_string("output", None, "Also write the JSON lines to this file.")
 def emit(lines, **record):
   record["device"] = jax.devices()[0].device_kind
   record["num_devices"] = jax.device_count()
+  record["cpu"] = host()["cpu"]  # Figures from different machines are not comparable.
   line = json.dumps(record)
   print(line, flush=True)
   lines.append(line)

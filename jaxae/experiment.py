@@ -22,7 +22,7 @@ from jaxae.checkpoints import (CheckpointSaveError, Checkpointer, IncompatibleCh
 from jaxae.config import Config
 from jaxae.dataset import MixedSplit
 from jaxae.loop import evaluate, steps_per_epoch, train_epoch, train_full_batch_epoch
-from jaxae.provenance import provenance, version_changes
+from jaxae.provenance import host_change, provenance, version_changes
 from jaxae.models import forward_flops
 from jaxae.monitoring import TensorBoard
 from jaxae.tasks import RECONSTRUCT
@@ -151,6 +151,9 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
     if changes := version_changes(restored.provenance, now):
       warn(f"resuming under other versions than epoch {restored.epoch} was trained with: "
            f"{changes}.")
+    if change := host_change(restored.provenance, now):
+      warn(f"resuming on another CPU than epoch {restored.epoch} was trained on ({change}): "
+           "epoch times before and after are not comparable.")
     state, history = restored.state, restored.history
     log(f"Resuming {workdir} after epoch {restored.epoch}.")
   if primary:

@@ -1,9 +1,16 @@
-"""What produced a result: Python and package versions, and jaxae's git commit when there is one."""
+"""What produced a result: Python and package versions, jaxae's git commit when there is one, and
+the host's CPU.
+
+The CPU is recorded because time figures depend on it: the 2-core machines this project runs on
+are not all alike (separate_unet_digit28's epochs took 98-115 s on one, and 249-267 s on another,
+an AVX2-only AMD EPYC), so a time means little without the CPU it was measured on.
+"""
 
 from __future__ import annotations
 
 import functools
 import importlib.metadata
+import os
 import pathlib
 import platform
 import subprocess
@@ -16,7 +23,8 @@ _REPO = pathlib.Path(__file__).resolve().parents[1]
 
 @functools.cache
 def provenance() -> dict[str, Any]:
-  """{"python": ..., "<package>": version for each of PACKAGES, "git_commit", "git_dirty"}.
+  """{"python": ..., "<package>": version for each of PACKAGES, "git_commit", "git_dirty",
+  "host": `host()`}.
 
   git_commit is None when jaxae is not run from a git checkout (an installed wheel); git_dirty
   says whether tracked files differed from that commit.
@@ -28,7 +36,64 @@ def provenance() -> dict[str, Any]:
     except importlib.metadata.PackageNotFoundError:
       out[package] = None
   out["git_commit"], out["git_dirty"] = _git_state()
+  out["host"] = host()
   return out
+
+
+# The vector extensions that decide XLA:CPU's speed here: AVX2/FMA, AVX-512 and its bfloat16
+# dot products, and AMX tiles. /proc/cpuinfo's names.
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
+
+
+@functools.cache
+def host() -> dict[str, Any]:
+  """{"cpu": model name (with family/model/stepping where known), "cpus": CPUs this process may
+  use, "cpu_features": those of CPU_FEATURES it has (None where unknown)}."""
+  try:
+    cpuinfo = pathlib.Path("/proc/cpuinfo").read_text()
+  except OSError:
+    cpuinfo = ""
+  cpu, features = parse_cpuinfo(cpuinfo)
+  try:
+    cpus = len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):
+    cpus = os.cpu_count()
+  return {"cpu": cpu or platform.processor() or platform.machine() or None, "cpus": cpus,
+          "cpu_features": features}
+
+
+def parse_cpuinfo(text: str) -> tuple[str | None, list[str] | None]:
+  """(model name, e.g. "AMD EPYC (family 25, model 1, stepping 1)", the CPU_FEATURES among its
+  flags) of the first processor in a Linux /proc/cpuinfo text; (None, None) for anything else."""
+  fields: dict[str, str] = {}
+  for line in text.splitlines():
+    if not line.strip():
+      if fields:
+        break  # The first processor's block ends here.
+      continue
+    key, sep, value = line.partition(":")
+    if sep:
+      fields.setdefault(key.strip(), value.strip())
+  name = fields.get("model name")
+  if not name:
+    return None, None
+  ids = [f"{label} {fields[key]}" for key, label in
+         (("cpu family", "family"), ("model", "model"), ("stepping", "stepping")) if key in fields]
+  if ids:
+    name = f"{name} ({', '.join(ids)})"
+  flags = fields.get("flags")
+  return name, None if flags is None else [f for f in CPU_FEATURES if f in flags.split()]
+
+
+def host_change(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+  """'AMD EPYC (...) -> Intel Xeon (...)' when `new`'s host CPU differs from `old`'s ('' if not or
+  unknown): epoch times on either side of a resume are then not comparable."""
+  before, after = ((p or {}).get("host") or {} for p in (old, new))
+  if not before or not after or before == after:
+    return ""
+  def describe(h):
+    return f"{h.get('cpu')}, {h.get('cpus')} CPUs, {' '.join(h.get('cpu_features') or ['?'])}"
+  return f"{describe(before)} -> {describe(after)}"
 
 
 def _git_state() -> tuple[str | None, bool | None]:

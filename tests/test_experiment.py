@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import REPO, run_script, shared_data_dir, tiny_splits
-from jaxae import Config
+from jaxae import Config, provenance
 from jaxae.experiment import train_and_evaluate
 from jaxae.workdir import RunError
 
@@ -227,6 +227,7 @@ def test_benchmark_prints_json_lines(tmp_path, task):
   assert {"compile_s", "train_images_per_s", "eval_images_per_s", "metrics_s"} <= metrics
   train = next(r for r in records if r["metric"] == "train_images_per_s")
   assert train["batch_size"] == 32 and train["value"] > 0 and train["device"]
+  assert train["cpu"] and train["cpu"] == provenance.host()["cpu"]
   assert train["task"] == task
   if seeds:  # Beside the single-seed figure: 2 replicas as one program, and the time ratio.
     many = next(r for r in records if r["metric"] == "replica_images_per_s")

@@ -15,6 +15,7 @@ from jaxae import Config
 from jaxae import experiment, workdir
 from jaxae.checkpoints import Checkpointer
 from jaxae.experiment import train_and_evaluate
+from jaxae.provenance import parse_cpuinfo
 from jaxae.workdir import RunError
 
 QUIET = lambda _: None
@@ -163,6 +164,39 @@ def test_metrics_record_versions_and_a_resume_under_others_says_so(tmp_path, mon
                      warn=warnings.append)
   assert warnings == [f"resuming under other versions than epoch 1 was trained with: "
                       f"jax {versions['jax']} -> 9.9.9."]
+
+
+def test_metrics_record_the_cpu_and_a_resume_on_another_says_so(tmp_path, monkeypatch):
+  train, test = tiny_splits()
+  first = train_and_evaluate(Config(epochs=1, batch_size=16), train, test, tmp_path, log=QUIET)
+  host = first["provenance"]["host"]
+  assert host["cpu"] and host["cpus"] >= 1
+  other = {"cpu": "Intel Xeon (family 6, model 143, stepping 8)", "cpus": 2,
+           "cpu_features": ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"]}
+  monkeypatch.setattr(experiment, "provenance", lambda: {**first["provenance"], "host": other})
+  warnings = []
+  train_and_evaluate(Config(epochs=2, batch_size=16), train, test, tmp_path, log=QUIET,
+                     warn=warnings.append)
+  assert len(warnings) == 1 and warnings[0].startswith(
+      f"resuming on another CPU than epoch 1 was trained on ({host['cpu']}, {host['cpus']} CPUs")
+  assert "-> Intel Xeon (family 6, model 143, stepping 8), 2 CPUs, avx2 fma avx512f" in warnings[0]
+  assert warnings[0].endswith("epoch times before and after are not comparable.")
+  # The same CPU again: no warning.
+  warnings.clear()
+  train_and_evaluate(Config(epochs=3, batch_size=16), train, test, tmp_path, log=QUIET,
+                     warn=warnings.append)
+  assert warnings == []
+
+
+def test_parse_cpuinfo_reads_the_first_processor():
+  text = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\n"
+          "model name\t: AMD EPYC\nstepping\t: 1\nflags\t\t: fpu sse avx2 fma avx512f\n\n"
+          "processor\t: 1\nmodel name\t: Other\nflags\t\t: avx512_bf16\n")
+  assert parse_cpuinfo(text) == ("AMD EPYC (family 25, model 1, stepping 1)",
+                                 ["avx2", "fma", "avx512f"])
+  assert parse_cpuinfo("model name\t: Some CPU\n") == ("Some CPU", None)
+  assert parse_cpuinfo("") == (None, None)
+  assert parse_cpuinfo("Processor\t: ARMv7\n") == (None, None)
 
 
 def test_stale_cache_temporaries_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
