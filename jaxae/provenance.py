@@ -86,8 +86,9 @@ def parse_cpuinfo(text: str) -> tuple[str | None, list[str] | None]:
 
 
 def host_change(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
-  """'AMD EPYC (...) -> Intel Xeon (...)' when `new`'s host CPU differs from `old`'s ('' if not or
-  unknown): epoch times on either side of a resume are then not comparable."""
+  """'AMD EPYC (...), 2 CPUs, avx2 fma -> Intel Xeon (...), 2 CPUs, avx2 fma avx512f ...' when
+  `new`'s host differs from `old`'s ('' if not, or unknown): epoch times on either side of a
+  resume are then not comparable."""
   before, after = ((p or {}).get("host") or {} for p in (old, new))
   if not before or not after or before == after:
     return ""
