@@ -1,28 +1,37 @@
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
 
-# Tests run on CPU XLA, with the dataset cache kept out of the user's home.
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "tensorflow_datasets"
 
+# Set before any test module imports JAX. Tests run on CPU XLA. One scratch folder per test run
+# holds the decoded-dataset cache (kept out of the user's home) and a persistent compilation
+# cache, shared by the pytest-xdist workers and the scripts they start: most of the suite's time
+# is XLA compiling, and the workers and the scripts compile many of the same programs (a script's
+# model initialization and steps: 10 s cold, under 1 s from the cache). A cached program is the
+# same executable, so no number changes. The controller imports this file before it starts the
+# workers, which inherit its environment; it alone removes the folder at the end.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_OWNS_SCRATCH = "JAXAE_TEST_SCRATCH" not in os.environ
+if _OWNS_SCRATCH:
+  os.environ["JAXAE_TEST_SCRATCH"] = tempfile.mkdtemp(prefix="jaxae-tests-")
+_SCRATCH = pathlib.Path(os.environ["JAXAE_TEST_SCRATCH"])
+os.environ["JAXAE_CACHE_DIR"] = str(_SCRATCH / "datasets")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = str(_SCRATCH / "xla")
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
-@pytest.fixture(scope="session", autouse=True)
-def _cache_dir(tmp_path_factory):
-  os.environ["JAXAE_CACHE_DIR"] = str(tmp_path_factory.mktemp("jaxae_cache"))
-  # The scripts' subprocesses (which inherit this environment) share one persistent compilation
-  # cache: each compiles the same small programs, and a repeat run of train.py takes 7 s
-  # instead of 22 s. Compiled programs are the same either way; this process has imported JAX
-  # already and does not use it.
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_compilation_cache"))
-  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+def pytest_unconfigure(config):  # pylint: disable=unused-argument
+  if _OWNS_SCRATCH:
+    shutil.rmtree(_SCRATCH, ignore_errors=True)
 
 
 def shared_data_dir() -> pathlib.Path:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxae import Config, create_train_state, eval_step, train_step
-from jaxae import loop, parallel
+from jaxae import loop, models, parallel
 
 
 def _images(n, seed=0):
@@ -30,6 +30,21 @@ def test_loss_falls_on_a_fixed_small_set():
     losses.append(float(metrics["loss"]))
   assert losses[-1] < 0.5 * losses[0]
   assert int(state.step) == 100
+
+
+def test_initialization_in_one_program_is_bitwise_the_op_by_op_init():
+  """create_train_state compiles the init as one program; its values are model.init's, run op by
+  op, to the bit (published runs retrain from them); Adam's moments start at zero."""
+  config = Config(features=(4,))  # One level: 4 arrays, so the op-by-op side compiles fast.
+  state = create_train_state(jax.random.key(7), config)
+  model = models.model_from_config(config)
+  eager = model.init(jax.random.key(7), jnp.zeros((1, 32, 32, 3)))["params"]
+  assert jax.tree.structure(state.params) == jax.tree.structure(eager)
+  for ours, theirs in zip(jax.tree.leaves(state.params), jax.tree.leaves(eager)):
+    np.testing.assert_array_equal(ours, theirs)
+  adam = state.opt_state[0]
+  assert int(adam.count) == 0 and int(state.step) == 0
+  assert all(not np.any(m) for m in jax.tree.leaves((adam.mu, adam.nu)))
 
 
 def test_steps_compose_with_scan_and_user_jit():
