@@ -2,10 +2,11 @@
 
 Orbax writes each step into a temporary folder and renames it when complete, so a process killed
 mid-save leaves no half-written step behind (and the next Checkpointer removes the leftovers).
-Beside the state, each step stores a SHA-256 of the state's bytes and the state's structure
-(every array's path, shape and dtype), so restoring tells apart:
-  - a damaged step (unreadable, or its bytes no longer match the checksum): moved aside to
-    workdir/damaged_checkpoints/ once an older step restores, with a one-line warning;
+Beside the state, each step stores a SHA-256 of the state's bytes, the state's structure (every
+array's path, shape and dtype), the run's history, and a SHA-256 of all that metadata, so
+restoring tells apart:
+  - a damaged step (unreadable, or its bytes or metadata no longer match their checksums): moved
+    aside to workdir/damaged_checkpoints/ once an older step restores, with a one-line warning;
   - an incompatible step (written by a model of other parameters): an error; nothing is moved.
 In a multi-process run process 0 decides which step to resume from and every process follows.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
 import pathlib
 import signal
@@ -83,6 +85,7 @@ class Checkpointer:
     checksum, structure = fingerprint(savable)
     meta = {"history": history, "state_sha256": checksum, "structure": structure,
             "provenance": provenance}
+    meta["meta_sha256"] = _meta_checksum(meta)
     try:
       with _deferred_interrupt(), _quiet_orbax():
         saved = self._manager.save(epoch, args=ocp.args.Composite(
@@ -148,6 +151,10 @@ class Checkpointer:
         raise ValueError(f"its history does not hold {step} epochs")
     except Exception as e:  # pylint: disable=broad-except
       return _DAMAGED, f"unreadable ({_first_line(e)})"
+    # Checked before the structure is compared: a damaged structure is damage, not another model.
+    if meta.get("meta_sha256") not in (None, _meta_checksum(meta)):  # None: written before.
+      return _DAMAGED, ("its history, structure or provenance does not match the checksum stored "
+                        "with it")
     structure = meta.get("structure")
     if structure is not None and structure != expected_structure:
       return _INCOMPATIBLE, (
@@ -207,6 +214,13 @@ def fingerprint(tree: Any, with_checksum: bool = True) -> tuple[str, list[list[A
       h.update(f"{name}:{data.dtype}:{data.shape};".encode())
       h.update(data.tobytes())
   return (h.hexdigest() if with_checksum else ""), structure
+
+
+def _meta_checksum(meta: dict[str, Any]) -> str:
+  """SHA-256 of everything a step's metadata holds beside this checksum (canonical JSON)."""
+  content = {k: v for k, v in meta.items() if k != "meta_sha256"}
+  return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":"),
+                                   allow_nan=True).encode()).hexdigest()
 
 
 def _structure_difference(saved: list, expected: list) -> str:

@@ -169,3 +169,25 @@ def test_ctrl_c_during_a_write_takes_effect_once_the_step_is_complete(tmp_path, 
   checkpointer.close()
   assert _restore(directory).epoch == 2  # Written whole before the interrupt took effect.
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _edit_metadata(step_dir: pathlib.Path, edit) -> None:
+  """Rewrites the step's stored metadata (history, structure, checksums) through `edit`."""
+  path = next(f for f in (step_dir / "history").rglob("*") if f.is_file())
+  path.write_text(edit(path.read_text()))
+
+
+@pytest.mark.parametrize("edit", [
+    # One digit of the first epoch's loss: the history (what metrics.json reports) is checked too.
+    lambda text: text.replace('"train_loss": ', '"train_loss": 9', 1),
+    # A dtype in the stored structure: damage, not another model's state.
+    lambda text: text.replace("float32", "float33", 1),
+], ids=["history", "structure"])
+def test_edited_metadata_is_damage_caught_by_its_checksum(tmp_path, edit):
+  directory = tmp_path / "checkpoints"
+  _, history = _saved_run(directory)
+  _edit_metadata(directory / "3", edit)
+  restored = _restore(directory)
+  assert restored.epoch == 2 and restored.history == history[:2]
+  assert len(restored.damaged) == 1 and "checksum" in restored.damaged[0]
+  assert (tmp_path / "damaged_checkpoints" / "3").is_dir()  # Moved aside, kept.
