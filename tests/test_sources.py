@@ -64,6 +64,24 @@ def test_damaged_cache_is_a_miss_and_a_new_entry_replaces_the_splits_old_ones(tm
   assert sources_lib._read_cache(path, (28, 28, 1)) is None  # Half an entry is a miss.
 
 
+def test_a_cache_entry_whose_content_changed_is_detected_and_rewritten(tmp_path, caplog):
+  """Same shape and dtype, other bytes (here the first images inverted): the stored SHA-256 of
+  the arrays tells, and the load decodes the split again and rewrites the entry."""
+  data_dir = shared_data_dir()
+  images, _ = load_split("mnist", "test", data_dir, cache_dir=tmp_path / "cache")
+  entry = next((tmp_path / "cache").glob("mnist-test-*.images.npy"))
+  assert sources_lib._read_cache(entry, (28, 28, 1)) is not None
+  damaged = np.load(entry)
+  damaged[:8] = 255 - damaged[:8]
+  np.save(entry, damaged)
+  with caplog.at_level("WARNING"):
+    again, _ = load_split("mnist", "test", data_dir, cache_dir=tmp_path / "cache")
+  np.testing.assert_array_equal(again, images)
+  assert sum("does not match its checksum" in r.getMessage() for r in caplog.records) == 1
+  np.testing.assert_array_equal(np.load(entry), images)  # Rewritten.
+  assert sources_lib._read_cache(entry, (28, 28, 1)) is not None
+
+
 @pytest.mark.parametrize("name", ["mnist", "cifar10"])
 def test_real_data_threaded_decode_and_cache_agree_with_tfds(name, tmp_path):
   data_dir = shared_data_dir()
