@@ -72,6 +72,7 @@ def main(argv):
 
 def evaluate(workdir: pathlib.Path, state, config, epoch: int | None) -> None:
   """Writes eval.json and the figure of `state` (a checkpoint's of `epoch`, or --params's)."""
+  workdir_lib.refuse_foreign_files(workdir, ("eval.json", state.task.eval_figure))
   _, test = cli.load_data(FLAGS.data_dir, config, 0, FLAGS.test_limit)
   start = time.perf_counter()
   replicas = seeds.replicas_of(config)

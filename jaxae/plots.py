@@ -10,6 +10,10 @@ import numpy as np
 from jaxae.config import CIFAR_NORMALIZATION, MNIST_NORMALIZATION, Normalization
 from jaxae.preprocess import to_unit_range
 
+# Marks every figure as jaxae's, so that --overwrite tells it from a file of the same name
+# (jaxae/workdir.py, is_jaxae_file).
+PNG_METADATA = {"Software": "jaxae"}
+
 
 def _pyplot():
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -43,7 +47,7 @@ def loss_curve(history: Sequence[dict[str, Any]], path: str | os.PathLike, title
   ax.grid(True, which="both", alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path)
+  fig.savefig(path, metadata=PNG_METADATA)
   plt.close(fig)
 
 
@@ -67,7 +71,7 @@ def image_grid(rows: Sequence[tuple[str, np.ndarray]], path: str | os.PathLike,
   if title:
     fig.suptitle(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(path)
+  fig.savefig(path, metadata=PNG_METADATA)
   plt.close(fig)
 
 

@@ -124,6 +124,9 @@ def _make_dirs(path: pathlib.Path) -> list[pathlib.Path]:
   """mkdir -p, returning the folders it created (outermost first)."""
   missing = []
   while not path.exists():
+    if path.is_symlink():
+      raise RunError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist; "
+                     "create its target, or name another --workdir.")
     missing.append(path)
     path = path.parent
   for d in reversed(missing):
@@ -141,9 +144,15 @@ def _holder(lock_path: pathlib.Path) -> str:
 
 
 def run_settings(config: Config, train_limit: int, test_limit: int) -> dict[str, Any]:
-  """What must match for a workdir's checkpoints to continue this run (epochs may grow)."""
+  """What must match for a workdir's checkpoints to continue this run.
+
+  A run may be continued for more epochs, unless its learning rate follows a schedule over
+  the run's epochs: then a resumed run with another count would have decayed by the old one
+  and jump back up, so the epochs are part of its settings.
+  """
   settings = config.to_dict()
-  settings.pop("epochs")
+  if config.lr_schedule == "constant":
+    settings.pop("epochs")
   settings.update(train_limit=train_limit, test_limit=test_limit)
   return json.loads(json.dumps(settings))  # Tuples -> lists, as they come back from disk.
 
@@ -168,15 +177,19 @@ def holds_other_run(workdir: pathlib.Path, settings: dict[str, Any], overwrite: 
   Raises:
     RunError: it holds another run and `overwrite` is False (the differing settings are named).
   """
+  refuse_foreign_files(workdir)
   path = workdir / SETTINGS_FILE
   if not path.exists():
-    if not jaxae_checkpoints(workdir):
+    results = jaxae_run_files(workdir)
+    if not jaxae_checkpoints(workdir) and not results:
       return False
     if overwrite:
       return True
-    raise RunError(f"{workdir / CHECKPOINT_DIR} holds checkpoints but {path} is missing, so "
-                   "nobody can say which run they belong to; use another --workdir, or pass "
-                   "--overwrite to delete them and start over.")
+    what = (f"{workdir / CHECKPOINT_DIR} holds checkpoints" if jaxae_checkpoints(workdir) else
+            f"{workdir} holds the results of a run ({', '.join(results)})")
+    raise RunError(f"{what} but no {SETTINGS_FILE} of jaxae's, so nobody can say which run they "
+                   "belong to; use another --workdir, or pass --overwrite to replace them "
+                   "(this deletes them).")
   try:
     existing = json.loads(path.read_text())
   except (OSError, ValueError):
@@ -186,6 +199,8 @@ def holds_other_run(workdir: pathlib.Path, settings: dict[str, Any], overwrite: 
     # Runs from before a setting existed ran with its default.
     for key in _ADDED_SETTINGS:
       existing.setdefault(key, getattr(Config(), key))
+    if "epochs" in settings:  # Scheduled runs from before the epochs were recorded: unknown.
+      existing.setdefault("epochs", settings["epochs"])
   settings = {k: v for k, v in settings.items() if k not in _FORMULATION_KEYS}
   if existing == settings:
     return False
@@ -193,9 +208,55 @@ def holds_other_run(workdir: pathlib.Path, settings: dict[str, Any], overwrite: 
     return True
   differing = (sorted(k for k in set(settings) | set(existing)
                       if existing.get(k) != settings.get(k)) if existing else ["(unreadable)"])
-  raise RunError(f"{workdir} holds a run with different settings ({', '.join(differing)}); "
+  why = (f"; its learning rate follows a {settings['lr_schedule']} schedule over "
+         f"{existing['epochs']} epochs, so it cannot be continued for another count"
+         if "epochs" in differing and existing and "lr_schedule" in settings else "")
+  raise RunError(f"{workdir} holds a run with different settings ({', '.join(differing)}){why}; "
                  "use another --workdir, or pass --overwrite to replace that run (this deletes "
                  "its checkpoints).")
+
+
+# What a file must hold to be jaxae's (--overwrite removes only those): JSON objects with these
+# keys, a params file of jaxae/weights.py, a PNG that jaxae's figures (or, before they were
+# marked, matplotlib's) wrote.
+_JSON_KEYS = {SETTINGS_FILE: {"features", "learning_rate", "batch_size", "seed"},
+              METRICS_FILE: {"config", "history", "final"},
+              "eval.json": {"epoch", "seconds", "device"}}
+# jaxae/weights.py's {"format": FORMAT} as msgpack stores it, after the config (keys sorted).
+PARAMS_FORMAT = b"\xa6format\xacjaxae.params"
+PNG_MARKERS = (b"tEXtSoftware\x00jaxae", b"tEXtSoftware\x00Matplotlib")
+
+
+def is_jaxae_file(path: pathlib.Path) -> bool:
+  """Whether `path`, one of RUN_FILES, holds what jaxae writes there (not only its name)."""
+  try:
+    if not path.is_file() or path.is_symlink():
+      return False
+    if path.suffix == ".json":
+      content = json.loads(path.read_text())
+      return isinstance(content, dict) and _JSON_KEYS[path.name] <= set(content)
+    with open(path, "rb") as f:
+      head = f.read(4096)
+  except (OSError, ValueError):
+    return False
+  if path.suffix == ".msgpack":
+    return PARAMS_FORMAT in head
+  return head.startswith(b"\x89PNG") and any(m in head for m in PNG_MARKERS)
+
+
+def jaxae_run_files(workdir: pathlib.Path) -> list[str]:
+  """The names of RUN_FILES in `workdir` that jaxae wrote."""
+  return [name for name in RUN_FILES if is_jaxae_file(workdir / name)]
+
+
+def refuse_foreign_files(workdir: pathlib.Path, names=RUN_FILES) -> None:
+  """Raises RunError if a file of `names` in `workdir` is not jaxae's: jaxae would write over it.
+
+  Also with --overwrite, which removes only what jaxae wrote.
+  """
+  if foreign := [n for n in names if (workdir / n).exists() and not is_jaxae_file(workdir / n)]:
+    raise RunError(f"{', '.join(foreign)} in {workdir}: not written by jaxae (by their contents), "
+                   "and a run would write over them; move them away or use another --workdir.")
 
 
 def jaxae_checkpoints(workdir: pathlib.Path) -> list[pathlib.Path]:
@@ -209,12 +270,12 @@ def jaxae_checkpoints(workdir: pathlib.Path) -> list[pathlib.Path]:
 def clear_run(workdir: pathlib.Path) -> None:
   """Removes what jaxae wrote for a run in `workdir`, and nothing else.
 
-  The run's files, its step folders in checkpoints/ and damaged_checkpoints/, its TensorBoard
-  event files (then those folders if nothing else is in them). Files placed there by anyone else
-  stay. The lock stays.
+  The run's files (told by their contents: `is_jaxae_file`), its step folders in checkpoints/
+  and damaged_checkpoints/, its TensorBoard event files (then those folders if nothing else is
+  in them). Files placed there by anyone else stay, also under jaxae's names. The lock stays.
   """
-  for name in RUN_FILES:
-    (workdir / name).unlink(missing_ok=True)
+  for name in jaxae_run_files(workdir):
+    (workdir / name).unlink()
   for step_dir in jaxae_checkpoints(workdir):
     shutil.rmtree(step_dir)
   damaged = workdir / DAMAGED_DIR

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -106,7 +107,7 @@ def test_checkpoints_without_settings_are_refused(tmp_path):
   train, test = tiny_splits()
   train_and_evaluate(Config(epochs=1, batch_size=16), train, test, tmp_path, log=QUIET)
   (tmp_path / "settings.json").unlink()
-  with pytest.raises(RunError, match="settings.json is missing"):
+  with pytest.raises(RunError, match="holds checkpoints but no settings.json of jaxae.s"):
     train_and_evaluate(Config(epochs=2, batch_size=8), train, test, tmp_path, log=QUIET)
 
 
@@ -217,3 +218,74 @@ def test_stale_cache_temporaries_are_removed_and_live_ones_kept(tmp_path, monkey
   # pylint: disable-next=protected-access
   sources._write_cache(tmp_path / "x-y-z.images.npy", np.zeros((1, 2), np.uint8), np.zeros(1))
   assert sorted(p.name for p in tmp_path.glob("x-y-z*")) == []
+
+
+def test_a_finished_run_without_settings_or_checkpoints_is_refused_not_overwritten(tmp_path):
+  train, test = tiny_splits()
+  train_and_evaluate(Config(epochs=1, batch_size=16), train, test, tmp_path, log=QUIET)
+  (tmp_path / "settings.json").unlink()
+  for step in (tmp_path / "checkpoints").iterdir():
+    shutil.rmtree(step)
+  def files():  # The lock file records its latest holder; everything else must stay as it was.
+    return {p.name: p.read_bytes() for p in tmp_path.iterdir()
+            if p.is_file() and p.name != workdir.LOCK_FILE}
+
+  before = files()
+  with pytest.raises(RunError, match=r"holds the results of a run \(metrics.json, params.msgpack, "
+                                     r"loss_curve.png, reconstructions.png\) but no settings.json"):
+    train_and_evaluate(Config(epochs=1, batch_size=8, learning_rate=0.5), train, test, tmp_path,
+                       log=QUIET)
+  assert files() == before
+
+
+def test_files_that_only_share_jaxaes_names_are_neither_removed_nor_written_over(tmp_path):
+  train, test = tiny_splits()
+  train_and_evaluate(Config(epochs=1, batch_size=16), train, test, tmp_path, log=QUIET)
+  for name in ("eval.json", "comparison.png"):  # jaxae's, then someone else's in their place.
+    (tmp_path / name).unlink(missing_ok=True)
+  (tmp_path / "eval.json").write_text('{"editor": "vim"}')
+  (tmp_path / "comparison.png").write_bytes(b"\x89PNG\r\n\x1a\n someone's picture")
+  with pytest.raises(RunError, match=r"comparison.png, eval.json in .*: not written by jaxae"):
+    train_and_evaluate(Config(epochs=1, batch_size=8), train, test, tmp_path, overwrite=True,
+                       log=QUIET)
+  assert (tmp_path / "eval.json").read_text() == '{"editor": "vim"}'
+  assert (tmp_path / "comparison.png").read_bytes().endswith(b"someone's picture")
+  assert workdir.jaxae_run_files(tmp_path) == ["settings.json", "metrics.json", "params.msgpack",
+                                               "loss_curve.png", "reconstructions.png"]
+  # A foreign settings.json in a fresh folder is not taken for a run's, nor written over.
+  (tmp_path / "fresh").mkdir()
+  (tmp_path / "fresh" / "settings.json").write_text('{"editor": "vim"}')
+  with pytest.raises(RunError, match="settings.json in .*: not written by jaxae"):
+    train_and_evaluate(Config(epochs=1, batch_size=16), train, test, tmp_path / "fresh",
+                       overwrite=True, log=QUIET)
+  assert (tmp_path / "fresh" / "settings.json").read_text() == '{"editor": "vim"}'
+
+
+def test_a_scheduled_run_is_not_resumed_for_another_number_of_epochs(tmp_path):
+  train, test = tiny_splits()
+  config = Config(epochs=2, batch_size=16, lr_schedule="cosine", learning_rate=3e-3)
+  train_and_evaluate(config, train, test, tmp_path, log=QUIET)
+  with pytest.raises(RunError, match=r"different settings \(epochs\); its learning rate follows "
+                                     r"a cosine schedule over 2 epochs"):
+    train_and_evaluate(config.replace(epochs=4), train, test, tmp_path, log=QUIET)
+  # A constant rate may be continued for more epochs, as before.
+  constant = Config(epochs=1, batch_size=16)
+  train_and_evaluate(constant, train, test, tmp_path / "c", log=QUIET)
+  assert len(train_and_evaluate(constant.replace(epochs=2), train, test, tmp_path / "c",
+                                log=QUIET)["history"]) == 2
+
+
+def test_warmup_longer_than_the_run_is_refused(tmp_path):
+  train, test = tiny_splits()  # 40 pairs: 3 steps of 16 per epoch.
+  with pytest.raises(RunError, match=r"warmup_steps=6 is not smaller than the run's 6 optimizer "
+                                     r"steps \(2 epochs of 3\)"):
+    train_and_evaluate(Config(epochs=2, batch_size=16, lr_schedule="cosine", warmup_steps=6),
+                       train, test, tmp_path / "w", log=QUIET)
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_dangling_symlink_as_workdir_is_a_run_error(tmp_path):
+  (tmp_path / "w").symlink_to(tmp_path / "nowhere")
+  train, test = tiny_splits()
+  with pytest.raises(RunError, match="is a symbolic link to .*nowhere, which does not exist"):
+    train_and_evaluate(Config(epochs=1), train, test, tmp_path / "w", log=QUIET)
