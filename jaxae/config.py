@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 
@@ -119,16 +120,16 @@ class Config:
          "separation_loss", f"one of {', '.join(SEPARATION_LOSSES)}")
     need(isinstance(self.model, str) and self.model in MODELS, "model",
          f"one of {', '.join(sorted(MODELS))}")
-    need(_is_number(self.negative_slope), "negative_slope", "a number")
-    need(_is_number(self.learning_rate) and self.learning_rate > 0, "learning_rate",
-         "a positive number")
+    need(_is_finite(self.negative_slope), "negative_slope", "a finite number")
+    need(_is_finite(self.learning_rate) and self.learning_rate > 0, "learning_rate",
+         "a positive finite number")
     from jaxae.optimizers import LR_SCHEDULES, OPTIMIZERS  # pylint: disable=g-import-not-at-top
     need(isinstance(self.lr_schedule, str) and self.lr_schedule in LR_SCHEDULES,
          "lr_schedule", " or ".join(LR_SCHEDULES))
     need(self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}")
     for name in ("grad_clip_norm", "weight_decay"):
-      need(_is_number(getattr(self, name)) and getattr(self, name) >= 0, name,
-           "0 (off) or a positive number")
+      need(_is_finite(getattr(self, name)) and getattr(self, name) >= 0, name,
+           "0 (off) or a positive finite number")
     need(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps",
          "a non-negative integer")
     need(_is_int(self.epochs) and self.epochs > 0, "epochs", "a positive integer")
@@ -214,3 +215,8 @@ def _is_int(x: Any) -> bool:
 
 def _is_number(x: Any) -> bool:
   return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_finite(x: Any) -> bool:
+  """A number that is neither infinite nor NaN (1e400 parses as inf)."""
+  return _is_number(x) and math.isfinite(x)

@@ -77,6 +77,11 @@ class Reconstruct:
 
   def loss(self, apply_fn, params, batch) -> tuple[dict[str, jax.Array], jax.Array]:
     """({"reconstructions": [B, 32, 32, 3]}, per-example MSE [B])."""
+    if not hasattr(batch, "shape"):
+      raise ValueError("the reconstruct task takes batches of mean images [B, 32, 32, 3] (an "
+                       f"array), got a {type(batch).__name__}"
+                       + (f" with keys {sorted(batch)}" if isinstance(batch, dict) else "")
+                       + "; a separation state (Config(task='separate')) takes the dict.")
     reconstructions, per_example = per_example_mse(apply_fn, params, batch)
     return {"reconstructions": reconstructions}, per_example
 

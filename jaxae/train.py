@@ -152,7 +152,9 @@ def train_step(state: TrainState, batch, mask_B: jax.Array | None = None, *,
       faster on CPU for large batches (cache).
 
   Returns:
-    (new_state, {"loss": mean loss over the (unmasked) batch before the step}).
+    (new_state, {"loss": mean loss over the (unmasked) batch before the step}). A batch whose
+    mask is all 0 (padding only) is no step: the state comes back unchanged (Adam's momentum
+    would otherwise move the parameters and count a step) and the loss is 0.
   """
   dtype = jnp.float32
   if mask_B is None:
@@ -160,7 +162,10 @@ def train_step(state: TrainState, batch, mask_B: jax.Array | None = None, *,
   mask_B = mask_B.astype(dtype)
   loss_sum, grad_sums = loss_and_grad_sums(state.task, state.apply_fn, state.params, batch, mask_B,
                                            microbatch_size)
-  return apply_mean_gradient(state, loss_sum, grad_sums, jnp.maximum(jnp.sum(mask_B), 1.0))
+  count = jnp.sum(mask_B)
+  new_state, metrics = apply_mean_gradient(state, loss_sum, grad_sums, jnp.maximum(count, 1.0))
+  new_state = jax.tree.map(lambda new, old: jnp.where(count > 0, new, old), new_state, state)
+  return new_state, metrics
 
 
 def eval_step(params_or_state: Any, batch, mask_B: jax.Array | None = None, *,

@@ -47,8 +47,11 @@ def save_params(path: str | os.PathLike, params: Any, config: Config) -> None:
              "params": jax.tree.map(_on_host, params)}
   _check_shapes(params, config, str(path))
   tmp = path.with_name(path.name + ".tmp")
-  tmp.write_bytes(serialization.msgpack_serialize(payload))
-  os.replace(tmp, path)
+  try:
+    tmp.write_bytes(serialization.msgpack_serialize(payload))
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)  # A refused rename (path is a directory) or a full disk.
 
 
 def _on_host(x) -> np.ndarray:

@@ -47,6 +47,27 @@ def test_initialization_in_one_program_is_bitwise_the_op_by_op_init():
   assert all(not np.any(m) for m in jax.tree.leaves((adam.mu, adam.nu)))
 
 
+def test_a_batch_of_padding_alone_changes_nothing():
+  state = create_train_state(jax.random.key(0), Config(features=(4,)))
+  images = jnp.ones((4, 32, 32, 3))
+  step = jax.jit(train_step)
+  moved, _ = step(state, images)  # A real step first, so that Adam's momentum is not zero.
+  after, metrics = step(moved, images, jnp.zeros((4,)))
+  assert int(after.step) == int(moved.step) == 1 and float(metrics["loss"]) == 0.0
+  for a, b in zip(jax.tree.leaves((after.params, after.opt_state)),
+                  jax.tree.leaves((moved.params, moved.opt_state))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_reconstruction_state_names_the_batch_it_takes():
+  state = create_train_state(jax.random.key(0), Config(features=(4,)))
+  batch = {"mixture": jnp.ones((2, 32, 32, 3)), "digit": jnp.ones((2, 32, 32, 1))}
+  for step in (train_step, eval_step):
+    with pytest.raises(ValueError, match=r"reconstruct task takes batches of mean images.*dict "
+                                         r"with keys \['digit', 'mixture'\]"):
+      step(state, batch)
+
+
 def test_steps_compose_with_scan_and_user_jit():
   images = _images(8)
   state0 = create_train_state(jax.random.key(1))
@@ -218,12 +239,16 @@ def test_config_validation_names_the_bad_field():
   for bad, message in [(dict(seed=2 ** 32), "seed must be an integer in 0..4294967295"),
                        (dict(seed=-1), "seed must be"), (dict(batch_size=0), "batch_size"),
                        (dict(features=(16, "a")), "features"),
-                       (dict(full_batch="yes"), "full_batch")]:
+                       (dict(full_batch="yes"), "full_batch"),
+                       (dict(learning_rate=float("inf")), "learning_rate must be a positive "
+                                                           "finite number, got inf"),
+                       (dict(negative_slope=float("nan")), "negative_slope must be a finite"),
+                       (dict(grad_clip_norm=float("inf")), "grad_clip_norm")]:
     with pytest.raises(ValueError, match=message):
       Config(**bad).validate()
   settings = Config().to_dict()
   settings.update(learning_rate="fast")
-  with pytest.raises(ValueError, match="learning_rate must be a positive number, got 'fast'"):
+  with pytest.raises(ValueError, match="learning_rate must be a positive finite number, got 'fast'"):
     Config.from_dict(settings)
   assert Config.from_dict(Config(seed=2 ** 32 - 1).to_dict()).seed == 2 ** 32 - 1
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_splits
-from jaxae import Config, eval_step, from_torch_state_dict, load_params, save_params, seeds
+from jaxae import (Config, create_train_state, eval_step, from_torch_state_dict, load_params,
+                   save_params, seeds)
 from jaxae.experiment import train_and_evaluate
 from jaxae.models import model_from_config
 from jaxae.weights import ParamsFileError
@@ -144,3 +145,11 @@ def test_params_files_hold_json_configs(tmp_path):
   payload = serialization.msgpack_restore((tmp_path / "p.msgpack").read_bytes())
   assert json.loads(payload["config"])["learning_rate"] == 3e-4
   assert payload["format"] == "jaxae.params" and payload["version"] == 1
+
+
+def test_a_params_file_that_cannot_be_written_leaves_no_temporary(tmp_path):
+  (tmp_path / "taken").mkdir()  # A directory where the file should go: the rename is refused.
+  params = create_train_state(jax.random.key(0)).params
+  with pytest.raises(OSError):
+    save_params(tmp_path / "taken", params, Config())
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
