@@ -105,10 +105,13 @@ def time_training(examples, batch_size, epochs, config, choice, lines):
 def main(argv):
   cli.start(argv)
   try:
-    sizes = [FLAGS.batch_size] if FLAGS.batch_size else [int(b) for b in FLAGS.batch_sizes]
+    sizes = ([FLAGS.batch_size] if FLAGS.batch_size is not None
+             else [int(b) for b in FLAGS.batch_sizes])
   except ValueError:
     cli.fail(f"--batch_sizes must be a comma-separated list of integers, got "
              f"{','.join(FLAGS.batch_sizes)!r}.")
+  if not sizes:
+    cli.fail("--batch_sizes is empty; name at least one batch size (e.g. --batch_sizes=32,256).")
   if FLAGS.output:  # Checked now, not after minutes of measuring.
     if problem := cli.unwritable(pathlib.Path(FLAGS.output).absolute().parent):
       cli.fail(f"--output={FLAGS.output} cannot be written ({problem}).")

@@ -125,6 +125,9 @@ def main(argv):
     except (OSError, ValueError) as e:
       cli.fail(f"{workdir / METRICS_FILE} cannot be read ({type(e).__name__}); a finished "
                "experiments/train.py run writes it.")
+    if not isinstance(metrics, dict):
+      cli.fail(f"{workdir / METRICS_FILE} is not a JSON object; a finished experiments/train.py "
+               "run writes one.")
     try:
       if "replicas" in metrics:
         several[_task(metrics)].append(seeds_row(workdir.name, metrics))
@@ -133,7 +136,7 @@ def main(argv):
         separate.extend(r for r in separate_rows(workdir.name, metrics) if r not in separate)
       else:
         rows.append(row(workdir.name, metrics))
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
       cli.fail(f"{workdir / METRICS_FILE} lacks what a finished run writes ({type(e).__name__}: "
                f"{e}); train it to the end with experiments/train.py.")
   tables = [(HEADER, rows), (SEPARATE_HEADER, separate)]

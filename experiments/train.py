@@ -90,24 +90,24 @@ def main(argv):
                f"{FLAGS.process_id} of {FLAGS.num_processes}: {str(e).splitlines()[0]}")
   log = print if parallel.is_primary() else (lambda _: None)
   try:
-    # Held from before the settings check to the end of the run: a second run in this workdir
-    # is refused instead of deleting or mixing this one's checkpoints.
+    # Refuse a held or mismatched workdir before spending time on the data. The hold is let go
+    # while the data loads (a new workdir is removed again), so a Ctrl-C then leaves nothing;
+    # train_and_evaluate holds it for the run and checks the settings again.
     with workdir_lib.hold(FLAGS.workdir):
-      # Refuse a mismatched workdir before spending time on the data.
       workdir_lib.holds_other_run(pathlib.Path(FLAGS.workdir),
                                   run_settings(config, FLAGS.train_limit, FLAGS.test_limit),
                                   FLAGS.overwrite)
-      train, test = cli.load_data(FLAGS.data_dir, config, FLAGS.train_limit, FLAGS.test_limit,
-                                  log=log)
-      if not config.full_batch and config.batch_size > len(train):
-        cli.fail(f"--batch_size={config.batch_size} is larger than the training set "
-                 f"({len(train):,} pairs).")
-      train_and_evaluate(config, train, test, FLAGS.workdir, train_limit=FLAGS.train_limit,
-                         test_limit=FLAGS.test_limit, overwrite=FLAGS.overwrite,
-                         keep_checkpoints=FLAGS.keep_checkpoints,
-                         eval_batch_size=FLAGS.eval_batch_size or None, log=log,
-                         warn=lambda line: print(f"warning: {line}", file=sys.stderr, flush=True),
-                         lock=False, tensorboard_every=FLAGS.log_every_steps or None)
+    train, test = cli.load_data(FLAGS.data_dir, config, FLAGS.train_limit, FLAGS.test_limit,
+                                log=log)
+    if not config.full_batch and config.batch_size > len(train):
+      cli.fail(f"--batch_size={config.batch_size} is larger than the training set "
+               f"({len(train):,} pairs).")
+    train_and_evaluate(config, train, test, FLAGS.workdir, train_limit=FLAGS.train_limit,
+                       test_limit=FLAGS.test_limit, overwrite=FLAGS.overwrite,
+                       keep_checkpoints=FLAGS.keep_checkpoints,
+                       eval_batch_size=FLAGS.eval_batch_size or None, log=log,
+                       warn=lambda line: print(f"warning: {line}", file=sys.stderr, flush=True),
+                       tensorboard_every=FLAGS.log_every_steps or None)
   except RunError as e:
     cli.fail(str(e), e.exit_code)
 

@@ -4,6 +4,7 @@ checkpoint."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import re
@@ -57,6 +58,11 @@ def run(main: Callable[[list[str]], None], interrupted: str = "interrupted.") ->
 
 def _parse_flags(argv: Sequence[str]) -> list[str]:
   from absl import flags  # pylint: disable=g-import-not-at-top
+  # ml_collections warns of a get_config() that returned None while the flags parse, a line
+  # before config_from_flag's own one-line error.
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
   try:
     return flags.FLAGS(list(argv))
   except flags.Error as e:
@@ -71,6 +77,8 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
     if e.code == 1 and any(a.split("=")[0] in _HELP_FLAGS for a in argv[1:]):
       sys.exit(0)  # absl exits 1 after printing the help someone asked for.
     raise
+  finally:
+    absl_logger.setLevel(level)
 
 
 def define_config_flag(default_file: pathlib.Path):
@@ -114,8 +122,19 @@ def _unloadable_config(e: BaseException, argv: Sequence[str]) -> NoReturn:
 
 def config_from_flag(holder) -> Config:
   """The validated Config of `--config` and its overrides, or a one-line exit naming the field."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
   try:
-    return from_config_dict(holder.value)
+    try:
+      value = holder.value
+    except flags.IllegalFlagValueError:  # absl's word for a get_config() that returned None.
+      value = None
+    if not hasattr(value, "to_dict"):
+      path = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--config=")),
+                  "(default)")
+      fail(f"--config={path} could not be loaded (its get_config() returned "
+           f"{type(value).__name__}, not a ConfigDict); name a config file whose get_config() "
+           "returns a ConfigDict, such as experiments/configs/corrected.py.")
+    return from_config_dict(value)
   except ValueError as e:
     fail(f"--config.{e}")
   except OSError as e:  # ml_collections defers a --config file it could not find to here.
@@ -161,6 +180,9 @@ def check_writable(workdir: str) -> None:
   """Fails if workdir (or the nearest existing folder above it) cannot be written."""
   probe = pathlib.Path(workdir).absolute()
   while not probe.exists():
+    if probe.is_symlink():
+      fail(f"--workdir={workdir}: {probe} is a symbolic link to {os.readlink(probe)}, which does "
+           "not exist; create its target, or name another --workdir.")
     probe = probe.parent
   if problem := unwritable(probe):
     fail(f"--workdir={workdir} cannot be written ({problem}).")

@@ -11,10 +11,11 @@ import subprocess
 import sys
 import time
 
+import jax
 import pytest
 
 from conftest import REPO, run_script, shared_data_dir, tiny_splits
-from jaxae import Config, workdir
+from jaxae import Config, create_train_state, save_params, workdir
 from jaxae.experiment import train_and_evaluate
 
 GOOD_DATA = f"--data_dir={REPO.parent / 'shared' / 'tensorflow_datasets'}"
@@ -189,3 +190,65 @@ def test_corrupt_data_shard_is_named_in_one_line(tmp_path):
   _one_line(run, 2, f"{shard} (record ")
   assert "is damaged: prepare mnist again" in run.stderr
 
+
+
+@pytest.mark.parametrize("returned", ["None", "[1, 2]"])
+@pytest.mark.parametrize("script", ["train.py", "benchmark.py"])
+def test_a_config_file_that_returns_no_config_dict_is_one_line(tmp_path, script, returned):
+  (tmp_path / "bad.py").write_text(f"def get_config():\n  return {returned}\n")
+  args = [f"--workdir={tmp_path / 'w'}", GOOD_DATA] if script == "train.py" else []
+  run = run_script(script, f"--config={tmp_path / 'bad.py'}", *args)
+  _one_line(run, 2, f"--config={tmp_path / 'bad.py'} could not be loaded (its get_config() "
+                    f"returned {type(eval(returned)).__name__}, not a ConfigDict)")
+
+
+def test_a_dangling_symlink_as_workdir_is_one_line(tmp_path):
+  (tmp_path / "w").symlink_to(tmp_path / "nowhere")
+  for script, args in (("train.py", [GOOD_DATA]),
+                       ("evaluate.py", [GOOD_DATA, f"--params={tmp_path / 'p.msgpack'}"])):
+    if script == "evaluate.py":
+      save_params(tmp_path / "p.msgpack", create_train_state(jax.random.key(0)).params, Config())
+    _one_line(run_script(script, f"--workdir={tmp_path / 'w'}", *args), 2,
+              "is a symbolic link to")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--batch_sizes="], "--batch_sizes is empty"),
+    (["--batch_size=0"], "--batch_size(s), --num_images and --epochs must be positive"),
+])
+def test_benchmark_refuses_empty_or_zero_batch_sizes(args, message):
+  _one_line(run_script("benchmark.py", *args), 2, message)
+
+
+@pytest.mark.parametrize("edit", [
+    {"config": []}, {"replicas": [], "seeds": []}, {"history": "none"}])
+def test_results_table_names_a_hand_edited_metrics_file(tmp_path, trained_workdir, edit):
+  metrics = json.loads((trained_workdir / "metrics.json").read_text())
+  (tmp_path / "metrics.json").write_text(json.dumps({**metrics, **edit}))
+  _one_line(run_script("results_table.py", f"--workdirs={tmp_path}"), 2,
+            f"{tmp_path / 'metrics.json'} lacks what a finished run writes")
+
+
+def test_export_to_an_existing_directory_leaves_no_temporary(tmp_path, trained_workdir):
+  (tmp_path / "out").mkdir()
+  _one_line(run_script("export_params.py", f"--workdir={trained_workdir}",
+                       f"--output={tmp_path / 'out'}"), 2, "could not write")
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_ctrl_c_while_the_data_loads_leaves_no_new_workdir(tmp_path):
+  data_dir = shared_data_dir()
+  # The data load sends the Ctrl-C itself: the moment is the same in every run.
+  wrapper = (
+      "import os, runpy, signal, sys, time\n"
+      "from jaxae import cli\n"
+      "def load_data(*args, **kwargs):\n"
+      "  os.kill(os.getpid(), signal.SIGINT)\n"
+      "  time.sleep(30)\n"
+      "cli.load_data = load_data\n"
+      f"sys.argv = ['train.py', '--workdir={tmp_path / 'new'}', '--data_dir={data_dir}']\n"
+      f"runpy.run_path({str(REPO / 'experiments' / 'train.py')!r}, run_name='__main__')\n")
+  run = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True,
+                       timeout=120, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+  _one_line(run, 130, "interrupted")
+  assert not (tmp_path / "new").exists()
