@@ -221,7 +221,7 @@ def test_benchmark_refuses_empty_or_zero_batch_sizes(args, message):
 
 
 @pytest.mark.parametrize("edit", [
-    {"config": []}, {"replicas": [], "seeds": []}, {"history": "none"}])
+    {"config": []}, {"replicas": [], "seeds": []}])
 def test_results_table_names_a_hand_edited_metrics_file(tmp_path, trained_workdir, edit):
   metrics = json.loads((trained_workdir / "metrics.json").read_text())
   (tmp_path / "metrics.json").write_text(json.dumps({**metrics, **edit}))
