@@ -3,18 +3,19 @@
 from jaxae.config import CIFAR_NORMALIZATION, MNIST_NORMALIZATION, Config, Normalization
 from jaxae.sources import DatasetNotFoundError, load_split, load_splits
 from jaxae.dataset import MixedSplit, load_mixed, mix
-from jaxae.metrics import image_quality, psnr, ssim
-from jaxae.models import Autoencoder, UNet
+from jaxae.metrics import image_quality, psnr, ssim, unit_psnr, unit_ssim
+from jaxae.models import Autoencoder, UNet, model_from_config
 from jaxae.preprocess import mean_images, to_unit_range
 from jaxae.tasks import Reconstruct, Separate, task_from_config
 from jaxae.train import TrainState, create_train_state, eval_step, train_step
-from jaxae.weights import from_torch_state_dict, load_params, save_params
+from jaxae.weights import ParamsFileError, from_torch_state_dict, load_params, save_params
 
 __all__ = [
     "Autoencoder", "CIFAR_NORMALIZATION", "Config", "DatasetNotFoundError", "MNIST_NORMALIZATION",
-    "MixedSplit", "Normalization", "Reconstruct", "Separate", "TrainState", "UNet",
-    "create_train_state", "eval_step", "from_torch_state_dict", "image_quality", "load_mixed",
-    "load_params", "load_split", "load_splits", "mean_images", "mix", "psnr", "save_params",
-    "ssim", "task_from_config", "to_unit_range", "train_step",
+    "MixedSplit", "Normalization", "ParamsFileError", "Reconstruct", "Separate", "TrainState",
+    "UNet", "create_train_state", "eval_step", "from_torch_state_dict", "image_quality",
+    "load_mixed", "load_params", "load_split", "load_splits", "mean_images", "mix",
+    "model_from_config", "psnr", "save_params", "ssim", "task_from_config", "to_unit_range",
+    "train_step", "unit_psnr", "unit_ssim",
 ]
 __version__ = "0.1.0"

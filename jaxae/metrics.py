@@ -85,6 +85,12 @@ def _as_normalized_pair(originals, reconstructions, convention: str, name: str,
   a, b = jnp.asarray(originals, jnp.float32), jnp.asarray(reconstructions, jnp.float32)
   if a.shape != b.shape or a.ndim != 4:
     raise ValueError(f"Expected two [N, H, W, C] arrays of one shape, got {a.shape} and {b.shape}.")
+  if a.shape[-1] != 3:
+    # Its affine map to [0, 1] is per channel of the normalized RGB images; a grey digit in
+    # [0, 1] scored by it read 50 dB where its PSNR is 40 dB.
+    raise ValueError(f"{name} scores normalized RGB images [N, H, W, 3] (mean images or their "
+                     f"reconstructions), got {a.shape[-1]} channel(s); score [0, 1] images, such "
+                     f"as a separated digit or photo, with jaxae.unit_{name}.")
   window = _WINDOWS[convention] if name == "ssim" else 1
   if min(a.shape[1:3]) < window:
     raise ValueError(f"ssim ({convention}) needs images of at least {window}x{window} pixels "

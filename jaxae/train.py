@@ -103,6 +103,10 @@ def loss_and_grad_sums(task, apply_fn, params, batch, mask_B: jax.Array,
     return jnp.sum(per_example * mask)
 
   size = batch_size_of(batch)
+  if isinstance(microbatch_size, jax.core.Tracer):
+    raise ValueError("microbatch_size decides the step's shapes, so it must be a static Python "
+                     "int: jit train_step with static_argnames=('microbatch_size',), e.g. "
+                     "jax.jit(train_step, static_argnames='microbatch_size').")
   if microbatch_size is not None and (not isinstance(microbatch_size, int) or microbatch_size <= 0):
     raise ValueError(f"microbatch_size must be a positive int or None, got {microbatch_size!r}.")
   if microbatch_size is None or microbatch_size >= size:
@@ -149,7 +153,8 @@ def train_step(state: TrainState, batch, mask_B: jax.Array | None = None, *,
       keeps the compiled shape and its padding contributes nothing.
     microbatch_size: if set and smaller than B, the gradient is summed over microbatches of this
       size in a `lax.scan` (see `loss_and_grad_sums`): the same step, using less memory, and
-      faster on CPU for large batches (cache).
+      faster on CPU for large batches (cache). It decides shapes, so it is static: under
+      `jax.jit`, pass it through `static_argnames=("microbatch_size",)`.
 
   Returns:
     (new_state, {"loss": mean loss over the (unmasked) batch before the step}). A batch whose

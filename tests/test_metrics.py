@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+import jaxae
 from jaxae import mean_images, psnr, ssim
 from jaxae.preprocess import to_unit_range
 
@@ -79,3 +80,20 @@ def test_images_smaller_than_the_ssim_window_are_refused(convention, window):
     ssim(small, small, convention)
   ok = np.zeros((1, window, window, 3), np.float32)
   assert ssim(ok, ok, convention).shape == (1,)
+
+
+@pytest.mark.parametrize("fn,unit", [(ssim, jaxae.unit_ssim), (psnr, jaxae.unit_psnr)])
+def test_grey_images_are_refused_by_the_mean_image_metrics_and_scored_by_the_unit_ones(fn, unit):
+  """A grey digit in [0, 1] once read 50 dB through the mean-image PSNR, where its PSNR is 40."""
+  rng = np.random.default_rng(0)
+  digits = rng.uniform(0, 1, (2, 32, 32, 1)).astype(np.float32)
+  noisy = np.clip(digits + rng.normal(0, 0.01, digits.shape), 0, 1).astype(np.float32)
+  with pytest.raises(ValueError, match=r"normalized RGB images \[N, H, W, 3\].*got 1 channel"
+                                       rf".*jaxae.unit_{fn.__name__}"):
+    fn(digits, noisy)
+  expected = ([peak_signal_noise_ratio(t, e, data_range=1) for t, e in zip(digits, noisy)]
+              if fn is psnr else [structural_similarity(t, e, channel_axis=-1, data_range=1,
+                                                        gaussian_weights=True, sigma=1.5,
+                                                        use_sample_covariance=False)
+                                  for t, e in zip(digits, noisy)])
+  np.testing.assert_allclose(unit(digits, noisy), expected, rtol=1e-3)

@@ -222,6 +222,16 @@ def test_microbatch_size_must_be_positive(size):
     train_step(state, jnp.zeros((4, 32, 32, 3)), microbatch_size=size)
 
 
+def test_a_traced_microbatch_size_says_to_make_it_static():
+  state = create_train_state(jax.random.key(0))
+  images = jnp.zeros((4, 32, 32, 3))
+  with pytest.raises(ValueError, match=r"static_argnames=\('microbatch_size',\)"):
+    jax.jit(train_step)(state, images, microbatch_size=2)
+  _, metrics = jax.jit(train_step, static_argnames="microbatch_size")(state, images,
+                                                                     microbatch_size=2)
+  assert np.isfinite(float(metrics["loss"]))
+
+
 def test_eval_step_refuses_another_models_bare_params_and_takes_its_apply_fn():
   """Evaluating another model's params as the default model once returned numbers quietly."""
   other = create_train_state(jax.random.key(0), Config(features=(8, 16, 32)))
