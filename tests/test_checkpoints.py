@@ -111,6 +111,7 @@ def test_no_restorable_checkpoint_is_an_error_nothing_moved_and_none_is_none(tmp
   assert _restore(tmp_path / "empty") is None
 
 
+@pytest.mark.slow
 def test_incompatible_checkpoint_is_not_called_damaged_and_not_moved(tmp_path):
   """Another model's state (as after a code change that renamed or resized parameters)."""
   directory = tmp_path / "checkpoints"

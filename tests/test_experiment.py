@@ -17,6 +17,7 @@ def _losses(metrics):
   return [(h["epoch"], h["train_loss"], h["test_loss"]) for h in metrics["history"]]
 
 
+@pytest.mark.slow
 def test_resumed_run_ends_with_the_uninterrupted_history(tmp_path):
   train, test = tiny_splits()
   config = Config(epochs=3, batch_size=16)
@@ -32,6 +33,7 @@ def test_resumed_run_ends_with_the_uninterrupted_history(tmp_path):
   assert {"ssim_standard_mean", "psnr_original_std", "test_loss", "train_loss"} <= set(final)
 
 
+@pytest.mark.slow
 def test_workdir_with_different_settings_is_refused_unless_overwrite(tmp_path):
   train, test = tiny_splits()
   quiet = lambda _: None
@@ -43,6 +45,7 @@ def test_workdir_with_different_settings_is_refused_unless_overwrite(tmp_path):
   assert out["config"]["batch_size"] == 8 and out["optimizer_steps"] == 5
 
 
+@pytest.mark.slow
 def test_limits_passed_to_the_library_are_applied_not_only_recorded(tmp_path):
   train, test = tiny_splits()  # 40 and 12 pairs.
   quiet = lambda _: None
@@ -62,6 +65,7 @@ def test_limits_passed_to_the_library_are_applied_not_only_recorded(tmp_path):
   assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.slow
 def test_run_resumes_under_another_conv_formulation(tmp_path):
   """conv_impl says how, not what: switching it (or a settings.json from before it existed,
   which named it conv_transpose) must not refuse the run."""
@@ -80,6 +84,7 @@ def test_run_resumes_under_another_conv_formulation(tmp_path):
   assert [h["epoch"] for h in out["history"]] == [1, 2]
 
 
+@pytest.mark.slow
 def test_diverging_run_stops_naming_epoch_and_step_and_keeps_checkpoints(tmp_path):
   train, test = tiny_splits()
   quiet = lambda _: None
@@ -91,6 +96,7 @@ def test_diverging_run_stops_naming_epoch_and_step_and_keeps_checkpoints(tmp_pat
   assert not (tmp_path / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_scripts_on_real_data(tmp_path):
   data_dir = shared_data_dir()
   common = [f"--data_dir={data_dir}", "--train_limit=64", "--test_limit=16",
@@ -128,6 +134,7 @@ def test_train_and_evaluate_scripts_on_real_data(tmp_path):
   assert from_file["psnr_standard_mean"] == pytest.approx(metrics["final"]["psnr_standard_mean"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["epochs", "batch", "limit", "data_dir", "workdir",
                                   "processes_incomplete", "process_id", "task", "model",
                                   "features", "unknown_field", "config_file"])
@@ -172,6 +179,7 @@ TASK_FLAGS = {"reconstruct": [], "separate": ["--config.task=separate", "--confi
                                               "--config.features=(4,8)"]}
 
 
+@pytest.mark.slow
 def test_killed_multi_seed_run_resumes_and_evaluate_scores_every_replica(tmp_path):
   """kill -9 mid-run, then the same command: the histories of an uninterrupted run. Two seeds, so
   the checkpoint must hold both replicas; a single seed resumes alike (the same Checkpointer;
@@ -215,6 +223,7 @@ def test_killed_multi_seed_run_resumes_and_evaluate_scores_every_replica(tmp_pat
   assert table.returncode == 0 and "| killed | 2 (0..1) | 3 |" in table.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", sorted(TASK_FLAGS))
 def test_benchmark_prints_json_lines(tmp_path, task):
   out = tmp_path / "bench.jsonl"

@@ -96,6 +96,7 @@ def test_gemm_and_reference_layers_have_equal_gradients(layer, n, h, w, c, o):
       np.testing.assert_allclose(f, r, rtol=1e-4, atol=1e-6, err_msg=impl)
 
 
+@pytest.mark.slow
 def test_gemm_and_reference_models_have_equal_outputs_and_gradients():
   x = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (6, 32, 32, 3)), jnp.float32)
   models = {impl: Autoencoder(conv_impl=impl) for impl in CONV_IMPLS}
@@ -115,6 +116,7 @@ def test_gemm_and_reference_models_have_equal_outputs_and_gradients():
                                  err_msg=f"{impl} {jax.tree_util.keystr(path)}")
 
 
+@pytest.mark.slow
 def test_default_model_is_the_original_architecture():
   model = Autoencoder()
   x = jnp.zeros((2, 32, 32, 3))
@@ -131,6 +133,7 @@ def test_default_model_is_the_original_architecture():
   assert kernels == [(4, 4, i, o) for i, o in widths]
 
 
+@pytest.mark.slow
 def test_initialization_follows_pytorch_bounds():
   params = Autoencoder().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
   # Conv: fan_in = in * k * k. ConvTranspose: PyTorch uses weight.shape[1] = out channels.
@@ -143,6 +146,7 @@ def test_initialization_follows_pytorch_bounds():
       assert float(jnp.abs(leaf).max()) > 0.5 * bound  # Uniform over the range, not tiny.
 
 
+@pytest.mark.slow
 def test_widths_and_activation_are_configurable():
   model = Autoencoder(features=(8, 16), activation="relu")
   x = jnp.ones((1, 32, 32, 3))
@@ -169,6 +173,7 @@ def test_gemm_layers_have_forward_mode_derivatives_equal_to_the_reference(layer)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_model_supports_jvp_jacfwd_and_hessian_vector_products():
   # The default model's layers at smaller widths and images: the same code paths, less compute.
   x = jnp.asarray(np.random.default_rng(4).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
@@ -208,6 +213,7 @@ def test_stride_one_layers_compute_pytorch_layers(impl, k, p):
   np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer", ["conv", "conv_transpose"])
 @pytest.mark.parametrize("k,p", STRIDE_ONE)
 def test_stride_one_gemm_layers_have_the_reference_gradients_and_tangents(layer, k, p):
@@ -241,6 +247,7 @@ def _conv_primitives(jaxpr) -> set[str]:
   return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", sorted(MODELS))
 def test_every_layer_of_every_model_trains_as_gemms(model_name):
   """No lax convolution left in a training gradient: XLA:CPU's own are slow (README, Speed)."""
@@ -254,6 +261,7 @@ def test_every_layer_of_every_model_trains_as_gemms(model_name):
   assert "conv_general_dilated" in _conv_primitives(jaxpr.jaxpr)  # The check can fail.
 
 
+@pytest.mark.slow
 def test_unet_shapes_skips_and_formulations():
   x = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (2, 8, 8, 3)), jnp.float32)
   models = {impl: UNet(features=(4, 8, 16), out_channels=1, conv_impl=impl) for impl in CONV_IMPLS}

@@ -45,6 +45,7 @@ def _images(folder):
           if v.HasField("image")]
 
 
+@pytest.mark.slow
 def test_a_run_logs_losses_every_n_steps_test_metrics_and_predictions(tmp_path):
   train, test = tiny_splits(40, 12)  # Batch 16: 3 steps per epoch.
   metrics = train_and_evaluate(Config(epochs=2, batch_size=16, features=(4, 8)), train, test,
@@ -68,6 +69,7 @@ def test_a_run_logs_losses_every_n_steps_test_metrics_and_predictions(tmp_path):
   assert (images[0][1].height, images[0][1].width) == (2 * 36, 8 * 36)
 
 
+@pytest.mark.slow
 def test_each_seed_gets_its_own_run_and_a_resumed_run_hides_what_it_trains_again(tmp_path):
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
   train, test = tiny_splits(32, 4)
@@ -91,6 +93,7 @@ def test_each_seed_gets_its_own_run_and_a_resumed_run_hides_what_it_trains_again
         metrics["replicas"][k]["final"]["psnr_standard_mean"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_overwrite_removes_the_event_files_and_nothing_else(tmp_path):
   train, test = tiny_splits(16, 4)
   config = Config(epochs=1, batch_size=16, features=(4, 8))

@@ -75,6 +75,7 @@ def test_sgd_weight_decay_is_decoupled_and_clipping_bounds_the_gradient_norm():
     np.testing.assert_allclose(u, -lr * g, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_train_step_clips_and_decays():
   config = Config(optimizer="sgd", learning_rate=1.0, grad_clip_norm=1e-3, features=(4, 8))
   images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)), jnp.float32)

@@ -65,6 +65,7 @@ def _four_devices(tmp_path, part):
   return out
 
 
+@pytest.mark.slow
 def test_four_devices_run_every_variant_like_one(tmp_path):
   out = _four_devices(tmp_path, "variants")
   # The separation task (dicts of examples, the U-Net, its per-source metrics): the same
@@ -79,6 +80,7 @@ def test_four_devices_run_every_variant_like_one(tmp_path):
   np.testing.assert_allclose(out["batch6_four"], out["batch6_one"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_four_devices_train_like_one_and_split_every_batch(tmp_path):
   out = _four_devices(tmp_path, "runs")
   # Same per-epoch train and test losses, and the same final SSIM, as on one device.
@@ -137,6 +139,7 @@ def _two_processes(workdir, *extra):
   return outs
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
   outs = _two_processes(tmp_path / "two")
 

@@ -43,6 +43,7 @@ def test_replica_strategy_is_the_platforms_unless_given():
     platforms.replica_strategy(mesh, "threads")
 
 
+@pytest.mark.slow
 def test_the_library_default_keeps_forward_mode_and_a_bad_conv_impl_is_named():
   """Config() is conv_impl="auto": on CPU the GEMMs with jvp rules, so jax.jvp works."""
   state = create_train_state(jax.random.key(0), Config(features=(4, 8)))
@@ -55,6 +56,7 @@ def test_the_library_default_keeps_forward_mode_and_a_bad_conv_impl_is_named():
     Config(conv_impl="cudnn").validate()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("full_batch", [False, True])
 def test_a_run_forced_onto_the_gpu_branch_computes_the_cpu_branchs_history(
     tmp_path, monkeypatch, full_batch):

@@ -27,6 +27,7 @@ def _one_line(run, exit_code, message):
   assert len(run.stderr.strip().splitlines()) == 1, run.stderr[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--config.epochs=abc"], "flag --config.epochs=abc"),  # absl alone exits 1 with usage text.
     (["--config.seed=4294967296", GOOD_DATA],
@@ -62,6 +63,7 @@ def test_train_refuses_a_workdir_another_process_holds(tmp_path):
   _one_line(run, 2, f"is in use by process {os.getpid()}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,args,message", [
     ("benchmark.py", ["--batch_sizes=abc"], "--batch_sizes must be a comma-separated list"),
     ("benchmark.py", ["--output=/no/such/folder/bench.jsonl"],
@@ -87,6 +89,7 @@ def trained_workdir(tmp_path_factory):
   return path
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_a_hand_edited_settings_file(tmp_path, trained_workdir):
   shutil.copytree(trained_workdir, tmp_path / "w")
   settings = json.loads((tmp_path / "w" / "settings.json").read_text())
@@ -96,6 +99,7 @@ def test_evaluate_refuses_a_hand_edited_settings_file(tmp_path, trained_workdir)
             "features must be a non-empty sequence of positive integers")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make, message", [
     (lambda path: path.write_bytes(b"not msgpack"), "is not a jaxae params file"),
     (lambda path: None, "cannot read"),
@@ -107,6 +111,7 @@ def test_evaluate_names_an_unusable_params_file(tmp_path, make, message):
   assert not (tmp_path / "out" / "eval.json").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_checks_a_read_only_workdir_before_evaluating(tmp_path, trained_workdir):
   shutil.copytree(trained_workdir, tmp_path / "w")
   os.chmod(tmp_path / "w", 0o555)
@@ -125,6 +130,7 @@ def test_evaluate_checks_a_read_only_workdir_before_evaluating(tmp_path, trained
   assert "Evaluated" not in run.stdout  # Refused before the work, not after it.
 
 
+@pytest.mark.slow
 def test_ctrl_c_is_one_line_and_keeps_the_checkpoints(tmp_path):
   data_dir = shared_data_dir()
   # Epochs of 64 images take tens of milliseconds: enough of them that the run is still going.
@@ -183,6 +189,7 @@ def _copy_with_a_corrupt_mnist_test_shard(data_dir, target):
   return shard
 
 
+@pytest.mark.slow
 def test_corrupt_data_shard_is_named_in_one_line(tmp_path):
   shard = _copy_with_a_corrupt_mnist_test_shard(shared_data_dir(), tmp_path / "data")
   run = run_script("train.py", f"--data_dir={tmp_path / 'data'}", f"--workdir={tmp_path / 'w'}",
@@ -192,6 +199,7 @@ def test_corrupt_data_shard_is_named_in_one_line(tmp_path):
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("returned", ["None", "[1, 2]"])
 @pytest.mark.parametrize("script", ["train.py", "benchmark.py"])
 def test_a_config_file_that_returns_no_config_dict_is_one_line(tmp_path, script, returned):
@@ -202,6 +210,7 @@ def test_a_config_file_that_returns_no_config_dict_is_one_line(tmp_path, script,
                     f"returned {type(eval(returned)).__name__}, not a ConfigDict)")
 
 
+@pytest.mark.slow
 def test_a_dangling_symlink_as_workdir_is_one_line(tmp_path):
   (tmp_path / "w").symlink_to(tmp_path / "nowhere")
   for script, args in (("train.py", [GOOD_DATA]),
@@ -212,6 +221,7 @@ def test_a_dangling_symlink_as_workdir_is_one_line(tmp_path):
               "is a symbolic link to")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--batch_sizes="], "--batch_sizes is empty"),
     (["--batch_size=0"], "--batch_size(s), --num_images and --epochs must be positive"),
@@ -220,6 +230,7 @@ def test_benchmark_refuses_empty_or_zero_batch_sizes(args, message):
   _one_line(run_script("benchmark.py", *args), 2, message)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit", [
     {"config": []}, {"replicas": [], "seeds": []}])
 def test_results_table_names_a_hand_edited_metrics_file(tmp_path, trained_workdir, edit):
@@ -229,6 +240,7 @@ def test_results_table_names_a_hand_edited_metrics_file(tmp_path, trained_workdi
             f"{tmp_path / 'metrics.json'} lacks what a finished run writes")
 
 
+@pytest.mark.slow
 def test_export_to_an_existing_directory_leaves_no_temporary(tmp_path, trained_workdir):
   (tmp_path / "out").mkdir()
   _one_line(run_script("export_params.py", f"--workdir={trained_workdir}",

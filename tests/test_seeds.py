@@ -17,6 +17,7 @@ QUIET = lambda _: None
 SMALL = dict(features=(4, 8, 8), batch_size=16, epochs=2)
 
 
+@pytest.mark.slow
 def test_three_replicas_equal_three_single_seed_runs(tmp_path):
   train, test = tiny_splits(40, 12)
   config = Config(**SMALL, seed=5)
@@ -45,6 +46,7 @@ def test_three_replicas_equal_three_single_seed_runs(tmp_path):
 
 
 # "loop" with minibatches is what every CPU run of several seeds does (the tests above).
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,strategy", [("minibatch", "vmap"), ("full_batch", "vmap"),
                                            ("full_batch", "loop"), ("separate_unet", "vmap"),
                                            ("separate_repaired", "vmap")])
@@ -82,6 +84,7 @@ def test_replicas_train_and_evaluate_like_single_seeds(mode, strategy):
         np.testing.assert_allclose(evaluated[key][k], value, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_diverging_replica_is_named_with_its_epoch_and_step(tmp_path):
   train, test = tiny_splits(40, 12)
   config = Config(**SMALL, seed=7, num_seeds=2, learning_rate=1e6)

@@ -169,6 +169,7 @@ def test_trivial_row_is_the_blank_digit_and_the_leftover_photo():
   assert metrics["trivial"]["digit_psnr_mean"] == pytest.approx(expected, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_the_task_follows_the_config_and_steps_train_it():
   assert task_from_config(Config()) == Reconstruct()
   config = Config(task="separate", model="unet", features=(4, 8), separation="project",
@@ -211,6 +212,7 @@ def test_repaired_examples_are_the_mean_images_of_the_new_pairs():
     np.testing.assert_allclose(got["digit"], grey_digits(train.mnist_images[partner]), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_repaired_epoch_trains_on_the_pairs_its_two_permutations_name():
   """train_epoch(repair=True) equals an ordinary epoch over the examples re-paired beforehand:
   slot (s, w) holds the photo of indices[s, w] with the digit of partners[s, w]."""
@@ -246,6 +248,7 @@ def test_a_repaired_epoch_trains_on_the_pairs_its_two_permutations_name():
       Config(**bad).validate()
 
 
+@pytest.mark.slow
 def test_separate_run_resumes_to_the_uninterrupted_history(tmp_path):
   train, test = tiny_splits(24, 8)
   config = Config(task="separate", model="unet", features=(4, 8), epochs=2, batch_size=8,
@@ -263,6 +266,7 @@ def test_separate_run_resumes_to_the_uninterrupted_history(tmp_path):
     train_and_evaluate(Config(epochs=1, batch_size=8), train, test, tmp_path / "b", log=QUIET)
 
 
+@pytest.mark.slow
 def test_cosine_schedule_run_killed_mid_run_resumes_to_the_same_history(tmp_path):
   """A run killed after epoch 1 of 2 (its epoch-2 checkpoint never written) resumes with the same
   learning rates: the schedule is a function of the step, which the checkpoint holds."""
@@ -280,6 +284,7 @@ def test_cosine_schedule_run_killed_mid_run_resumes_to_the_same_history(tmp_path
   assert resumed["final"] == straight["final"]
 
 
+@pytest.mark.slow
 def test_cosine_schedule_warms_up_from_zero_and_needs_the_epoch_length():
   config = Config(lr_schedule="cosine", warmup_steps=2, epochs=1, features=(4, 8))
   with pytest.raises(ValueError, match="needs the run's steps_per_epoch"):

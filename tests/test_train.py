@@ -18,6 +18,7 @@ def _tree_close(a, b, **kw):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw)
 
 
+@pytest.mark.slow
 def test_loss_falls_on_a_fixed_small_set():
   # Smooth images (upsampled 4x4 noise) are learnable through the 4x4x64 bottleneck.
   coarse = np.random.default_rng(0).uniform(-1, 1, (16, 4, 4, 3))
@@ -32,6 +33,7 @@ def test_loss_falls_on_a_fixed_small_set():
   assert int(state.step) == 100
 
 
+@pytest.mark.slow
 def test_initialization_in_one_program_is_bitwise_the_op_by_op_init():
   """create_train_state compiles the init as one program; its values are model.init's, run op by
   op, to the bit (published runs retrain from them); Adam's moments start at zero."""
@@ -68,6 +70,7 @@ def test_a_reconstruction_state_names_the_batch_it_takes():
       step(state, batch)
 
 
+@pytest.mark.slow
 def test_steps_compose_with_scan_and_user_jit():
   images = _images(8)
   state0 = create_train_state(jax.random.key(1))
@@ -87,6 +90,7 @@ def test_steps_compose_with_scan_and_user_jit():
   _tree_close(scanned.params, state.params, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_microbatched_step_is_the_same_step():
   # 10 examples, 3 of them masked, in microbatches of 4 (the last one padded by 2).
   images = _images(10)
@@ -101,6 +105,7 @@ def test_microbatched_step_is_the_same_step():
   _tree_close(split.params, whole.params, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_large_batches_train_in_microbatches_with_the_same_result():
   images = _images(96)
   mesh = parallel.data_mesh()
@@ -115,6 +120,7 @@ def test_large_batches_train_in_microbatches_with_the_same_result():
   _tree_close(got.state.opt_state, expected.opt_state, rtol=1e-4, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_eval_step_with_state_or_params():
   images = _images(4)
   state = create_train_state(jax.random.key(0))
@@ -126,6 +132,7 @@ def test_eval_step_with_state_or_params():
   np.testing.assert_allclose(out_params["loss"], out["loss"], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_masked_padding_contributes_nothing():
   real = _images(3)
   padded = jnp.concatenate([real, 100.0 * jnp.ones((5, 32, 32, 3))])
@@ -148,6 +155,7 @@ def test_epoch_batches_cover_every_example_once_and_shuffle_by_epoch():
   assert np.array_equal(idx, again) and not np.array_equal(idx, other)
 
 
+@pytest.mark.slow
 def test_no_recompilation_across_epochs_with_a_partial_last_batch():
   images = _images(40)  # 40 = 32 + a partial batch of 8.
   state = create_train_state(jax.random.key(0))
@@ -162,6 +170,7 @@ def test_no_recompilation_across_epochs_with_a_partial_last_batch():
   assert int(state.step) == 4 * 2 and result.step_losses.shape == (2,)
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_for_a_seed():
   images = _images(40)
 
@@ -178,6 +187,7 @@ def test_training_is_deterministic_for_a_seed():
   assert run(3) != run(4)
 
 
+@pytest.mark.slow
 def test_full_batch_step_is_one_step_on_the_whole_set():
   images = _images(50)
   state = create_train_state(jax.random.key(0))
@@ -188,6 +198,7 @@ def test_full_batch_step_is_one_step_on_the_whole_set():
   assert int(got.step) == 1
 
 
+@pytest.mark.slow
 def test_evaluate_averages_over_every_example():
   images = _images(23)
   state = create_train_state(jax.random.key(0))
@@ -197,6 +208,7 @@ def test_evaluate_averages_over_every_example():
   assert out["reconstructions"].shape == (23, 32, 32, 3)
 
 
+@pytest.mark.slow
 def test_optimizer_is_configurable():
   state = create_train_state(jax.random.key(0), Config(optimizer="sgd", learning_rate=0.1))
   new_state, _ = jax.jit(train_step)(state, _images(4))
@@ -207,6 +219,7 @@ def test_optimizer_is_configurable():
                                          ((2, 3, 32, 32), jnp.float32),
                                          ((2, 32, 32, 3), jnp.uint8),
                                          ((32, 32, 3), jnp.float32)])
+@pytest.mark.slow
 def test_steps_refuse_images_the_model_cannot_reconstruct(shape, dtype):
   state = create_train_state(jax.random.key(0))
   images = jnp.zeros(shape, dtype)
@@ -222,6 +235,7 @@ def test_microbatch_size_must_be_positive(size):
     train_step(state, jnp.zeros((4, 32, 32, 3)), microbatch_size=size)
 
 
+@pytest.mark.slow
 def test_a_traced_microbatch_size_says_to_make_it_static():
   state = create_train_state(jax.random.key(0))
   images = jnp.zeros((4, 32, 32, 3))
@@ -232,6 +246,7 @@ def test_a_traced_microbatch_size_says_to_make_it_static():
   assert np.isfinite(float(metrics["loss"]))
 
 
+@pytest.mark.slow
 def test_eval_step_refuses_another_models_bare_params_and_takes_its_apply_fn():
   """Evaluating another model's params as the default model once returned numbers quietly."""
   other = create_train_state(jax.random.key(0), Config(features=(8, 16, 32)))
@@ -258,11 +273,13 @@ def test_config_validation_names_the_bad_field():
       Config(**bad).validate()
   settings = Config().to_dict()
   settings.update(learning_rate="fast")
-  with pytest.raises(ValueError, match="learning_rate must be a positive finite number, got 'fast'"):
+  with pytest.raises(ValueError,
+                     match="learning_rate must be a positive finite number, got 'fast'"):
     Config.from_dict(settings)
   assert Config.from_dict(Config(seed=2 ** 32 - 1).to_dict()).seed == 2 ** 32 - 1
 
 
+@pytest.mark.slow
 def test_waiting_for_an_epoch_lets_a_signal_handler_run_before_it_ends():
   """The host waits for an epoch's results in short sleeps, not inside XLA, so Ctrl-C's handler
   runs while the program still computes (here a timer's signal, 20 ms into a ~1 s program)."""

@@ -21,6 +21,7 @@ def _trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow
 def test_a_finished_run_writes_params_that_reproduce_its_test_loss(tmp_path):
   config = Config(epochs=1, batch_size=16, features=(4, 8), weight_decay=0.01)
   train, test = tiny_splits(32, 8)
@@ -32,6 +33,7 @@ def test_a_finished_run_writes_params_that_reproduce_its_test_loss(tmp_path):
   assert float(loss) == pytest.approx(metrics["final"]["test_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_several_seeds_are_stacked_and_load_one_by_one(tmp_path):
   config = Config(num_seeds=3, seed=5, features=(4, 8))
   stacked = seeds.initial_state(config, steps_per_epoch=1).params
@@ -48,6 +50,7 @@ def test_several_seeds_are_stacked_and_load_one_by_one(tmp_path):
     load_params(tmp_path / "p.msgpack", replica=3)
 
 
+@pytest.mark.slow
 def test_unusable_files_are_named_in_one_line(tmp_path):
   config = Config(features=(4, 8))
   params = seeds.initial_state(config, steps_per_epoch=1).params
@@ -111,6 +114,7 @@ def _random_state_dict(layers, rng):
   return state_dict
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("conv_impl", ["reference", "gemm"])
 def test_a_torch_state_dict_computes_what_pytorch_computes(conv_impl):
   rng = np.random.default_rng(0)
@@ -137,6 +141,7 @@ def test_a_state_dict_of_other_widths_is_named():
     from_torch_state_dict(state_dict, Config(model="unet"))
 
 
+@pytest.mark.slow
 def test_params_files_hold_json_configs(tmp_path):
   # The file names its config in JSON, readable without jaxae (msgpack + json).
   from flax import serialization  # pylint: disable=g-import-not-at-top

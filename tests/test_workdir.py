@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny_splits
+from conftest import REPO, run_script, shared_data_dir, tiny_splits
 from jaxae import Config
 from jaxae import experiment, workdir
 from jaxae.checkpoints import Checkpointer
@@ -20,6 +20,12 @@ from jaxae.provenance import parse_cpuinfo
 from jaxae.workdir import RunError
 
 QUIET = lambda _: None
+
+
+def tiny(**fields) -> Config:
+  """The runs here test the workdir, not the model: one level of 4 channels compiles in a third
+  of the default model's time."""
+  return Config(features=(4,), **fields)
 
 
 def _history(metrics):
@@ -34,16 +40,17 @@ def _flip_a_bit(step_dir):
   data.write_bytes(bytes(raw))
 
 
+@pytest.mark.slow
 def test_a_second_run_in_a_held_workdir_is_refused_naming_the_holder(tmp_path):
   train, test = tiny_splits()
   with workdir.hold(tmp_path / "w"):
     with pytest.raises(RunError, match=f"in use by process {os.getpid()} on .*training since"):
-      train_and_evaluate(Config(epochs=1, batch_size=16, learning_rate=2e-3), train, test,
+      train_and_evaluate(tiny(epochs=1, batch_size=16, learning_rate=2e-3), train, test,
                          tmp_path / "w", overwrite=True, log=QUIET)
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == [".jaxae.lock"]
   assert not (tmp_path / "w").exists()  # The holder made it and started no run: removed.
   # Released: the next run goes ahead.
-  out = train_and_evaluate(Config(epochs=1, batch_size=16), train, test, tmp_path / "w", log=QUIET)
+  out = train_and_evaluate(tiny(epochs=1, batch_size=16), train, test, tmp_path / "w", log=QUIET)
   assert len(out["history"]) == 1
 
 
@@ -63,39 +70,41 @@ def test_the_lock_of_a_killed_process_is_released(tmp_path):
     pass
 
 
+@pytest.mark.slow
 def test_refused_runs_write_nothing(tmp_path):
   train, test = tiny_splits()
   with pytest.raises(RunError, match="seed must be an integer in 0..4294967295"):
-    train_and_evaluate(Config(epochs=1, seed=2 ** 32), train, test, tmp_path / "new", log=QUIET)
+    train_and_evaluate(tiny(epochs=1, seed=2 ** 32), train, test, tmp_path / "new", log=QUIET)
   assert not (tmp_path / "new").exists()
   # A refused run in an existing workdir leaves every file as it was.
-  train_and_evaluate(Config(epochs=2, batch_size=16), train, test, tmp_path / "w", log=QUIET)
+  train_and_evaluate(tiny(epochs=2, batch_size=16), train, test, tmp_path / "w", log=QUIET)
   def files():  # The lock file records its latest holder; everything else must stay as it was.
     return {p: p.read_bytes() for p in (tmp_path / "w").rglob("*")
             if p.is_file() and p.name != workdir.LOCK_FILE}
 
   before = files()
   with pytest.raises(RunError, match="different settings"):
-    train_and_evaluate(Config(epochs=2, batch_size=8), train, test, tmp_path / "w", log=QUIET)
+    train_and_evaluate(tiny(epochs=2, batch_size=8), train, test, tmp_path / "w", log=QUIET)
   assert files() == before
 
 
+@pytest.mark.slow
 def test_fewer_epochs_than_completed_is_refused_and_metrics_stay_true(tmp_path):
   train, test = tiny_splits()
-  train_and_evaluate(Config(epochs=3, batch_size=16), train, test, tmp_path, log=QUIET)
+  train_and_evaluate(tiny(epochs=3, batch_size=16), train, test, tmp_path, log=QUIET)
   metrics = (tmp_path / "metrics.json").read_bytes()
   with pytest.raises(RunError, match="holds 3 completed epochs, more than --config.epochs=2"):
-    train_and_evaluate(Config(epochs=2, batch_size=16), train, test, tmp_path, log=QUIET)
+    train_and_evaluate(tiny(epochs=2, batch_size=16), train, test, tmp_path, log=QUIET)
   assert (tmp_path / "metrics.json").read_bytes() == metrics
 
 
 def test_overwrite_removes_only_what_jaxae_wrote(tmp_path):
   train, test = tiny_splits()
-  train_and_evaluate(Config(epochs=1, batch_size=16), train, test, tmp_path, log=QUIET)
+  train_and_evaluate(tiny(epochs=1, batch_size=16), train, test, tmp_path, log=QUIET)
   (tmp_path / "checkpoints" / "notes.txt").write_text("mine")
   (tmp_path / "checkpoints" / "my_folder").mkdir()
   (tmp_path / "plan.md").write_text("mine too")
-  out = train_and_evaluate(Config(epochs=1, batch_size=8), train, test, tmp_path,
+  out = train_and_evaluate(tiny(epochs=1, batch_size=8), train, test, tmp_path,
                            overwrite=True, log=QUIET)
   assert out["config"]["batch_size"] == 8 and out["optimizer_steps"] == 5
   assert (tmp_path / "checkpoints" / "notes.txt").read_text() == "mine"
@@ -103,18 +112,21 @@ def test_overwrite_removes_only_what_jaxae_wrote(tmp_path):
   assert (tmp_path / "plan.md").read_text() == "mine too"
 
 
+@pytest.mark.slow
 def test_checkpoints_without_settings_are_refused(tmp_path):
   train, test = tiny_splits()
-  train_and_evaluate(Config(epochs=1, batch_size=16), train, test, tmp_path, log=QUIET)
+  train_and_evaluate(tiny(epochs=1, batch_size=16), train, test, tmp_path, log=QUIET)
   (tmp_path / "settings.json").unlink()
   with pytest.raises(RunError, match="holds checkpoints but no settings.json of jaxae.s"):
-    train_and_evaluate(Config(epochs=2, batch_size=8), train, test, tmp_path, log=QUIET)
+    train_and_evaluate(tiny(epochs=2, batch_size=8), train, test, tmp_path, log=QUIET)
 
 
+@pytest.mark.slow
 def test_bit_flip_in_the_newest_checkpoint_is_caught_and_the_run_heals(tmp_path):
   """The damaged step is moved aside, the run resumes from the step before, the epoch is
   trained and saved again, and the history is the uninterrupted one."""
   train, test = tiny_splits()
+  # The default model: its largest state file is array data (the tiny model's can be a manifest).
   config = Config(epochs=3, batch_size=16)
   straight = train_and_evaluate(config, train, test, tmp_path / "straight", log=QUIET)
   train_and_evaluate(config.replace(epochs=2), train, test, tmp_path / "w", log=QUIET)
@@ -130,9 +142,10 @@ def test_bit_flip_in_the_newest_checkpoint_is_caught_and_the_run_heals(tmp_path)
   checkpointer.close()
 
 
+@pytest.mark.slow
 def test_full_disk_while_saving_is_one_error_and_the_rerun_resumes(tmp_path, monkeypatch):
   train, test = tiny_splits()
-  config = Config(epochs=2, batch_size=16)
+  config = tiny(epochs=2, batch_size=16)
   straight = train_and_evaluate(config, train, test, tmp_path / "straight", log=QUIET)
   save = Checkpointer.save
 
@@ -150,9 +163,10 @@ def test_full_disk_while_saving_is_one_error_and_the_rerun_resumes(tmp_path, mon
       _history(straight)
 
 
+@pytest.mark.slow
 def test_metrics_record_versions_and_a_resume_under_others_says_so(tmp_path, monkeypatch):
   train, test = tiny_splits()
-  first = train_and_evaluate(Config(epochs=1, batch_size=16), train, test, tmp_path, log=QUIET)
+  first = train_and_evaluate(tiny(epochs=1, batch_size=16), train, test, tmp_path, log=QUIET)
   versions = first["provenance"]
   for key in ("python", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
               "tensorflow-datasets", "dm-pix", "numpy", "git_commit"):
@@ -161,22 +175,23 @@ def test_metrics_record_versions_and_a_resume_under_others_says_so(tmp_path, mon
   assert json.loads((tmp_path / "metrics.json").read_text())["provenance"] == versions
   monkeypatch.setattr(experiment, "provenance", lambda: {**versions, "jax": "9.9.9"})
   warnings = []
-  train_and_evaluate(Config(epochs=2, batch_size=16), train, test, tmp_path, log=QUIET,
+  train_and_evaluate(tiny(epochs=2, batch_size=16), train, test, tmp_path, log=QUIET,
                      warn=warnings.append)
   assert warnings == [f"resuming under other versions than epoch 1 was trained with: "
                       f"jax {versions['jax']} -> 9.9.9."]
 
 
+@pytest.mark.slow
 def test_metrics_record_the_cpu_and_a_resume_on_another_says_so(tmp_path, monkeypatch):
   train, test = tiny_splits()
-  first = train_and_evaluate(Config(epochs=1, batch_size=16), train, test, tmp_path, log=QUIET)
+  first = train_and_evaluate(tiny(epochs=1, batch_size=16), train, test, tmp_path, log=QUIET)
   host = first["provenance"]["host"]
   assert host["cpu"] and host["cpus"] >= 1
   other = {"cpu": "Intel Xeon (family 6, model 143, stepping 8)", "cpus": 2,
            "cpu_features": ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"]}
   monkeypatch.setattr(experiment, "provenance", lambda: {**first["provenance"], "host": other})
   warnings = []
-  train_and_evaluate(Config(epochs=2, batch_size=16), train, test, tmp_path, log=QUIET,
+  train_and_evaluate(tiny(epochs=2, batch_size=16), train, test, tmp_path, log=QUIET,
                      warn=warnings.append)
   assert len(warnings) == 1 and warnings[0].startswith(
       f"resuming on another CPU than epoch 1 was trained on ({host['cpu']}, {host['cpus']} CPUs")
@@ -184,7 +199,7 @@ def test_metrics_record_the_cpu_and_a_resume_on_another_says_so(tmp_path, monkey
   assert warnings[0].endswith("epoch times before and after are not comparable.")
   # The same CPU again: no warning.
   warnings.clear()
-  train_and_evaluate(Config(epochs=3, batch_size=16), train, test, tmp_path, log=QUIET,
+  train_and_evaluate(tiny(epochs=3, batch_size=16), train, test, tmp_path, log=QUIET,
                      warn=warnings.append)
   assert warnings == []
 
@@ -222,7 +237,7 @@ def test_stale_cache_temporaries_are_removed_and_live_ones_kept(tmp_path, monkey
 
 def test_a_finished_run_without_settings_or_checkpoints_is_refused_not_overwritten(tmp_path):
   train, test = tiny_splits()
-  train_and_evaluate(Config(epochs=1, batch_size=16), train, test, tmp_path, log=QUIET)
+  train_and_evaluate(tiny(epochs=1, batch_size=16), train, test, tmp_path, log=QUIET)
   (tmp_path / "settings.json").unlink()
   for step in (tmp_path / "checkpoints").iterdir():
     shutil.rmtree(step)
@@ -233,20 +248,20 @@ def test_a_finished_run_without_settings_or_checkpoints_is_refused_not_overwritt
   before = files()
   with pytest.raises(RunError, match=r"holds the results of a run \(metrics.json, params.msgpack, "
                                      r"loss_curve.png, reconstructions.png\) but no settings.json"):
-    train_and_evaluate(Config(epochs=1, batch_size=8, learning_rate=0.5), train, test, tmp_path,
+    train_and_evaluate(tiny(epochs=1, batch_size=8, learning_rate=0.5), train, test, tmp_path,
                        log=QUIET)
   assert files() == before
 
 
 def test_files_that_only_share_jaxaes_names_are_neither_removed_nor_written_over(tmp_path):
   train, test = tiny_splits()
-  train_and_evaluate(Config(epochs=1, batch_size=16), train, test, tmp_path, log=QUIET)
+  train_and_evaluate(tiny(epochs=1, batch_size=16), train, test, tmp_path, log=QUIET)
   for name in ("eval.json", "comparison.png"):  # jaxae's, then someone else's in their place.
     (tmp_path / name).unlink(missing_ok=True)
   (tmp_path / "eval.json").write_text('{"editor": "vim"}')
   (tmp_path / "comparison.png").write_bytes(b"\x89PNG\r\n\x1a\n someone's picture")
   with pytest.raises(RunError, match=r"comparison.png, eval.json in .*: not written by jaxae"):
-    train_and_evaluate(Config(epochs=1, batch_size=8), train, test, tmp_path, overwrite=True,
+    train_and_evaluate(tiny(epochs=1, batch_size=8), train, test, tmp_path, overwrite=True,
                        log=QUIET)
   assert (tmp_path / "eval.json").read_text() == '{"editor": "vim"}'
   assert (tmp_path / "comparison.png").read_bytes().endswith(b"someone's picture")
@@ -256,20 +271,21 @@ def test_files_that_only_share_jaxaes_names_are_neither_removed_nor_written_over
   (tmp_path / "fresh").mkdir()
   (tmp_path / "fresh" / "settings.json").write_text('{"editor": "vim"}')
   with pytest.raises(RunError, match="settings.json in .*: not written by jaxae"):
-    train_and_evaluate(Config(epochs=1, batch_size=16), train, test, tmp_path / "fresh",
+    train_and_evaluate(tiny(epochs=1, batch_size=16), train, test, tmp_path / "fresh",
                        overwrite=True, log=QUIET)
   assert (tmp_path / "fresh" / "settings.json").read_text() == '{"editor": "vim"}'
 
 
+@pytest.mark.slow
 def test_a_scheduled_run_is_not_resumed_for_another_number_of_epochs(tmp_path):
   train, test = tiny_splits()
-  config = Config(epochs=2, batch_size=16, lr_schedule="cosine", learning_rate=3e-3)
+  config = tiny(epochs=2, batch_size=16, lr_schedule="cosine", learning_rate=3e-3)
   train_and_evaluate(config, train, test, tmp_path, log=QUIET)
   with pytest.raises(RunError, match=r"different settings \(epochs\); its learning rate follows "
                                      r"a cosine schedule over 2 epochs"):
     train_and_evaluate(config.replace(epochs=4), train, test, tmp_path, log=QUIET)
   # A constant rate may be continued for more epochs, as before.
-  constant = Config(epochs=1, batch_size=16)
+  constant = tiny(epochs=1, batch_size=16)
   train_and_evaluate(constant, train, test, tmp_path / "c", log=QUIET)
   assert len(train_and_evaluate(constant.replace(epochs=2), train, test, tmp_path / "c",
                                 log=QUIET)["history"]) == 2
@@ -279,7 +295,7 @@ def test_warmup_longer_than_the_run_is_refused(tmp_path):
   train, test = tiny_splits()  # 40 pairs: 3 steps of 16 per epoch.
   with pytest.raises(RunError, match=r"warmup_steps=6 is not smaller than the run's 6 optimizer "
                                      r"steps \(2 epochs of 3\)"):
-    train_and_evaluate(Config(epochs=2, batch_size=16, lr_schedule="cosine", warmup_steps=6),
+    train_and_evaluate(tiny(epochs=2, batch_size=16, lr_schedule="cosine", warmup_steps=6),
                        train, test, tmp_path / "w", log=QUIET)
   assert not (tmp_path / "w").exists()
 
@@ -288,4 +304,30 @@ def test_a_dangling_symlink_as_workdir_is_a_run_error(tmp_path):
   (tmp_path / "w").symlink_to(tmp_path / "nowhere")
   train, test = tiny_splits()
   with pytest.raises(RunError, match="is a symbolic link to .*nowhere, which does not exist"):
-    train_and_evaluate(Config(epochs=1), train, test, tmp_path / "w", log=QUIET)
+    train_and_evaluate(tiny(epochs=1), train, test, tmp_path / "w", log=QUIET)
+
+
+def test_train_script_end_to_end_on_a_tiny_slice_of_the_real_data(tmp_path):
+  """train.py as a user runs it, then again for one more epoch (a resume): the fast tier's whole
+  run (the slow tier's real-data test adds evaluate.py and export_params.py). 40 training and 12
+  test pairs at batch 16 are the shapes of the library runs above: last in the last file, it
+  finds their programs in the compilation cache."""
+  data_dir = shared_data_dir()
+
+  def train(epochs):
+    return run_script("train.py", f"--data_dir={data_dir}", "--train_limit=40", "--test_limit=12",
+                      "--config.batch_size=16", f"--config.epochs={epochs}",
+                      "--config.features=(4,)", f"--workdir={tmp_path / 'run'}")
+
+  run = train(1)
+  assert run.returncode == 0, run.stderr
+  assert "epoch   1/1" in run.stdout and "Final test loss" in run.stdout
+  for name in ("loss_curve.png", "reconstructions.png", "params.msgpack", "settings.json"):
+    assert (tmp_path / "run" / name).stat().st_size > 100
+  again = train(2)
+  assert again.returncode == 0, again.stderr
+  assert "Resuming" in again.stdout and "epoch   2/2" in again.stdout
+  metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+  assert [h["epoch"] for h in metrics["history"]] == [1, 2] and metrics["optimizer_steps"] == 6
+  final = metrics["final"]
+  assert final["num_test_images"] == 12 and 0 < final["ssim_standard_mean"] < 1
