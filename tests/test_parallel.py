@@ -111,7 +111,7 @@ def _free_port() -> int:
 
 
 def _restore_params(workdir):
-  like = create_train_state(jax.random.key(0))
+  like = create_train_state(jax.random.key(0), parallel_worker.config())
   checkpointer = Checkpointer(workdir / CHECKPOINT_DIR)
   try:
     restored = checkpointer.restore_latest(like)

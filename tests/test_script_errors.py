@@ -85,7 +85,8 @@ def trained_workdir(tmp_path_factory):
   """A finished tiny run (library call, random data): what evaluate.py reads."""
   train, test = tiny_splits()
   path = tmp_path_factory.mktemp("trained")
-  train_and_evaluate(Config(epochs=1, batch_size=16), train, test, path, log=lambda _: None)
+  train_and_evaluate(Config(epochs=1, batch_size=16, features=(4,)), train, test, path,
+                     log=lambda _: None)
   return path
 
 

@@ -169,6 +169,22 @@ def test_trivial_row_is_the_blank_digit_and_the_leftover_photo():
   assert metrics["trivial"]["digit_psnr_mean"] == pytest.approx(expected, abs=1e-3)
 
 
+def test_a_small_separation_model_trains_on_the_tasks_batches():
+  """The separate task through the steps, fast: a one-level seed model (the slow test below
+  takes the U-Net, the projection and the errors)."""
+  state = create_train_state(jax.random.key(0), Config(task="separate", features=(4,)))
+  assert state.task == Separate("digit", "log_mse")
+  train, _ = tiny_splits(8, 1)
+  batch = state.task.examples(train)
+  before = eval_step(state, batch)
+  assert before["digit"].shape == (8, 32, 32, 1) and before["photo"].shape == (8, 32, 32, 3)
+  step = jax.jit(train_step)
+  for _ in range(3):
+    state, _ = step(state, batch)
+  assert int(state.step) == 3
+  assert float(eval_step(state, batch)["loss"]) < float(before["loss"])
+
+
 @pytest.mark.slow
 def test_the_task_follows_the_config_and_steps_train_it():
   assert task_from_config(Config()) == Reconstruct()
