@@ -98,7 +98,7 @@ def _variants(workdir, meshes, out):
   separate = config(batch_size=6, epochs=1).replace(task="separate", model="unet",
                                                     features=(4, 8), conv_impl="gemm_vjp")
   # Three replicas (jaxae/seeds.py), a number the four devices do not divide.
-  three = config(epochs=1).replace(num_seeds=3, features=(4, 8, 8))
+  three = config(epochs=1).replace(num_seeds=3)
   for name, mesh in meshes:
     run = train_and_evaluate(separate, train, test, f"{workdir}/separate_{name}", log=quiet,
                              mesh=mesh)
