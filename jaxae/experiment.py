@@ -120,8 +120,9 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   epoch_steps = steps_per_epoch(len(train), config.batch_size, config.full_batch)
   if config.lr_schedule != "constant" and config.warmup_steps >= config.epochs * epoch_steps:
     raise RunError(f"--config.warmup_steps={config.warmup_steps} is not smaller than the run's "
-                   f"{config.epochs * epoch_steps:,} optimizer steps ({config.epochs} epochs of "
-                   f"{epoch_steps:,}): the schedule would never decay; lower it.")
+                   f"{config.epochs * epoch_steps:,} optimizer steps ({config.epochs} "
+                   f"epoch{'s' if config.epochs > 1 else ''} of {epoch_steps:,}): the schedule "
+                   "would never decay; lower it.")
   state = parallel.replicate(seeds.initial_state(config, steps_per_epoch=epoch_steps), mesh)
   task = state.task
   train_examples, test_examples = parallel.replicate((task.examples(train), task.examples(test)),
