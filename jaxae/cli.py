@@ -179,10 +179,7 @@ def check_data_dir(data_dir: str | None) -> None:
 def check_writable(workdir: str) -> None:
   """Fails if workdir (or the nearest existing folder above it) cannot be written."""
   probe = pathlib.Path(workdir).absolute()
-  while not probe.exists():
-    if probe.is_symlink():
-      fail(f"--workdir={workdir}: {probe} is a symbolic link to {os.readlink(probe)}, which does "
-           "not exist; create its target, or name another --workdir.")
+  while not probe.exists():  # A dangling symlink is refused by workdir.hold, in one line too.
     probe = probe.parent
   if problem := unwritable(probe):
     fail(f"--workdir={workdir} cannot be written ({problem}).")

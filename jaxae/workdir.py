@@ -25,7 +25,9 @@ import tempfile
 import time
 from typing import Any, Iterator
 
-from jaxae import parallel
+from flax import serialization
+
+from jaxae import parallel, plots, weights
 from jaxae.config import Config
 
 SETTINGS_FILE = "settings.json"
@@ -180,12 +182,12 @@ def holds_other_run(workdir: pathlib.Path, settings: dict[str, Any], overwrite: 
   refuse_foreign_files(workdir)
   path = workdir / SETTINGS_FILE
   if not path.exists():
-    results = jaxae_run_files(workdir)
-    if not jaxae_checkpoints(workdir) and not results:
+    checkpoints, results = jaxae_checkpoints(workdir), jaxae_run_files(workdir)
+    if not checkpoints and not results:
       return False
     if overwrite:
       return True
-    what = (f"{workdir / CHECKPOINT_DIR} holds checkpoints" if jaxae_checkpoints(workdir) else
+    what = (f"{workdir / CHECKPOINT_DIR} holds checkpoints" if checkpoints else
             f"{workdir} holds the results of a run ({', '.join(results)})")
     raise RunError(f"{what} but no {SETTINGS_FILE} of jaxae's, so nobody can say which run they "
                    "belong to; use another --workdir, or pass --overwrite to replace them "
@@ -222,9 +224,12 @@ def holds_other_run(workdir: pathlib.Path, settings: dict[str, Any], overwrite: 
 _JSON_KEYS = {SETTINGS_FILE: {"features", "learning_rate", "batch_size", "seed"},
               METRICS_FILE: {"config", "history", "final"},
               "eval.json": {"epoch", "seconds", "device"}}
-# jaxae/weights.py's {"format": FORMAT} as msgpack stores it, after the config (keys sorted).
-PARAMS_FORMAT = b"\xa6format\xacjaxae.params"
-PNG_MARKERS = (b"tEXtSoftware\x00jaxae", b"tEXtSoftware\x00Matplotlib")
+# A params file's {"format": weights.FORMAT} as msgpack stores it (after the config: keys sorted).
+_PARAMS_MARKER = serialization.msgpack_serialize("format") + serialization.msgpack_serialize(
+    weights.FORMAT)
+# PNG text chunks: the Software of jaxae's figures (plots.PNG_METADATA), or matplotlib's own.
+_PNG_MARKERS = tuple(b"tEXtSoftware\x00" + name.encode()
+                     for name in (plots.PNG_METADATA["Software"], "Matplotlib"))
 
 
 def is_jaxae_file(path: pathlib.Path) -> bool:
@@ -240,8 +245,8 @@ def is_jaxae_file(path: pathlib.Path) -> bool:
   except (OSError, ValueError):
     return False
   if path.suffix == ".msgpack":
-    return PARAMS_FORMAT in head
-  return head.startswith(b"\x89PNG") and any(m in head for m in PNG_MARKERS)
+    return _PARAMS_MARKER in head
+  return head.startswith(b"\x89PNG") and any(m in head for m in _PNG_MARKERS)
 
 
 def jaxae_run_files(workdir: pathlib.Path) -> list[str]:
