@@ -34,6 +34,22 @@ from jax.custom_derivatives import SymbolicZero
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
+def _common_dtype(layer):
+  """`layer` computing in the common dtype of its input and kernel (jnp's promotion rules).
+
+  Why: every formulation then takes the same mixed inputs (float64 images beside float32
+  weights, bfloat16 beside float32) and gives the same result dtype; XLA's convolution refuses
+  mixed dtypes, and the hand-written derivatives assume one. The casts sit outside them, so JAX
+  returns each gradient in its own argument's dtype.
+  """
+  @functools.wraps(layer)
+  def wrapped(x_BHWC, kernel_HWIO, stride: int, padding: int):
+    dtype = jnp.result_type(x_BHWC, kernel_HWIO)
+    return layer(x_BHWC.astype(dtype), kernel_HWIO.astype(dtype), stride, padding)
+  return wrapped
+
+
+@_common_dtype
 def conv_reference(x_BHWC, kernel_HWIO, stride: int, padding: int):
   """PyTorch Conv2d (no bias) through XLA's convolution."""
   p = padding
@@ -41,6 +57,7 @@ def conv_reference(x_BHWC, kernel_HWIO, stride: int, padding: int):
                                       dimension_numbers=_DIMENSIONS)
 
 
+@_common_dtype
 def conv_transpose_reference(x_BHWC, kernel_HWIO, stride: int, padding: int):
   """PyTorch ConvTranspose2d as a convolution of the stride-dilated input with the flipped kernel.
 
@@ -244,6 +261,7 @@ _conv_transpose_gemm_vjp.defvjp(_conv_transpose_gemm_vjp_fwd, _conv_transpose_ge
 
 def _conv_or_reference(gemm_conv):
   """PyTorch Conv2d (no bias) by `gemm_conv` where it applies, else by the reference."""
+  @_common_dtype
   def conv(x_BHWC, kernel_HWIO, stride: int, padding: int):
     _, h, w, _ = x_BHWC.shape
     if not _gemm_applies(kernel_HWIO.shape[0], stride, padding) or h % stride or w % stride:
@@ -254,6 +272,7 @@ def _conv_or_reference(gemm_conv):
 
 def _conv_transpose_or_reference(gemm_conv_transpose):
   """PyTorch ConvTranspose2d (no bias) by `gemm_conv_transpose` where it applies."""
+  @_common_dtype
   def conv_transpose(x_BHWC, kernel_HWIO, stride: int, padding: int):
     if not _gemm_applies(kernel_HWIO.shape[0], stride, padding):
       return conv_transpose_reference(x_BHWC, kernel_HWIO, stride, padding)

@@ -269,7 +269,7 @@ def _full_batch_step(mesh: Mesh, chunk_size: int, replicas: bool = False):
       return loss_and_grad_sums(state.task, state.apply_fn, state.params, chunk, mask)
 
     starts = jnp.arange(0, n, chunk_size, dtype=jnp.int32)
-    loss_sum, grad_sums = scan_sums(chunk_sums, state.params, starts)
+    loss_sum, grad_sums = scan_sums(chunk_sums, starts)
     return apply_mean_gradient(state, loss_sum, grad_sums, n)
 
   if replicas:

@@ -118,11 +118,11 @@ def loss_and_grad_sums(task, apply_fn, params, batch, mask_B: jax.Array,
     x = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
     return x.reshape(microbatch_size, count, *x.shape[1:]).swapaxes(0, 1)
 
-  return scan_sums(lambda inputs: jax.value_and_grad(sums)(params, *inputs), params,
+  return scan_sums(lambda inputs: jax.value_and_grad(sums)(params, *inputs),
                    (jax.tree.map(split, batch), split(mask_B)))
 
 
-def scan_sums(loss_and_grads_fn, params, xs):
+def scan_sums(loss_and_grads_fn, xs):
   """Sums `loss_and_grads_fn(x) -> (loss, grads shaped like params)` over the leading axis of xs.
 
   One x at a time, in a `lax.scan`: memory holds one x's activations and the running sums.
@@ -130,7 +130,10 @@ def scan_sums(loss_and_grads_fn, params, xs):
   def add(totals, x):
     return jax.tree.map(jnp.add, totals, loss_and_grads_fn(x)), None
 
-  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+  # The running sums in the dtypes the function returns (a float64 batch under x64 gives a
+  # float64 loss beside float32 gradients).
+  first = jax.eval_shape(loss_and_grads_fn, jax.tree.map(lambda x: x[0], xs))
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first)
   return jax.lax.scan(add, zeros, xs)[0]
 
 

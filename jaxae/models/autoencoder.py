@@ -6,9 +6,10 @@ of a PyTorch state_dict onto these parameters).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from jaxae.models.layers import TorchConv, TorchConvTranspose, check_conv_impl, make_activation
 
@@ -24,14 +25,18 @@ class Autoencoder(nn.Module):
   activation: str = "leaky_relu"
   negative_slope: float = 0.01
   conv_impl: str = "gemm"
+  # As flax.linen.Conv's (jaxae/models/layers.py): computation and parameter dtypes.
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   def setup(self):
     check_conv_impl(self.conv_impl)
     self.act = make_activation(self.activation, self.negative_slope)
-    self.encoder_layers = [TorchConv(f, impl=self.conv_impl, name=f"enc{i}")
+    layer = dict(impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
+    self.encoder_layers = [TorchConv(f, name=f"enc{i}", **layer)
                            for i, f in enumerate(self.features)]
     widths = list(self.features[-2::-1]) + [self.out_channels]
-    self.decoder_layers = [TorchConvTranspose(f, impl=self.conv_impl, name=f"dec{i}")
+    self.decoder_layers = [TorchConvTranspose(f, name=f"dec{i}", **layer)
                            for i, f in enumerate(widths)]
 
   def encode(self, x_BHWC):

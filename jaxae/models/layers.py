@@ -1,5 +1,10 @@
 """Layers with PyTorch's semantics and initialization, shared by every model of the family.
 
+Dtypes follow `flax.linen.Conv`: parameters are created in `param_dtype` (float32 by default);
+the input, kernel and bias are cast to `dtype` for the computation, or with `dtype=None` to their
+common type (float32 parameters and a bfloat16 input compute in float32; float64 under x64 in
+float64). Every conv formulation then computes in that one dtype.
+
 Kernels are stored HWIO, [kh, kw, in, out]. A PyTorch `Conv2d.weight` [out, in, kh, kw] maps to
 `w.transpose(2, 3, 1, 0)`; a PyTorch `ConvTranspose2d.weight` [in, out, kh, kw] maps to
 `w.transpose(2, 3, 0, 1)`. With those weights each layer computes what PyTorch's does.
@@ -7,9 +12,10 @@ Kernels are stored HWIO, [kh, kw, in, out]. A PyTorch `Conv2d.weight` [out, in, 
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
+from flax.linen.dtypes import promote_dtype
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,13 +43,17 @@ class TorchConv(nn.Module):
   stride: int = 2
   padding: int = 1
   impl: str = "gemm"  # A key of jaxae.conv.CONV_IMPLS; all compute the same function.
+  dtype: Any = None  # The computation's dtype; None: the common type of input and parameters.
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BHWC):
     c_in = x_BHWC.shape[-1]
     init = torch_uniform_init(c_in * self.kernel_size ** 2)
-    kernel = self.param("kernel", init, (self.kernel_size, self.kernel_size, c_in, self.features))
-    bias = self.param("bias", init, (self.features,))
+    kernel = self.param("kernel", init, (self.kernel_size, self.kernel_size, c_in, self.features),
+                        self.param_dtype)
+    bias = self.param("bias", init, (self.features,), self.param_dtype)
+    x_BHWC, kernel, bias = promote_dtype(x_BHWC, kernel, bias, dtype=self.dtype)
     conv, _ = CONV_IMPLS[self.impl]
     return conv(x_BHWC, kernel, self.stride, self.padding) + bias
 
@@ -56,14 +66,18 @@ class TorchConvTranspose(nn.Module):
   stride: int = 2
   padding: int = 1
   impl: str = "gemm"  # A key of jaxae.conv.CONV_IMPLS.
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BHWC):
     c_in = x_BHWC.shape[-1]
     # PyTorch computes ConvTranspose fan-in from weight.shape[1], which is the *output* channels.
     init = torch_uniform_init(self.features * self.kernel_size ** 2)
-    kernel = self.param("kernel", init, (self.kernel_size, self.kernel_size, c_in, self.features))
-    bias = self.param("bias", init, (self.features,))
+    kernel = self.param("kernel", init, (self.kernel_size, self.kernel_size, c_in, self.features),
+                        self.param_dtype)
+    bias = self.param("bias", init, (self.features,), self.param_dtype)
+    x_BHWC, kernel, bias = promote_dtype(x_BHWC, kernel, bias, dtype=self.dtype)
     _, conv_transpose = CONV_IMPLS[self.impl]
     return conv_transpose(x_BHWC, kernel, self.stride, self.padding) + bias
 

@@ -13,7 +13,7 @@ edges) and context (is this a stroke?); the seed autoencoder's 4x4 latent keeps 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -29,27 +29,30 @@ class UNet(nn.Module):
   activation: str = "leaky_relu"
   negative_slope: float = 0.01
   conv_impl: str = "gemm"
+  # As flax.linen.Conv's (jaxae/models/layers.py): computation and parameter dtypes.
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BHWC):
     check_conv_impl(self.conv_impl)
     act = make_activation(self.activation, self.negative_slope)
-    impl = self.conv_impl
+    layer = dict(impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
 
     def conv3(features, name):
-      return TorchConv(features, kernel_size=3, stride=1, padding=1, impl=impl, name=name)
+      return TorchConv(features, kernel_size=3, stride=1, padding=1, name=name, **layer)
 
     skips = []
     for i, f in enumerate(self.features):
       if i == 0:
         x_BHWC = act(conv3(f, "stem")(x_BHWC))
       else:
-        x_BHWC = act(TorchConv(f, impl=impl, name=f"down{i}")(x_BHWC))
+        x_BHWC = act(TorchConv(f, name=f"down{i}", **layer)(x_BHWC))
       x_BHWC = act(conv3(f, f"enc{i}")(x_BHWC))
       skips.append(x_BHWC)
     for i in range(len(self.features) - 2, -1, -1):
       f = self.features[i]
-      x_BHWC = act(TorchConvTranspose(f, impl=impl, name=f"up{i}")(x_BHWC))
+      x_BHWC = act(TorchConvTranspose(f, name=f"up{i}", **layer)(x_BHWC))
       x_BHWC = act(conv3(f, f"dec{i}")(jnp.concatenate([x_BHWC, skips[i]], axis=-1)))
-    return TorchConv(self.out_channels, kernel_size=1, stride=1, padding=0, impl=impl,
-                     name="head")(x_BHWC)
+    return TorchConv(self.out_channels, kernel_size=1, stride=1, padding=0, name="head",
+                     **layer)(x_BHWC)
