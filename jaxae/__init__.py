@@ -6,16 +6,18 @@ from jaxae.dataset import MixedSplit, load_mixed, mix
 from jaxae.metrics import image_quality, psnr, ssim, unit_psnr, unit_ssim
 from jaxae.models import Autoencoder, UNet, model_from_config
 from jaxae.preprocess import mean_images, to_unit_range
+from jaxae.pretrained import LoadedModel, load_model
 from jaxae.tasks import Reconstruct, Separate, task_from_config
 from jaxae.train import TrainState, create_train_state, eval_step, train_step
 from jaxae.weights import ParamsFileError, from_torch_state_dict, load_params, save_params
 
 __all__ = [
-    "Autoencoder", "CIFAR_NORMALIZATION", "Config", "DatasetNotFoundError", "MNIST_NORMALIZATION",
-    "MixedSplit", "Normalization", "ParamsFileError", "Reconstruct", "Separate", "TrainState",
-    "UNet", "create_train_state", "eval_step", "from_torch_state_dict", "image_quality",
-    "load_mixed", "load_params", "load_split", "load_splits", "mean_images", "mix",
-    "model_from_config", "psnr", "save_params", "ssim", "task_from_config", "to_unit_range",
-    "train_step", "unit_psnr", "unit_ssim",
+    "Autoencoder", "CIFAR_NORMALIZATION", "Config", "create_train_state",
+    "DatasetNotFoundError", "eval_step", "from_torch_state_dict", "image_quality",
+    "load_mixed", "load_model", "load_params", "load_split", "load_splits", "LoadedModel",
+    "mean_images", "mix", "MixedSplit", "MNIST_NORMALIZATION", "model_from_config",
+    "Normalization", "ParamsFileError", "psnr", "Reconstruct", "save_params", "Separate",
+    "ssim", "task_from_config", "to_unit_range", "train_step", "TrainState", "UNet",
+    "unit_psnr", "unit_ssim",
 ]
 __version__ = "0.1.0"

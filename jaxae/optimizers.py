@@ -48,7 +48,8 @@ def make_optimizer(config: Config,
   if config.lr_schedule != "constant":
     if not steps_per_epoch or steps_per_epoch <= 0:
       raise ValueError(f"lr_schedule={config.lr_schedule!r} needs the run's steps_per_epoch "
-                       "(its steps decay over config.epochs epochs).")
+                       "(its steps decay over config.epochs epochs); to run a params file "
+                       "without training it, use jaxae.load_model.")
     total = config.epochs * steps_per_epoch
   return _optimizer(config.optimizer, config.learning_rate, config.lr_schedule,
                     config.warmup_steps, total, float(config.grad_clip_norm),

@@ -85,6 +85,13 @@ class Reconstruct:
     reconstructions, per_example = per_example_mse(apply_fn, params, batch)
     return {"reconstructions": reconstructions}, per_example
 
+  def predict(self, apply_fn, params, images_BHWC) -> dict[str, jax.Array]:
+    """{"reconstructions": [B, 32, 32, 3]} of normalized mean images, no targets needed."""
+    _check_images(images_BHWC)
+    reconstructions = apply_fn({"params": params}, images_BHWC)
+    _check_output(reconstructions, images_BHWC, IMAGE_SHAPE[-1])
+    return {"reconstructions": reconstructions}
+
   def final_metrics(self, split, predictions: dict[str, np.ndarray]) -> dict[str, float]:
     return image_quality(split.images, predictions["reconstructions"],
                          mnist_normalization=self.mnist_normalization,
@@ -305,6 +312,14 @@ class Separate:
     if self.loss_kind == "log_mse":
       per_example = jnp.log10(per_example + LOG_MSE_FLOOR)
     return {"digit": digit_hat, "photo": photo_hat}, per_example
+
+  def predict(self, apply_fn, params, mixture_BHWC) -> dict[str, jax.Array]:
+    """{"digit": [B, 32, 32, 1], "photo": [B, 32, 32, 3]} in [0, 1] of normalized mean images."""
+    _check_images(mixture_BHWC, "mixture")
+    outputs = apply_fn({"params": params}, mixture_BHWC)
+    _check_output(outputs, mixture_BHWC, self.out_channels)
+    digit, photo = self.estimate(outputs, mixture_BHWC)
+    return {"digit": digit, "photo": photo}
 
   def targets(self, split) -> tuple[np.ndarray, np.ndarray]:
     """The true (digit [N, 32, 32, 1], photo [N, 32, 32, 3]) in [0, 1], from the uint8 sources."""

@@ -1,7 +1,8 @@
 """Trained parameters as files: jaxae's own (with their config), and PyTorch's state_dicts.
 
-    params, config = load_params("results/corrected/params.msgpack")
-    state = create_train_state(jax.random.key(0), config).replace(params=params)
+    model = load_model("results/corrected_5seeds/params.msgpack", replica=0)  # To use it.
+    params, config = load_params("results/corrected_5seeds/params.msgpack", replica=0)
+    state = create_train_state(jax.random.key(0), config).replace(params=params)  # To train on.
 
     params = from_torch_state_dict({k: v.numpy() for k, v in net.state_dict().items()})
 
@@ -64,6 +65,10 @@ def _on_host(x) -> np.ndarray:
 def load_params(path: str | os.PathLike, replica: int | None = None) -> tuple[Any, Config]:
   """(params, config) from a file of `save_params`; params are jax arrays.
 
+  The config is the run's, with `conv_impl="auto"` (the formulation of this platform).
+  `jaxae.load_model` gives the model ready to run; to train on from the params, pass
+  `create_train_state` the new run's `steps_per_epoch` if the config's schedule decays.
+
   With `replica=k`, a file of several seeds gives replica k's parameters and a single-seed config
   (seed + k); without it, its stacked parameters and config as saved.
 
@@ -87,7 +92,9 @@ def load_params(path: str | os.PathLike, replica: int | None = None) -> tuple[An
     raise ParamsFileError(f"{path} is a version {payload.get('version')} params file; this "
                           f"jaxae reads version {VERSION}.")
   try:
-    config = Config.from_dict(json.loads(payload["config"]))
+    # How the run computed its layers was a speed choice for its platform, not part of the model
+    # (every formulation computes the same function): here, this platform's choice.
+    config = Config.from_dict(json.loads(payload["config"])).replace(conv_impl="auto")
   except (ValueError, TypeError, KeyError) as e:
     raise ParamsFileError(f"{path} holds an unusable config: {e}") from None
   params = jax.tree.map(jnp.asarray, payload["params"])

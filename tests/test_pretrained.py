@@ -1,0 +1,93 @@
+"""Every published params file loads ready to use and computes what its run recorded."""
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO, shared_data_dir
+from jaxae import Config, create_train_state, load_mixed, load_model, load_params
+from jaxae.config import from_config_dict
+from jaxae.models import model_from_config
+from jaxae.platforms import resolve_conv_impl
+
+PUBLISHED = sorted(str(p.relative_to(REPO)) for p in (REPO / "results").rglob("params.msgpack"))
+
+
+def test_the_published_files_are_all_found():
+  assert len(PUBLISHED) >= 13, PUBLISHED
+
+
+def _recorded(path: str) -> Config:
+  """The config of the run as its metrics.json recorded it (its conv_impl included)."""
+  record = json.loads((REPO / path).with_name("metrics.json").read_text())["config"]
+  record.pop("conv_transpose", None)  # An earlier name of the formulation setting.
+  return from_config_dict(record)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _predict(task, apply_fn, params, images):
+  return task.predict(apply_fn, params, images)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _jvp(task, apply_fn, params, images):
+  return jax.jvp(lambda p: task.predict(apply_fn, p, images), (params,),
+                 (jax.tree.map(jnp.ones_like, params),))[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", PUBLISHED)
+def test_a_published_file_loads_ready_to_differentiate_and_predicts_as_its_run(path, test_split):
+  # Before: 7 of these files recorded conv_impl gemm_vjp or gemm, so jax.jvp raised
+  # ("can't apply forward-mode autodiff (jvp) to a custom_vjp function") and an accelerator would
+  # have run the CPU's GEMMs; the 6 cosine-schedule runs' configs refused create_train_state.
+  recorded = _recorded(path)
+  loaded = load_model(REPO / path, replica=0 if recorded.num_seeds > 1 else None)
+  assert loaded.config == recorded.replace(conv_impl="auto", seed=loaded.config.seed, num_seeds=1)
+  assert loaded.model.conv_impl == resolve_conv_impl("auto", jax.default_backend())
+  images = test_split.images[:64]
+  tangents = _jvp(loaded.task, loaded.model.apply, loaded.params, images[:2])
+  assert all(np.isfinite(t).all() and np.abs(t).sum() > 0 for t in jax.tree.leaves(tangents))
+  # The run computed the layers its own way; load_model the platform's. Both are the same
+  # function: on real test pairs the predictions agree to the last bit, so the recorded metrics
+  # reproduce (evaluate.py --params; the closing note lists every file's).
+  ours = _predict(loaded.task, loaded.model.apply, loaded.params, images)
+  as_run = model_from_config(recorded, loaded.task.out_channels)
+  if as_run is loaded.model:
+    return  # The run's own formulation ("auto", or this platform's).
+  theirs = _predict(loaded.task, as_run.apply, loaded.params, images)
+  assert set(ours) == ({"reconstructions"} if recorded.task == "reconstruct"
+                       else {"digit", "photo"})
+  for key in ours:
+    np.testing.assert_array_equal(np.asarray(ours[key]), np.asarray(theirs[key]), err_msg=key)
+
+
+def test_a_cosine_run_s_params_load_without_a_schedule_and_train_on_with_one():
+  path = REPO / "results" / "separate_unet_cosine" / "params.msgpack"
+  loaded = load_model(path)
+  assert loaded.config.lr_schedule == "cosine"  # Nothing was asked of the schedule.
+  params, config = load_params(path)
+  with pytest.raises(ValueError, match="needs the run's steps_per_epoch.*jaxae.load_model"):
+    create_train_state(jax.random.key(0), config)
+  state = create_train_state(jax.random.key(0), config, steps_per_epoch=10).replace(params=params)
+  assert state.apply_fn == loaded.model.apply
+
+
+@pytest.mark.slow
+def test_a_published_file_reproduces_its_recorded_metrics_exactly(test_split):
+  path = REPO / "results" / "rerun_gemm" / "corrected" / "params.msgpack"
+  loaded = load_model(path)
+  predictions = _predict(loaded.task, loaded.model.apply, loaded.params, test_split.images)
+  metrics = loaded.task.final_metrics(test_split, jax.tree.map(np.asarray, predictions))
+  final = json.loads(path.with_name("metrics.json").read_text())["final"]
+  for key, value in metrics.items():
+    assert value == final[key], key
+
+
+@pytest.fixture(scope="module")
+def test_split():
+  return load_mixed(shared_data_dir())["test"]
