@@ -48,6 +48,8 @@ flags.DEFINE_integer("eval_batch_size", 0, "Evaluation batch (0: the platform's 
 flags.DEFINE_enum("replica_strategy", None, list(platforms.REPLICA_STRATEGIES),
                   "With --config.num_seeds: 'vmap' (one batched program) or 'loop' (the "
                   "single-seed program per replica); default: the platform's.")
+flags.DEFINE_bool("progress", False, "Time epochs that report their steps to the host (as "
+                  "train.py's progress line has them; jaxae/progress.py).")
 flags.DEFINE_string("output", None, "Also write the JSON lines to this file.")
 
 
@@ -83,7 +85,9 @@ def time_training(examples, batch_size, epochs, config, choice, lines):
     emit(lines, metric="compile_s", value=round(time.perf_counter() - start, 3),
          batch_size=batch_size, num_seeds=config.num_seeds)
   run = dict(batch_size=batch_size, microbatch_per_device=micro, replicas=replicas,
-             replica_strategy=strategy)
+             replica_strategy=strategy,
+             # What train.py's progress line costs: the epoch program reporting its steps.
+             progress=(lambda done, total: None) if FLAGS.progress else None)
   state = train_epoch(state, examples, seed=0, epoch=0, **run).state  # Warm-up.
   seconds = []
   for epoch in range(1, epochs + 1):

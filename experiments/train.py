@@ -107,7 +107,8 @@ def main(argv):
                        keep_checkpoints=FLAGS.keep_checkpoints,
                        eval_batch_size=FLAGS.eval_batch_size or None, log=log,
                        warn=lambda line: print(f"warning: {line}", file=sys.stderr, flush=True),
-                       tensorboard_every=FLAGS.log_every_steps or None)
+                       tensorboard_every=FLAGS.log_every_steps or None,
+                       progress=sys.stdout)
   except RunError as e:
     cli.fail(str(e), e.exit_code)
 

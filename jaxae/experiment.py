@@ -8,7 +8,7 @@ import numbers
 import os
 import pathlib
 import time
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
 import jax
 import numpy as np
@@ -22,6 +22,7 @@ from jaxae.checkpoints import (CheckpointSaveError, Checkpointer, IncompatibleCh
 from jaxae.config import Config
 from jaxae.dataset import MixedSplit
 from jaxae.loop import evaluate, steps_per_epoch, train_epoch, train_full_batch_epoch
+from jaxae.progress import EpochProgress
 from jaxae.provenance import host_change, provenance, version_changes
 from jaxae.models import forward_flops
 from jaxae.monitoring import TensorBoard
@@ -54,7 +55,8 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
                        log: Callable[[str], None] = print,
                        warn: Callable[[str], None] | None = None,
                        mesh: Mesh | None = None, lock: bool = True,
-                       tensorboard_every: int | None = None) -> dict[str, Any]:
+                       tensorboard_every: int | None = None,
+                       progress: TextIO | None = None) -> dict[str, Any]:
   """Trains (resuming from the newest good checkpoint), evaluates, writes the run's files.
 
   Data-parallel over `mesh` (default: every device of every process). In a multi-process run
@@ -68,7 +70,9 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   the platform's) is the evaluation batch. `config.conv_impl="auto"`, the microbatch and the
   full-batch chunks are the platform's too (jaxae/platforms.py); the run logs them.
   `tensorboard_every=N` also writes TensorBoard event files into workdir/tensorboard, the
-  training loss every N steps among them (jaxae/monitoring.py).
+  training loss every N steps among them (jaxae/monitoring.py). `progress` (e.g. sys.stdout)
+  shows each epoch's progress while it runs (jaxae/progress.py): in place on a terminal, a plain
+  line at most every 30 s elsewhere.
 
   Returns the contents of metrics.json.
 
@@ -96,14 +100,15 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
                                keep_checkpoints=keep_checkpoints,
                                eval_batch_size=eval_batch_size, log=log, warn=warn or log,
                                mesh=mesh or parallel.data_mesh(),
-                               tensorboard_every=tensorboard_every, cleanup=cleanup)
+                               tensorboard_every=tensorboard_every, progress=progress,
+                               cleanup=cleanup)
 
 
 def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
                         workdir: pathlib.Path, *, train_limit: int, test_limit: int,
                         overwrite: bool, keep_checkpoints: int, eval_batch_size: int | None,
                         log: Callable[[str], None], warn: Callable[[str], None],
-                        mesh: Mesh, tensorboard_every: int | None,
+                        mesh: Mesh, tensorboard_every: int | None, progress: TextIO | None,
                         cleanup: contextlib.ExitStack) -> dict[str, Any]:
   primary = parallel.is_primary()
   log = log if primary else (lambda _: None)
@@ -198,16 +203,23 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
         "gradient, some idle compute); a multiple of the device count avoids that.")
 
   steps_done = int(np.max(state.step))  # Counted on the host: each epoch takes the state.
-  for epoch in range(len(history) + 1, config.epochs + 1):
+  first_epoch = len(history) + 1
+  for epoch in range(first_epoch, config.epochs + 1):
     start = time.perf_counter()
-    if config.full_batch:
-      result = train_full_batch_epoch(state, train_examples, mesh=mesh,
-                                      chunk_size=choice.full_batch_chunk, replicas=replicas)
-    else:
-      result = train_epoch(state, train_examples, seed=config.seed, epoch=epoch,
-                           batch_size=config.batch_size, mesh=mesh,
-                           microbatch_per_device=choice.microbatch_per_device,
-                           replicas=replicas, repair=config.pairing == "shuffled")
+    later = ((config.epochs - epoch) * float(np.median([h["seconds"] for h in history[-5:]]))
+             if history else None)
+    with (EpochProgress(progress, epoch=epoch, epochs=config.epochs, later_s=later,
+                        images=len(train) * max(replicas, 1), compiles=epoch == first_epoch)
+          if progress and primary else contextlib.nullcontext()) as bar:
+      if config.full_batch:
+        result = train_full_batch_epoch(state, train_examples, mesh=mesh,
+                                        chunk_size=choice.full_batch_chunk, replicas=replicas)
+      else:
+        result = train_epoch(state, train_examples, seed=config.seed, epoch=epoch,
+                             batch_size=config.batch_size, mesh=mesh,
+                             microbatch_per_device=choice.microbatch_per_device,
+                             replicas=replicas, repair=config.pairing == "shuffled",
+                             progress=bar and bar.steps_done)
     if bad := seeds.first_non_finite(result.step_losses):
       step, k = bad
       value = result.step_losses[step] if k is None else result.step_losses[k, step]

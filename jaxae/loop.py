@@ -25,10 +25,13 @@ and the gradient unchanged.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import math
+import threading
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -118,8 +121,39 @@ def epoch_batches(key: jax.Array, num_examples: int, batch_size: int, width: int
 MICROBATCH_PER_DEVICE = platforms.CPU_BATCH_SIZES["seed"][0]
 
 
+# The host side of in-epoch progress: an epoch program built with `report_every` calls
+# `_report_steps` every that many steps (jax.debug.callback); whoever is listening hears it.
+_listeners: list[Callable[[int], None]] = []
+_listeners_lock = threading.Lock()
+
+
+def _report_steps(done, _after=None) -> None:
+  # Several replicas (vmap) or devices may report one step at once: the largest count is news.
+  done = int(np.max(done))
+  with _listeners_lock:
+    listeners = list(_listeners)
+  for listener in listeners:
+    listener(done)
+
+
+@contextlib.contextmanager
+def _listening(listener: Callable[[int], None]):
+  with _listeners_lock:
+    _listeners.append(listener)
+  try:
+    yield
+  finally:
+    with _listeners_lock:
+      _listeners.remove(listener)
+
+
+def report_every(steps: int) -> int:
+  """How often an epoch of `steps` steps reports them: about 100 times per epoch."""
+  return max(1, steps // 100)
+
+
 def sharded_train_epoch(mesh: Mesh, microbatch_size: int | None = None, replicas: bool = False,
-                        repair: bool = False):
+                        repair: bool = False, report_every: int = 0):
   """An epoch of `train_step`s as one `lax.scan`, jitted for `mesh`; the state is donated.
 
   (state, examples, indices_SW, mask_SW) -> (state, step_losses [S]). Step s trains on
@@ -130,13 +164,17 @@ def sharded_train_epoch(mesh: Mesh, microbatch_size: int | None = None, replicas
   losses are [R, S]); the examples are shared.
   With `repair`, a fifth argument partners_SW (shaped and split as the indices): step s trains on
   `state.task.repaired(batch, partner_batch)`, the examples at indices_SW[s] and at partners_SW[s].
+  With `report_every=k > 0`, every k-th step tells the host how many steps are done (for
+  progress; the numbers computed are the same).
   """
   # One cache key per program.
-  return _sharded_train_epoch(mesh, microbatch_size, bool(replicas), bool(repair))
+  return _sharded_train_epoch(mesh, microbatch_size, bool(replicas), bool(repair),
+                              int(report_every))
 
 
 @functools.cache
-def _sharded_train_epoch(mesh: Mesh, microbatch_size: int | None, replicas: bool, repair: bool):
+def _sharded_train_epoch(mesh: Mesh, microbatch_size: int | None, replicas: bool, repair: bool,
+                         report_every: int = 0):
   replicated = parallel.replicated(mesh)
   by_column = parallel.batch_sharded(mesh, batch_dim=2 if replicas else 1)
 
@@ -146,7 +184,7 @@ def _sharded_train_epoch(mesh: Mesh, microbatch_size: int | None, replicas: bool
           x[indices_W], parallel.batch_sharded(mesh)), examples)
 
     def step(state, xs):
-      indices_W, mask_W, partners_W = xs
+      s, indices_W, mask_W, partners_W = xs
       if partners_W is None:
         batch = gather(indices_W)
       else:
@@ -154,7 +192,10 @@ def _sharded_train_epoch(mesh: Mesh, microbatch_size: int | None, replicas: bool
       state, metrics = train_step(state, batch, mask_W, microbatch_size=microbatch_size)
       return state, metrics["loss"]
 
-    return jax.lax.scan(step, state, (indices_SW, mask_SW, partners_SW))
+    xs = (jnp.arange(mask_SW.shape[0], dtype=jnp.int32), indices_SW, mask_SW, partners_SW)
+    if not report_every:
+      return jax.lax.scan(step, state, xs)
+    return _scan_reporting(step, state, xs, report_every)
 
   in_axes, in_shardings = (0, None, 0, 0), (replicated, replicated, by_column, by_column)
   if repair:
@@ -163,6 +204,30 @@ def _sharded_train_epoch(mesh: Mesh, microbatch_size: int | None, replicas: bool
     epoch_fn = jax.vmap(epoch_fn, in_axes=in_axes)
   return jax.jit(epoch_fn, donate_argnums=0, in_shardings=in_shardings,
                  out_shardings=(replicated, replicated))
+
+
+def _scan_reporting(step, state, xs, every: int):
+  """`lax.scan(step, state, xs)` that reports the steps done to the host after every `every`.
+
+  As a scan of scans of `every` steps (and one of the remaining steps), so the steps are the
+  same computation and no step waits on a branch. Each report follows its chunk's losses, so it
+  cannot run ahead of the work.
+  """
+  total = jax.tree.leaves(xs)[0].shape[0]
+  chunks = total // every
+
+  def chunk(state, xs_chunk):
+    state, losses = jax.lax.scan(step, state, xs_chunk)
+    jax.debug.callback(_report_steps, xs_chunk[0][-1] + 1, losses)
+    return state, losses
+
+  head = jax.tree.map(lambda x: x[:chunks * every].reshape(chunks, every, *x.shape[1:]), xs)
+  state, head_losses = jax.lax.scan(chunk, state, head)
+  losses = [head_losses.reshape(-1)]
+  if total > chunks * every:
+    state, tail_losses = jax.lax.scan(step, state, jax.tree.map(lambda x: x[chunks * every:], xs))
+    losses.append(tail_losses)
+  return state, jnp.concatenate(losses)
 
 
 def microbatch_size(batch_width: int, mesh: Mesh,
@@ -201,8 +266,12 @@ def train_epoch(state: TrainState, examples, *, seed: int, epoch: int, batch_siz
                 mesh: Mesh | None = None,
                 microbatch_per_device: int | None = MICROBATCH_PER_DEVICE,
                 replicas: int = 0, replica_strategy: str | None = None,
-                repair: bool = False) -> EpochResult:
+                repair: bool = False,
+                progress: Callable[[int, int], None] | None = None) -> EpochResult:
   """One shuffled pass of minibatch steps. `state` is donated: use the returned one.
+
+  `progress(done, total)` hears the steps done while the epoch runs (from another thread; with
+  replicas run one after another, the total counts every replica's steps).
 
   Batches of more than `microbatch_per_device` examples per device sum their gradient over
   microbatches of that size (the same steps; see `train.loss_and_grad_sums`). With `replicas=R`
@@ -219,10 +288,14 @@ def train_epoch(state: TrainState, examples, *, seed: int, epoch: int, batch_siz
                      "do not keep the sources of each pair); train with repair=False.")
   mesh = mesh or parallel.data_mesh()
   if _one_by_one(replicas, mesh, replica_strategy):
+    steps = steps_per_epoch(batch_size_of(examples), batch_size)
+
+    def replica_progress(k):
+      return progress and (lambda done, _: progress(k * steps + done, replicas * steps))
     return _stacked_results([
         train_epoch(seeds.replica(state, k), examples, seed=seed + k, epoch=epoch,
                     batch_size=batch_size, mesh=mesh, microbatch_per_device=microbatch_per_device,
-                    repair=repair)
+                    repair=repair, progress=replica_progress(k))
         for k in range(replicas)])
   n = batch_size_of(examples)
   state, examples = parallel.replicate((state, examples), mesh)
@@ -240,10 +313,14 @@ def train_epoch(state: TrainState, examples, *, seed: int, epoch: int, batch_siz
   # Each process places only the columns (batch slices) of its own devices.
   indices, mask, *extra = parallel.put(
       (indices, mask, *extra), parallel.batch_sharded(mesh, batch_dim=mask.ndim - 1))
+  steps = mask.shape[-2]
   epoch_fn = sharded_train_epoch(mesh, microbatch_size(width, mesh, microbatch_per_device),
-                                 bool(replicas), repair)
-  state, step_losses = epoch_fn(state, examples, indices, mask, *extra)
-  step_losses = to_host(step_losses)
+                                 bool(replicas), repair, report_every(steps) if progress else 0)
+  with _listening(lambda done: progress(done, steps)) if progress else contextlib.nullcontext():
+    state, step_losses = epoch_fn(state, examples, indices, mask, *extra)
+    step_losses = to_host(step_losses)
+    if progress:
+      jax.effects_barrier()  # Every report heard before the listener goes.
   losses = np.sum(step_losses * counts, axis=-1) / n
   return EpochResult(state, losses if replicas else float(losses), step_losses)
 
