@@ -1,0 +1,42 @@
+"""experiments/walkthrough.ipynb: its saved outputs, and the notebook run on a small slice."""
+
+import re
+
+import nbformat
+import pytest
+
+from conftest import REPO, shared_data_dir
+
+NOTEBOOK = REPO / "experiments" / "walkthrough.ipynb"
+
+
+def _code_cells(nb):
+  return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def test_the_notebook_is_saved_with_its_outputs_and_pictures():
+  # It must read on a repository page: every code cell ran, in order, without an error.
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  cells = _code_cells(nb)
+  assert [c.execution_count for c in cells] == list(range(1, len(cells) + 1))
+  outputs = [o for c in cells for o in c.outputs]
+  assert not [o for o in outputs if o.output_type == "error"]
+  assert all(c.outputs for c in cells[1:]), "a code cell has no output"
+  pictures = [o for o in outputs if "image/png" in o.get("data", {})]
+  assert len(pictures) >= 5
+  assert "| full data" in "".join(o.get("text", "") for o in outputs)
+
+
+@pytest.mark.slow
+def test_the_notebook_runs_on_a_small_slice(monkeypatch):
+  from nbclient import NotebookClient  # pylint: disable=import-outside-toplevel
+  monkeypatch.setenv("JAXAE_WALKTHROUGH_TINY", "1")
+  monkeypatch.setenv("JAXAE_DATA_DIR", str(shared_data_dir()))
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  NotebookClient(nb, timeout=600, kernel_name="python3",
+                 resources={"metadata": {"path": str(REPO)}}).execute()
+  text = "".join(o.get("text", "") for c in _code_cells(nb) for o in c.outputs)
+  assert "| tiny run" in text
+  # The published weights score as published, whatever the slice.
+  psnr = float(re.search(r"published, 50 epochs: PSNR ([\d.]+) dB", text).group(1))
+  assert psnr > 38.0
