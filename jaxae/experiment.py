@@ -219,7 +219,7 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
                              batch_size=config.batch_size, mesh=mesh,
                              microbatch_per_device=choice.microbatch_per_device,
                              replicas=replicas, repair=config.pairing == "shuffled",
-                             progress=bar and bar.steps_done)
+                             progress=_progress_listener(progress, bar))
     if bad := seeds.first_non_finite(result.step_losses):
       step, k = bad
       value = result.step_losses[step] if k is None else result.step_losses[k, step]
@@ -304,6 +304,14 @@ def _watch(state, task, split: MixedSplit, examples, eval_batch_size: int, mesh:
                                mesh=mesh, replicas=replicas), replicas)
   return ([{"num_test_images": len(split), **task.final_metrics(split, m)} for m in mine],
           [task.preview_rows(split, m) for m in mine])
+
+
+def _progress_listener(progress, bar):
+  """What hears an epoch's steps: the primary process's bar; the others listen to nothing, but
+  listen, so that every process runs the same program (a multi-process run's must match)."""
+  if not progress:
+    return None
+  return bar.steps_done if bar is not None else (lambda done, total: None)
 
 
 def _plain(value):

@@ -138,8 +138,9 @@ def process(workdir, coordinator, num_processes, process_id, epochs="2", unlucky
   train, test = splits()
   lines = []
   try:
+    # With progress, as train.py runs: every process runs the epoch program that reports steps.
     metrics = train_and_evaluate(config(epochs=int(epochs)), train, test, workdir,
-                                 log=lines.append)
+                                 log=lines.append, progress=sys.stderr)
   except RunError as e:
     print(json.dumps({"process_index": jax.process_index(), "error": str(e)}))
     return
