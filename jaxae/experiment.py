@@ -193,9 +193,7 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   log(f"On {choice.describe()} (jaxae/platforms.py).")
   log(f"Training on {len(train):,} mean images (test {len(test):,}) on {_devices(mesh)}, "
       + ("full batch (one step per epoch)" if config.full_batch else f"batch {config.batch_size}")
-      + f", {config.epochs} epochs"
-      + (", each epoch with new pairs of digits and photos." if config.pairing == "shuffled"
-         else "."))
+      + f", {config.epochs} epochs.")
   padded = parallel.padded_batch_size(config.batch_size, mesh)
   if not config.full_batch and padded != config.batch_size:
     log(f"Each batch of {config.batch_size} is padded with {padded - config.batch_size} masked "
@@ -218,7 +216,7 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
         result = train_epoch(state, train_examples, seed=config.seed, epoch=epoch,
                              batch_size=config.batch_size, mesh=mesh,
                              microbatch_per_device=choice.microbatch_per_device,
-                             replicas=replicas, repair=config.pairing == "shuffled",
+                             replicas=replicas,
                              progress=_progress_listener(progress, bar))
     if bad := seeds.first_non_finite(result.step_losses):
       step, k = bad

@@ -12,10 +12,6 @@ examples. `replica_strategy` says how they run: "vmap" (one program, vmapped ove
 axis) or "loop" (the single-seed program once per replica); the default is the platform's
 (`platforms.replica_strategy`).
 
-`train_epoch(..., repair=True)` also pairs every example with another example's digit, drawn by a
-second permutation per epoch (`pairing_key`): the task's `repaired` builds each new pair inside
-the step, so the examples stay as they are.
-
 Every function takes a `mesh` (default: `parallel.data_mesh()`, all devices): the batch is split
 along its data axis and the state replicated (see jaxae/parallel.py). A batch size that the device
 count does not divide is padded with masked examples to the next multiple, which leaves the loss
@@ -83,15 +79,6 @@ def epoch_key(seed: int, epoch: int) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), epoch)
 
 
-# fold_in of an epoch's key: the stream of its re-pairing permutation, apart from its shuffle.
-_PAIRING_STREAM = 1
-
-
-def pairing_key(seed: int, epoch: int) -> jax.Array:
-  """The key of an epoch's re-pairing permutation (train_epoch's `repair`)."""
-  return jax.random.fold_in(epoch_key(seed, epoch), _PAIRING_STREAM)
-
-
 def steps_per_epoch(num_examples: int, batch_size: int, full_batch: bool = False) -> int:
   """Optimizer steps in an epoch: one per (padded) batch, or one for the full-batch procedure."""
   return 1 if full_batch else math.ceil(num_examples / batch_size)
@@ -153,7 +140,7 @@ def report_every(steps: int) -> int:
 
 
 def sharded_train_epoch(mesh: Mesh, microbatch_size: int | None = None, replicas: bool = False,
-                        repair: bool = False, report_every: int = 0):
+                        report_every: int = 0):
   """An epoch of `train_step`s as one `lax.scan`, jitted for `mesh`; the state is donated.
 
   (state, examples, indices_SW, mask_SW) -> (state, step_losses [S]). Step s trains on
@@ -162,44 +149,36 @@ def sharded_train_epoch(mesh: Mesh, microbatch_size: int | None = None, replicas
   per epoch: on CPU it ran 25-30% faster than one dispatch per step from Python.
   With `replicas`, state, indices and mask have a leading replica axis [R, ...] (and the step
   losses are [R, S]); the examples are shared.
-  With `repair`, a fifth argument partners_SW (shaped and split as the indices): step s trains on
-  `state.task.repaired(batch, partner_batch)`, the examples at indices_SW[s] and at partners_SW[s].
   With `report_every=k > 0`, every k-th step tells the host how many steps are done (for
   progress; the numbers computed are the same).
   """
   # One cache key per program.
-  return _sharded_train_epoch(mesh, microbatch_size, bool(replicas), bool(repair),
-                              int(report_every))
+  return _sharded_train_epoch(mesh, microbatch_size, bool(replicas), int(report_every))
 
 
 @functools.cache
-def _sharded_train_epoch(mesh: Mesh, microbatch_size: int | None, replicas: bool, repair: bool,
+def _sharded_train_epoch(mesh: Mesh, microbatch_size: int | None, replicas: bool,
                          report_every: int = 0):
   replicated = parallel.replicated(mesh)
   by_column = parallel.batch_sharded(mesh, batch_dim=2 if replicas else 1)
 
-  def epoch_fn(state, examples, indices_SW, mask_SW, partners_SW=None):
+  def epoch_fn(state, examples, indices_SW, mask_SW):
     def gather(indices_W):
       return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(
           x[indices_W], parallel.batch_sharded(mesh)), examples)
 
     def step(state, xs):
-      s, indices_W, mask_W, partners_W = xs
-      if partners_W is None:
-        batch = gather(indices_W)
-      else:
-        batch = state.task.repaired(gather(indices_W), gather(partners_W))
-      state, metrics = train_step(state, batch, mask_W, microbatch_size=microbatch_size)
+      _, indices_W, mask_W = xs
+      state, metrics = train_step(state, gather(indices_W), mask_W,
+                                  microbatch_size=microbatch_size)
       return state, metrics["loss"]
 
-    xs = (jnp.arange(mask_SW.shape[0], dtype=jnp.int32), indices_SW, mask_SW, partners_SW)
+    xs = (jnp.arange(mask_SW.shape[0], dtype=jnp.int32), indices_SW, mask_SW)
     if not report_every:
       return jax.lax.scan(step, state, xs)
     return _scan_reporting(step, state, xs, report_every)
 
   in_axes, in_shardings = (0, None, 0, 0), (replicated, replicated, by_column, by_column)
-  if repair:
-    in_axes, in_shardings = (*in_axes, 0), (*in_shardings, by_column)
   if replicas:
     epoch_fn = jax.vmap(epoch_fn, in_axes=in_axes)
   return jax.jit(epoch_fn, donate_argnums=0, in_shardings=in_shardings,
@@ -266,7 +245,6 @@ def train_epoch(state: TrainState, examples, *, seed: int, epoch: int, batch_siz
                 mesh: Mesh | None = None,
                 microbatch_per_device: int | None = MICROBATCH_PER_DEVICE,
                 replicas: int = 0, replica_strategy: str | None = None,
-                repair: bool = False,
                 progress: Callable[[int, int], None] | None = None) -> EpochResult:
   """One shuffled pass of minibatch steps. `state` is donated: use the returned one.
 
@@ -276,16 +254,7 @@ def train_epoch(state: TrainState, examples, *, seed: int, epoch: int, batch_siz
   Batches of more than `microbatch_per_device` examples per device sum their gradient over
   microbatches of that size (the same steps; see `train.loss_and_grad_sums`). With `replicas=R`
   the state is R stacked replicas (jaxae/seeds.py); replica k shuffles with seed + k.
-  With `repair`, the example in batch slot (s, w) is re-paired with the slot's partner, drawn by a
-  second permutation of the examples (`pairing_key`): each example's photo and each digit is used
-  once per epoch, in new pairs (the task's `repaired`; jaxae/tasks.py).
-
-  Raises:
-    ValueError: `repair` for a task whose examples cannot be re-paired.
   """
-  if repair and not hasattr(state.task, "repaired"):
-    raise ValueError(f"the {state.task.name} task's examples cannot be re-paired (its examples "
-                     "do not keep the sources of each pair); train with repair=False.")
   mesh = mesh or parallel.data_mesh()
   if _one_by_one(replicas, mesh, replica_strategy):
     steps = steps_per_epoch(batch_size_of(examples), batch_size)
@@ -295,29 +264,24 @@ def train_epoch(state: TrainState, examples, *, seed: int, epoch: int, batch_siz
     return _stacked_results([
         train_epoch(seeds.replica(state, k), examples, seed=seed + k, epoch=epoch,
                     batch_size=batch_size, mesh=mesh, microbatch_per_device=microbatch_per_device,
-                    repair=repair, progress=replica_progress(k))
+                    progress=replica_progress(k))
         for k in range(replicas)])
   n = batch_size_of(examples)
   state, examples = parallel.replicate((state, examples), mesh)
   width = parallel.padded_batch_size(batch_size, mesh)
   replica_seeds = range(seed, seed + replicas) if replicas else [seed]
 
-  def permutations(key_fn):
-    batches = [epoch_batches(key_fn(s, epoch), n, batch_size, width) for s in replica_seeds]
-    return tuple(jnp.stack(p) for p in zip(*batches)) if replicas else batches[0]
-
-  indices, mask = permutations(epoch_key)
-  # Both permutations pad the same trailing slots, which the mask drops.
-  extra = [permutations(pairing_key)[0]] if repair else []
+  batches = [epoch_batches(epoch_key(s, epoch), n, batch_size, width) for s in replica_seeds]
+  indices, mask = tuple(jnp.stack(p) for p in zip(*batches)) if replicas else batches[0]
   counts = np.asarray(mask.sum(axis=-1), np.float64)
   # Each process places only the columns (batch slices) of its own devices.
-  indices, mask, *extra = parallel.put(
-      (indices, mask, *extra), parallel.batch_sharded(mesh, batch_dim=mask.ndim - 1))
+  indices, mask = parallel.put((indices, mask),
+                               parallel.batch_sharded(mesh, batch_dim=mask.ndim - 1))
   steps = mask.shape[-2]
   epoch_fn = sharded_train_epoch(mesh, microbatch_size(width, mesh, microbatch_per_device),
-                                 bool(replicas), repair, report_every(steps) if progress else 0)
+                                 bool(replicas), report_every(steps) if progress else 0)
   with _listening(lambda done: progress(done, steps)) if progress else contextlib.nullcontext():
-    state, step_losses = epoch_fn(state, examples, indices, mask, *extra)
+    state, step_losses = epoch_fn(state, examples, indices, mask)
     step_losses = to_host(step_losses)
     if progress:
       jax.effects_barrier()  # Every report heard before the listener goes.

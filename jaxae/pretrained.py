@@ -61,8 +61,6 @@ def load_model(path: str | os.PathLike, *, replica: int | None = None) -> Loaded
     ParamsFileError: the file cannot be read, is not a params file, or does not fit its config.
   """
   params, config = load_params(path, replica=replica)
-  # How the digit's clip passed gradients in training is not part of the model either (its
-  # forward is the same clip), and "straight" is the one forward mode differentiates.
-  task = task_from_config(config.replace(digit28_gradient="straight"))
+  task = task_from_config(config)
   return LoadedModel(model=model_from_config(config, task.out_channels), params=params,
                      task=task, config=config)

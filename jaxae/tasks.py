@@ -134,21 +134,14 @@ class Reconstruct:
 #   "digit28": as "digit", but the grey digit is made what preprocessing makes every true digit:
 #              the bilinear resize R X R^T of a 28x28 digit X in [0, 1]. X is the least-squares
 #              fit to the model's 32x32 output, clipped to [0, 1] (gradients pass the clip,
-#              so a clipped pixel still learns; DIGIT28_GRADIENTS says how). 32x32 images only.
+#              so a clipped pixel still learns). 32x32 images only.
 # Every estimate is consistent by construction: 0.5 * (normalized digit + normalized photo) is
 # the mean image, up to float rounding.
 SEPARATIONS = ("digit", "project", "digit28")
 
-# How the gradient of "digit28"'s clipped X reaches the unclipped X:
-#   "straight": unchanged (straight through). With it the values outside [0, 1] drift without
-#               bound: the gradient keeps pushing a clipped value away from [0, 1] where that
-#               changes nothing (a background pixel below 0 whose neighbours are too bright).
-#               separate_unet_digit28's trained X reach -5.5; the re-paired run that diverged
-#               (RESULTS.md), -2,700.
-#   "inward":   where the pixel is inside [0, 1], or where descent moves it back towards [0, 1];
-#               zero where descent would push it further out. Reverse mode only (jax.custom_vjp,
-#               as conv_impl "gemm_vjp"): jax.jvp through it raises.
-DIGIT28_GRADIENTS = ("straight", "inward")
+# "digit28"'s clip passes gradients straight through (unchanged). The values outside [0, 1] then
+# drift (separate_unet_digit28's trained X reach -5.5), harmlessly: a rule that passed the
+# gradient only inward was 0.06 dB lower (RESULTS.md, config.REMOVED_OPTIONS).
 
 # The per-example loss of "separate": "mse" (digit MSE + photo MSE) or "log_mse" (its log10).
 # The goal is the mean of per-image PSNRs, i.e. of -10 log10(MSE): "mse" weighs each image by
@@ -175,44 +168,19 @@ def _resize_matrices() -> tuple[np.ndarray, np.ndarray]:
   return r.astype(np.float32), np.linalg.pinv(r).astype(np.float32)
 
 
-@jax.custom_vjp
-def clip_inward(x):
-  """clip(x, 0, 1), whose gradient passes where descent moves x into (or within) [0, 1]."""
-  return jnp.clip(x, 0.0, 1.0)
-
-
-def _clip_inward_fwd(x):
-  return jnp.clip(x, 0.0, 1.0), x
-
-
-def _clip_inward_bwd(x, g):
-  # Descent moves x by -g: up where g < 0, which brings an x below 0 back, and down where g > 0.
-  inward = ((x >= 0.0) & (x <= 1.0)) | ((x < 0.0) & (g < 0.0)) | ((x > 1.0) & (g > 0.0))
-  return (jnp.where(inward, g, 0.0),)
-
-
-clip_inward.defvjp(_clip_inward_fwd, _clip_inward_bwd)
-
-
-def resized_digit(outputs_BHW1, gradient: str = "straight") -> jax.Array:
-  """The 32x32 grey digits R X R^T nearest the outputs, X (28x28) least squares clipped to [0, 1].
-
-  `gradient`: how the clip passes gradients (DIGIT28_GRADIENTS).
+def resized_digit(outputs_BHW1) -> jax.Array:
+  """The 32x32 grey digits R X R^T nearest the outputs, X (28x28) least squares clipped to [0, 1]
+  (the clip's gradient passes straight through).
 
   Raises:
-    ValueError: outputs that are not [B, 32, 32, 1], or a `gradient` not in DIGIT28_GRADIENTS.
+    ValueError: outputs that are not [B, 32, 32, 1].
   """
-  if gradient not in DIGIT28_GRADIENTS:
-    raise ValueError(f"Unknown digit28 gradient {gradient!r}; use one of {DIGIT28_GRADIENTS}.")
   if tuple(outputs_BHW1.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE, 1):
     raise ValueError(f"separation 'digit28' takes 32x32 images (a 28x28 MNIST digit resized); "
                      f"the model returned {list(outputs_BHW1.shape)}.")
   r, r_pinv = (jnp.asarray(m) for m in _resize_matrices())
   x = jnp.einsum("ij,bjkc,lk->bilc", r_pinv, outputs_BHW1, r_pinv)
-  if gradient == "inward":
-    x = clip_inward(x)
-  else:  # "straight": gradients pass unchanged.
-    x = x + jax.lax.stop_gradient(jnp.clip(x, 0.0, 1.0) - x)
+  x = x + jax.lax.stop_gradient(jnp.clip(x, 0.0, 1.0) - x)
   return jnp.einsum("ij,bjkc,lk->bilc", r, x, r)
 
 
@@ -223,7 +191,6 @@ class Separate:
   name: ClassVar[str] = "separate"
   separation: str = "digit"
   loss_kind: str = "log_mse"
-  digit28_gradient: str = "straight"
   mnist_normalization: Normalization = MNIST_NORMALIZATION
   cifar_normalization: Normalization = CIFAR_NORMALIZATION
 
@@ -246,17 +213,6 @@ class Separate:
   def inputs(self, examples):
     return examples["mixture"]
 
-  def repaired(self, batch, partners) -> dict[str, jax.Array]:
-    """Each photo of `batch` paired with the digit of the same row of `partners` instead.
-
-    Any digit with any photo is a valid mixture (loop.train_epoch's `repair` draws new pairs each
-    epoch, as data augmentation). The mixture is linear in the normalized digit, so the new one is
-    the old one with half the change of the normalized digit: no photo needs to be stored.
-    """
-    s_m = jnp.asarray(self.mnist_normalization.std, jnp.float32)
-    change = 0.5 * (partners["digit"] - batch["digit"]) / s_m
-    return {"mixture": batch["mixture"] + change, "digit": partners["digit"]}
-
   def _photo_map(self, mixture_BHWC):
     """(a, b) [B, H, W, 3] with photo = a - b * digit for every digit consistent with the mixture.
 
@@ -275,7 +231,7 @@ class Separate:
     if self.separation == "digit":
       digit = outputs_BHWC
     elif self.separation == "digit28":
-      digit = resized_digit(outputs_BHWC, self.digit28_gradient)
+      digit = resized_digit(outputs_BHWC)
     else:
       # argmin_g (g - g')^2 + sum_c (a_c - b_c g - p'_c)^2, per pixel.
       g, p = outputs_BHWC[..., :1], outputs_BHWC[..., 1:]
@@ -383,6 +339,5 @@ def task_from_config(config: Config):
     if config.separation_loss not in SEPARATION_LOSSES:
       raise ValueError(f"Unknown separation_loss {config.separation_loss!r}; use one of "
                        f"{SEPARATION_LOSSES}.")
-    return Separate(separation=config.separation, loss_kind=config.separation_loss,
-                    digit28_gradient=config.digit28_gradient, **norms)
+    return Separate(separation=config.separation, loss_kind=config.separation_loss, **norms)
   raise ValueError(f"Unknown task {config.task!r}; use one of {sorted(TASKS)}.")

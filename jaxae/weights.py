@@ -94,7 +94,12 @@ def load_params(path: str | os.PathLike, replica: int | None = None) -> tuple[An
   try:
     # How the run computed its layers was a speed choice for its platform, not part of the model
     # (every formulation computes the same function): here, this platform's choice.
-    config = Config.from_dict(json.loads(payload["config"])).replace(conv_impl="auto")
+    recorded = json.loads(payload["config"])
+    # So was how a digit28 run's clip passed gradients (an option since removed): the model's
+    # forward is the same clip.
+    if isinstance(recorded, dict):
+      recorded.pop("digit28_gradient", None)
+    config = Config.from_dict(recorded).replace(conv_impl="auto")
   except (ValueError, TypeError, KeyError) as e:
     raise ParamsFileError(f"{path} holds an unusable config: {e}") from None
   params = jax.tree.map(jnp.asarray, payload["params"])

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 from flax import serialization
 
 from jaxae import parallel, plots, weights
-from jaxae.config import Config
+from jaxae.config import Config, without_removed_options
 
 SETTINGS_FILE = "settings.json"
 METRICS_FILE = "metrics.json"
@@ -166,8 +166,7 @@ _FORMULATION_KEYS = ("conv_impl", "conv_transpose")
 
 # Settings added after the first release; a settings.json without them means their defaults.
 _ADDED_SETTINGS = ("task", "separation", "separation_loss", "model", "lr_schedule",
-                   "warmup_steps", "num_seeds", "grad_clip_norm", "weight_decay", "pairing",
-                   "digit28_gradient")
+                   "warmup_steps", "num_seeds", "grad_clip_norm", "weight_decay")
 
 
 def holds_other_run(workdir: pathlib.Path, settings: dict[str, Any], overwrite: bool) -> bool:
@@ -198,6 +197,10 @@ def holds_other_run(workdir: pathlib.Path, settings: dict[str, Any], overwrite: 
     existing = None
   if isinstance(existing, dict):
     existing = {k: v for k, v in existing.items() if k not in _FORMULATION_KEYS}
+    try:  # Options removed since: their kept value reads as before, another is refused.
+      existing = without_removed_options(existing)
+    except ValueError as e:
+      raise RunError(f"{workdir} holds a run that no longer can be resumed: {e}") from None
     # Runs from before a setting existed ran with its default.
     for key in _ADDED_SETTINGS:
       existing.setdefault(key, getattr(Config(), key))

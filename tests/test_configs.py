@@ -8,7 +8,8 @@ from ml_collections import config_flags
 import pytest
 
 from conftest import REPO
-from jaxae.config import Config, Normalization, from_config_dict, to_config_dict
+from jaxae.config import (REMOVED_OPTIONS, Config, Normalization, from_config_dict,
+                          to_config_dict, without_removed_options)
 
 CONFIGS = REPO / "experiments" / "configs"
 NAMED = sorted(p.stem for p in CONFIGS.glob("*.py"))
@@ -22,10 +23,24 @@ def _parse(*args, default=CONFIGS / "corrected.py"):
   return from_config_dict(holder.value)
 
 
-def test_every_run_of_results_has_its_named_config():
+def test_every_run_of_results_has_its_named_config_or_a_removed_option():
+  # A run of an option removed since (config.REMOVED_OPTIONS) keeps its results and weights; its
+  # config file went with the option, and the commit named there runs it.
   results = sorted(p.name for p in (REPO / "results").iterdir()
                    if (p / "metrics.json").exists())
-  assert set(results) <= set(NAMED), set(results) - set(NAMED)
+  for name in set(results) - set(NAMED):
+    recorded = json.loads((REPO / "results" / name / "metrics.json").read_text())["config"]
+    assert any(recorded.get(option, kept) != kept
+               for option, (kept, _) in REMOVED_OPTIONS.items()), name
+
+
+def test_a_removed_option_reads_at_its_kept_value_and_is_refused_at_another():
+  for option, (kept, commit) in REMOVED_OPTIONS.items():
+    assert Config.from_dict({option: kept}) == Config()
+    with pytest.raises(ValueError, match=rf"^{option}='other' was removed .*git checkout {commit}"):
+      Config.from_dict({option: "other"})
+    with pytest.raises(ValueError, match=rf"^{option}='other' was removed"):
+      from_config_dict({**Config().to_dict(), option: "other"})
 
 
 # How the layers were computed is not part of what was run (all formulations compute the same
@@ -39,7 +54,7 @@ def test_a_named_config_is_the_config_its_results_were_run_with(name):
   metrics = REPO / "results" / name / "metrics.json"
   if not metrics.exists():
     pytest.skip(f"results/{name} has no metrics.json")
-  recorded = json.loads(metrics.read_text())["config"]
+  recorded = without_removed_options(json.loads(metrics.read_text())["config"])
   ours = json.loads(json.dumps(config.to_dict()))
   for key in _FORMULATION:
     recorded.pop(key, None)
@@ -62,24 +77,19 @@ def _other_value(field: dataclasses.Field):
     return "(8,24)", (8, 24)
   choices = {"task": "separate", "separation": "project", "separation_loss": "mse",
              "model": "unet", "activation": "relu", "conv_impl": "gemm", "optimizer": "sgd",
-             "lr_schedule": "cosine", "pairing": "shuffled",
-             "digit28_gradient": "inward"}
+             "lr_schedule": "cosine"}
   return choices[field.name], choices[field.name]
 
 
 # Fields whose other value is valid only beside another field's.
-_NEEDS = {"pairing": {"task": "separate"}, "digit28_gradient": {"separation": "digit28"}}
-
-
 @pytest.mark.parametrize("field", [f for f in dataclasses.fields(Config)
                                    if not isinstance(f.default, Normalization)],
                          ids=lambda f: f.name)
 def test_every_field_is_settable_on_the_command_line(field):
   text, value = _other_value(field)
-  needs = _NEEDS.get(field.name, {})
-  config = _parse(f"--config.{field.name}={text}", *(f"--config.{k}={v}" for k, v in needs.items()))
+  config = _parse(f"--config.{field.name}={text}")
   assert getattr(config, field.name) == value
-  assert config == Config().replace(**{field.name: value}, **needs)
+  assert config == Config().replace(**{field.name: value})
 
 
 def test_nested_normalizations_are_settable_and_checked():

@@ -48,16 +48,14 @@ def test_three_replicas_equal_three_single_seed_runs(tmp_path):
 # "loop" with minibatches is what every CPU run of several seeds does (the tests above).
 @pytest.mark.slow
 @pytest.mark.parametrize("mode,strategy", [("minibatch", "vmap"), ("full_batch", "vmap"),
-                                           ("full_batch", "loop"), ("separate_unet", "vmap"),
-                                           ("separate_repaired", "vmap")])
+                                           ("full_batch", "loop"), ("separate_unet", "vmap")])
 def test_replicas_train_and_evaluate_like_single_seeds(mode, strategy):
   """Both ways of running replicas (one vmapped program, or the single-seed one per replica),
   for both procedures, tasks and models."""
   train, test = tiny_splits(24, 8)
   config = Config(**SMALL, seed=3, num_seeds=2, full_batch=mode == "full_batch")
   if mode.startswith("separate"):
-    config = config.replace(task="separate", model="unet", features=(4, 8), batch_size=8,
-                            pairing="shuffled" if mode == "separate_repaired" else "fixed")
+    config = config.replace(task="separate", model="unet", features=(4, 8), batch_size=8)
   stacked = seeds.create_train_states(config, steps_per_epoch=3)
   singles = [create_train_state(jax.random.key(s), config, steps_per_epoch=3) for s in (3, 4)]
   examples = stacked.task.examples(train)
@@ -67,8 +65,7 @@ def test_replicas_train_and_evaluate_like_single_seeds(mode, strategy):
       return train_full_batch_epoch(state, examples, replicas=replicas,
                                     replica_strategy=strategy)
     return train_epoch(state, examples, seed=seed, epoch=1, batch_size=config.batch_size,
-                       replicas=replicas, microbatch_per_device=4, replica_strategy=strategy,
-                       repair=config.pairing == "shuffled")
+                       replicas=replicas, microbatch_per_device=4, replica_strategy=strategy)
 
   many = epoch(stacked, 3, replicas=2)
   ones = [epoch(state, seed) for state, seed in zip(singles, (3, 4))]

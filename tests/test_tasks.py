@@ -12,7 +12,7 @@ from jaxae.config import CIFAR_NORMALIZATION, MNIST_NORMALIZATION
 from jaxae.experiment import train_and_evaluate
 from jaxae.metrics import unit_psnr, unit_ssim
 from jaxae.preprocess import grey_digits, mean_images
-from jaxae.tasks import Reconstruct, Separate, clip_inward, resized_digit, task_from_config
+from jaxae.tasks import Reconstruct, Separate, resized_digit, task_from_config
 from jaxae.train import create_train_state, eval_step, train_step
 
 QUIET = lambda _: None
@@ -66,8 +66,6 @@ def test_digit28_is_a_resized_28x28_digit_in_0_1_and_closer_to_the_true_digit():
   assert float(jnp.mean((got - truth) ** 2)) < 0.8 * float(jnp.mean((noisy - truth) ** 2))
   with pytest.raises(ValueError, match="32x32"):
     resized_digit(noisy[:, :16, :16])
-  with pytest.raises(ValueError, match="Unknown digit28 gradient 'inwards'"):
-    resized_digit(noisy, "inwards")
 
 
 def test_digit28_gradients_pass_the_clip():
@@ -76,41 +74,6 @@ def test_digit28_gradients_pass_the_clip():
   outputs = jnp.full((1, 32, 32, 1), -1.0)  # Every X clipped to 0.
   grad = jax.grad(lambda o: jnp.sum((resized_digit(o) - target) ** 2))(outputs)
   assert float(jnp.min(grad)) < 0  # Descent raises every output.
-
-
-def test_digit28_inward_gradients_pass_the_clip_only_towards_0_1():
-  """Descent moves x by minus the gradient: a value below 0 may only rise, one above 1 only fall."""
-  x = jnp.array([-1.0, -1.0, 0.5, 0.5, 2.0, 2.0])
-  g = jnp.array([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])
-  value, pull = jax.vjp(clip_inward, x)
-  np.testing.assert_array_equal(value, [0.0, 0.0, 0.5, 0.5, 1.0, 1.0])
-  np.testing.assert_array_equal(pull(g)[0], [0.0, -1.0, 1.0, -1.0, 1.0, 0.0])
-  # Through the whole estimate, as gradients of X (the model's output is R X R^T): every X below
-  # 0 under a brighter target, so descent raises them all, as straight through.
-  def grads(x28, target):
-    r = jnp.asarray(_resize_matrix())
-    return {how: jax.grad(lambda x: jnp.sum((resized_digit(
-        jnp.einsum("ij,bjkc,lk->bilc", r, x, r), how) - target) ** 2))(x28)
-        for how in ("straight", "inward")}
-
-  below = jnp.full((1, 28, 28, 1), -1.0)
-  got = grads(below, 0.5)
-  assert float(jnp.max(got["inward"])) < 0
-  np.testing.assert_allclose(got["inward"], got["straight"])
-  # One grey pixel among them and a black target: straight through pushes its clipped
-  # neighbours further below 0 (which changes nothing); inward leaves them.
-  got = grads(below.at[0, 14, 14, 0].set(0.5), 0.0)
-  outside = np.ones((1, 28, 28, 1), bool)
-  outside[0, 14, 14, 0] = False
-  push = float(jnp.max(got["straight"][outside]))
-  assert push > 1e-3
-  # 0 up to float32 rounding in R X R^T and its fit (pinv(R) R = I).
-  np.testing.assert_allclose(got["inward"][outside], 0.0, atol=1e-6 * push)
-  np.testing.assert_allclose(got["inward"][0, 14, 14], got["straight"][0, 14, 14], rtol=1e-6)
-  config = Config(task="separate", separation="digit28", digit28_gradient="inward")
-  assert task_from_config(config).digit28_gradient == "inward"
-  with pytest.raises(ValueError, match="^digit28_gradient must be 'straight' unless"):
-    Config(task="separate", digit28_gradient="inward").validate()
 
 
 def _resize_matrix():
@@ -205,62 +168,6 @@ def test_the_task_follows_the_config_and_steps_train_it():
     Config(task="denoise").validate()
   with pytest.raises(ValueError, match="model must be one of"):
     Config(model="resnet").validate()
-
-
-def test_repaired_examples_are_the_mean_images_of_the_new_pairs():
-  """Photo i with digit j: the mixture and digit the sources would give, for other normalizations
-  too."""
-  sources, _ = tiny_splits(6, 1)
-  partner = np.array([3, 0, 5, 1, 4, 2])
-  for mnist_norm in (MNIST_NORMALIZATION, CIFAR_NORMALIZATION):
-    train = mix((sources.mnist_images, sources.mnist_labels),
-                (sources.cifar_images, sources.cifar_labels), mnist_normalization=mnist_norm)
-    task = Separate(mnist_normalization=mnist_norm)
-    examples = task.examples(train)
-    got = task.repaired(examples, jax.tree.map(lambda x: x[partner], examples))
-    expected = mean_images(train.mnist_images[partner], train.cifar_images,
-                           mnist_normalization=mnist_norm)
-    np.testing.assert_allclose(got["mixture"], expected, atol=2e-6)
-    np.testing.assert_array_equal(got["digit"], np.asarray(examples["digit"])[partner])
-    # The partners' grey digits, to rounding: XLA:CPU need not round an image's resize alike in
-    # another batch (on an AVX2-only CPU 82 of 6,144 pixels differed by 1 ulp).
-    np.testing.assert_allclose(got["digit"], grey_digits(train.mnist_images[partner]), atol=1e-6)
-
-
-@pytest.mark.slow
-def test_a_repaired_epoch_trains_on_the_pairs_its_two_permutations_name():
-  """train_epoch(repair=True) equals an ordinary epoch over the examples re-paired beforehand:
-  slot (s, w) holds the photo of indices[s, w] with the digit of partners[s, w]."""
-  train, _ = tiny_splits(20, 1)
-  config = Config(task="separate", model="unet", features=(4, 8), conv_impl="gemm_vjp",
-                  pairing="shuffled")
-  state = create_train_state(jax.random.key(0), config)
-  examples = state.task.examples(train)
-  indices, mask = loop.epoch_batches(loop.epoch_key(5, 2), 20, 8)
-  partners = loop.epoch_batches(loop.pairing_key(5, 2), 20, 8)[0]
-  real = np.asarray(mask).ravel() > 0
-  rows, partner_rows = np.asarray(indices).ravel()[real], np.asarray(partners).ravel()[real]
-  assert sorted(rows) == sorted(partner_rows) == list(range(20)) and any(rows != partner_rows)
-  new_pairs = state.task.repaired(jax.tree.map(lambda x: x[rows], examples),
-                                  jax.tree.map(lambda x: x[partner_rows], examples))
-  repaired = jax.tree.map(lambda x, new: x.at[rows].set(new), examples, new_pairs)
-
-  def epoch(examples, repair):  # Each from a fresh state: train_epoch donates its state.
-    return loop.train_epoch(create_train_state(jax.random.key(0), config), examples, seed=5,
-                            epoch=2, batch_size=8, repair=repair)
-
-  got, expected = epoch(examples, True), epoch(repaired, False)
-  np.testing.assert_allclose(got.step_losses, expected.step_losses, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               got.state.params, expected.state.params)
-  assert not np.allclose(epoch(examples, False).step_losses, got.step_losses, rtol=1e-3)
-  with pytest.raises(ValueError, match="reconstruct task's examples cannot be re-paired"):
-    loop.train_epoch(create_train_state(jax.random.key(0), Config(features=(4, 8))),
-                     train.images, seed=0, epoch=1, batch_size=8, repair=True)
-  for bad in (dict(pairing="random"), dict(pairing="shuffled"),
-              dict(task="separate", pairing="shuffled", full_batch=True)):
-    with pytest.raises(ValueError, match="^pairing must be"):
-      Config(**bad).validate()
 
 
 @pytest.mark.slow

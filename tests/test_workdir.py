@@ -331,3 +331,18 @@ def test_train_script_end_to_end_on_a_tiny_slice_of_the_real_data(tmp_path):
   assert [h["epoch"] for h in metrics["history"]] == [1, 2] and metrics["optimizer_steps"] == 6
   final = metrics["final"]
   assert final["num_test_images"] == 12 and 0 < final["ssim_standard_mean"] < 1
+
+
+@pytest.mark.slow
+def test_a_run_of_a_removed_option_is_refused_and_one_at_its_kept_value_resumes(tmp_path):
+  train, test = tiny_splits()
+  train_and_evaluate(tiny(epochs=1, batch_size=16), train, test, tmp_path, log=QUIET)
+  settings_file = tmp_path / "settings.json"
+  settings = json.loads(settings_file.read_text())
+  # A run written before the option was removed recorded it, at its (then default) kept value.
+  settings_file.write_text(json.dumps({**settings, "pairing": "fixed"}))
+  resumed = train_and_evaluate(tiny(epochs=2, batch_size=16), train, test, tmp_path, log=QUIET)
+  assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+  settings_file.write_text(json.dumps({**settings, "pairing": "shuffled"}))
+  with pytest.raises(RunError, match=r"no longer can be resumed: pairing='shuffled' was removed"):
+    train_and_evaluate(tiny(epochs=3, batch_size=16), train, test, tmp_path, log=QUIET)
