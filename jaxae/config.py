@@ -6,6 +6,8 @@ import dataclasses
 import math
 from typing import Any
 
+import numpy as np
+
 
 @dataclasses.dataclass(frozen=True)
 class Normalization:
@@ -152,7 +154,7 @@ class Config:
         norm = d[key]
         if not (isinstance(norm, dict) and isinstance(norm.get("mean"), (list, tuple))
                 and isinstance(norm.get("std"), (list, tuple))
-                and all(_is_number(v) for v in (*norm["mean"], *norm["std"]))):
+                and all(is_number(v) for v in (*norm["mean"], *norm["std"]))):
           raise ValueError(f"{key} must be {{\"mean\": [3 numbers], \"std\": [3 numbers]}}, "
                            f"got {norm!r}.")
         try:
@@ -222,10 +224,11 @@ def _is_int(x: Any) -> bool:
   return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _is_number(x: Any) -> bool:
-  return isinstance(x, (int, float)) and not isinstance(x, bool)
+def is_number(x: Any) -> bool:
+  """A real number, Python's or NumPy's, and not a bool."""
+  return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
 
 
 def _is_finite(x: Any) -> bool:
   """A number that is neither infinite nor NaN (1e400 parses as inf)."""
-  return _is_number(x) and math.isfinite(x)
+  return is_number(x) and math.isfinite(x)

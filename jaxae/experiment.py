@@ -333,17 +333,6 @@ def _write(write: Callable[[], None], path: pathlib.Path) -> None:
                    "fix that (free disk space) and run the same command again.") from None
 
 
-def final_metrics(state: TrainState, test: MixedSplit, eval_batch_size: int,
-                  mesh: Mesh | None = None) -> dict[str, Any]:
-  """Test loss and the state's task's metrics over the test split (jaxae/tasks.py).
-
-  Reconstruct: SSIM/PSNR in both conventions; separate: per source, beside the trivial estimate.
-  The returned dict carries the predictions under "_predictions" for the caller's figures.
-  """
-  finals, predictions = replica_final_metrics(state, test, eval_batch_size, 0, mesh=mesh)
-  return {**finals[0], "_predictions": predictions}
-
-
 def replica_final_metrics(state: TrainState, test: MixedSplit, eval_batch_size: int,
                           replicas: int, mesh: Mesh | None = None
                           ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jaxae.config import is_number
 
 
 def grid(rows: Sequence[tuple[str, np.ndarray]], pad: int = 2) -> np.ndarray:
@@ -86,7 +87,7 @@ class TensorBoard:
       if k < len(subset_metrics):
         metrics = subset_metrics[k]
         for tag, value in metrics.items():  # Top level only: "trivial" never changes.
-          if tag != "num_test_images" and _is_number(value):
+          if tag != "num_test_images" and is_number(value):
             writer.add_scalar(f"test_first_{metrics['num_test_images']}/{tag}", float(value),
                               last)
 
@@ -106,10 +107,6 @@ def _numbers(d: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:
   for key, value in d.items():
     if isinstance(value, dict):
       out += _numbers(value, f"{prefix}{key}/")
-    elif _is_number(value):
+    elif is_number(value):
       out.append((f"{prefix}{key}", float(value)))
   return out
-
-
-def _is_number(value) -> bool:
-  return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxae.config import Config
+from jaxae.config import Config, is_number
 from jaxae.train import TrainState, create_train_state
 
 
@@ -68,7 +68,7 @@ def spread_of(finals: Sequence[dict[str, Any]]) -> dict[str, Any]:
     values = [f[key] for f in finals]
     if isinstance(first, dict):
       out[key] = spread_of(values)
-    elif _is_number(first) and all(_is_number(v) for v in values):
+    elif is_number(first) and all(is_number(v) for v in values):
       out[key] = first if all(v == first for v in values) else spread(values)
     else:
       out[key] = first
@@ -108,10 +108,6 @@ def summary_lines(finals: Sequence[dict[str, Any]], seeds: Sequence[int]) -> lis
 
   add("", spread_of(finals))
   return lines
-
-
-def _is_number(x: Any) -> bool:
-  return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def replicas_of(config: Config) -> int:

@@ -72,9 +72,6 @@ class Reconstruct:
     """The per-example arrays the loop batches: here the mean images [N, 32, 32, 3] alone."""
     return split.images
 
-  def inputs(self, examples):
-    return examples
-
   def loss(self, apply_fn, params, batch) -> tuple[dict[str, jax.Array], jax.Array]:
     """({"reconstructions": [B, 32, 32, 3]}, per-example MSE [B])."""
     if not hasattr(batch, "shape"):
@@ -209,9 +206,6 @@ class Separate:
     The photo target is not stored: 2 * mean - normalized digit is the normalized photo.
     """
     return {"mixture": split.images, "digit": grey_digits(split.mnist_images)}
-
-  def inputs(self, examples):
-    return examples["mixture"]
 
   def _photo_map(self, mixture_BHWC):
     """(a, b) [B, H, W, 3] with photo = a - b * digit for every digit consistent with the mixture.
