@@ -87,7 +87,7 @@ def time_training(examples, batch_size, epochs, config, choice, lines):
   run = dict(batch_size=batch_size, microbatch_per_device=micro, replicas=replicas,
              replica_strategy=strategy,
              # What train.py's progress line costs: the epoch program reporting its steps.
-             progress=(lambda done, total: None) if FLAGS.progress else None)
+             progress=(lambda done, total, replica=None: None) if FLAGS.progress else None)
   state = train_epoch(state, examples, seed=0, epoch=0, **run).state  # Warm-up.
   seconds = []
   for epoch in range(1, epochs + 1):

@@ -207,7 +207,8 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
     later = ((config.epochs - epoch) * float(np.median([h["seconds"] for h in history[-5:]]))
              if history else None)
     with (EpochProgress(progress, epoch=epoch, epochs=config.epochs, later_s=later,
-                        images=len(train) * max(replicas, 1), compiles=epoch == first_epoch)
+                        images=len(train) * max(replicas, 1), compiles=epoch == first_epoch,
+                        replicas=replicas)
           if progress and primary else contextlib.nullcontext()) as bar:
       if config.full_batch:
         result = train_full_batch_epoch(state, train_examples, mesh=mesh,
@@ -309,7 +310,7 @@ def _progress_listener(progress, bar):
   listen, so that every process runs the same program (a multi-process run's must match)."""
   if not progress:
     return None
-  return bar.steps_done if bar is not None else (lambda done, total: None)
+  return bar.steps_done if bar is not None else (lambda done, total, replica=None: None)
 
 
 def _plain(value):

@@ -245,11 +245,12 @@ def train_epoch(state: TrainState, examples, *, seed: int, epoch: int, batch_siz
                 mesh: Mesh | None = None,
                 microbatch_per_device: int | None = MICROBATCH_PER_DEVICE,
                 replicas: int = 0, replica_strategy: str | None = None,
-                progress: Callable[[int, int], None] | None = None) -> EpochResult:
+                progress: Callable[..., None] | None = None) -> EpochResult:
   """One shuffled pass of minibatch steps. `state` is donated: use the returned one.
 
-  `progress(done, total)` hears the steps done while the epoch runs (from another thread; with
-  replicas run one after another, the total counts every replica's steps).
+  `progress(done, total, replica=None)` hears the steps done while the epoch runs (from another
+  thread; with replicas run one after another, the total counts every replica's steps and
+  `replica` says which one runs).
 
   Batches of more than `microbatch_per_device` examples per device sum their gradient over
   microbatches of that size (the same steps; see `train.loss_and_grad_sums`). With `replicas=R`
@@ -260,7 +261,8 @@ def train_epoch(state: TrainState, examples, *, seed: int, epoch: int, batch_siz
     steps = steps_per_epoch(batch_size_of(examples), batch_size)
 
     def replica_progress(k):
-      return progress and (lambda done, _: progress(k * steps + done, replicas * steps))
+      return progress and (lambda done, _, replica=None: progress(
+          k * steps + done, replicas * steps, replica=k))
     return _stacked_results([
         train_epoch(seeds.replica(state, k), examples, seed=seed + k, epoch=epoch,
                     batch_size=batch_size, mesh=mesh, microbatch_per_device=microbatch_per_device,

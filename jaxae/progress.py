@@ -27,36 +27,45 @@ class EpochProgress:
 
   def __init__(self, stream: TextIO, *, epoch: int, epochs: int, images: int,
                later_s: float | None = None, what: str = "", quiet_s: float = 3.0,
-               log_every_s: float = 30.0, tty: bool | None = None, compiles: bool = True):
+               log_every_s: float = 30.0, tty: bool | None = None, compiles: bool = True,
+               replicas: int = 0):
     """`images`: the epoch's (every replica's); `later_s`: the estimated seconds of the epochs
     after this one (for the run's ETA);
     `what`: a word or two after the epoch number; `compiles`: whether the epoch's program may
-    still need compiling (a process's first epoch)."""
+    still need compiling (a process's first epoch); `replicas`: the run's count of seeds (the line
+    names the one running, when they run one after another)."""
     self._stream, self._epoch, self._epochs = stream, epoch, epochs
     self._images, self._later_s, self._what = images, later_s, what
     self._quiet_s, self._log_every_s, self._compiles = quiet_s, log_every_s, compiles
+    self._replicas = replicas
     self._tty = stream.isatty() if tty is None else tty
     self._lock = threading.Lock()
-    self._done, self._total, self._first_tick = 0, 0, None
+    self._done, self._total, self._first_tick, self._replica = 0, 0, None, None
     self._start = time.monotonic()
     self._last_log = self._start
     self._width = 0
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._run, daemon=True, name="jaxae-progress")
 
-  def steps_done(self, done: int, total: int) -> None:
-    """Called (from any thread) with the steps done of the epoch's `total`."""
+  def steps_done(self, done: int, total: int, replica: int | None = None) -> None:
+    """Called (from any thread) with the steps done of the epoch's `total`; `replica`: which of
+    the run's replicas runs now, when they run one after another."""
     with self._lock:
       if self._first_tick is None:
         self._first_tick = (time.monotonic(), done)
       self._done, self._total = max(self._done, done), total
+      if replica is not None:
+        self._replica = replica
 
   def line(self, now: float | None = None) -> str:
     """The progress line as of `now`."""
     now = time.monotonic() if now is None else now
     with self._lock:
-      done, total, first = self._done, self._total, self._first_tick
+      done, total, first, replica = self._done, self._total, self._first_tick, self._replica
     head = f"epoch {self._epoch}/{self._epochs}{self._what}: "
+    if replica is not None and self._replicas:
+      head = f"epoch {self._epoch}/{self._epochs}{self._what}, replica {replica + 1}/" \
+             f"{self._replicas}: "
     elapsed = now - self._start
     if first is None:
       return head + ("compiling and running" if self._compiles else "running") + \

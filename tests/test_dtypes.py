@@ -14,10 +14,11 @@ from jaxae.conv import CONV_IMPLS
 from jaxae.models import Autoencoder
 
 IMPLS = sorted(CONV_IMPLS)
-# (input dtype, parameter dtype, x64, the dtype the layer computes in). The one-minute tier keeps
-# the float64 images beside float32 weights that raised before the policy.
+# (input dtype, parameter dtype, x64, the dtype the layer computes in). All in the slow tier: each
+# compiles the three formulations' layers and gradients anew.
 MIXED = [
-    pytest.param(jnp.float64, jnp.float32, True, jnp.float64, id="f64-input-f32-params"),
+    pytest.param(jnp.float64, jnp.float32, True, jnp.float64, id="f64-input-f32-params",
+                 marks=pytest.mark.slow),
     pytest.param(jnp.float64, jnp.float64, True, jnp.float64, id="f64",
                  marks=pytest.mark.slow),
     pytest.param(jnp.bfloat16, jnp.float32, False, jnp.float32, id="bf16-input-f32-params",

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from conftest import tiny_splits
-from jaxae import Config, create_train_state
+from jaxae import Config, create_train_state, seeds
 from jaxae.loop import train_epoch
 from jaxae.progress import EpochProgress
 
@@ -22,8 +22,11 @@ def test_the_line_says_compiling_until_steps_arrive_then_rate_and_both_etas():
   # 50 steps in 10 s of 32 images: 160 images/s, 40 steps (8 s) left, 308 s for the run.
   assert bar.line(start + 15) == ("epoch 2/5: step 60/100  160 images/s  ETA 8 s "
                                   "(run 5.1 min)")
-  later = EpochProgress(io.StringIO(), epoch=3, epochs=5, images=3200, compiles=False)
+  later = EpochProgress(io.StringIO(), epoch=3, epochs=5, images=3200, compiles=False,
+                        replicas=4)
   assert later.line(later._start + 4) == "epoch 3/5: running (4 s)"  # pylint: disable=protected-access
+  later.steps_done(150, 400, replica=1)  # Replicas one after another: the second one runs.
+  assert later.line().startswith("epoch 3/5, replica 2/4: step 150/400")
 
 
 class _Stream(io.StringIO):
@@ -76,3 +79,14 @@ def test_an_epoch_with_progress_computes_the_same_numbers_and_reports_every_step
     np.testing.assert_array_equal(a, b)
   # 8 steps, fewer than 100: every step reports, each before train_epoch returns.
   assert sorted(heard) == [(s, 8) for s in range(1, 9)]
+
+
+def test_replicas_run_one_after_another_say_which_one_runs():
+  config = Config(features=(4,), num_seeds=2)
+  train, _ = tiny_splits(32, 8)
+  heard = []
+  train_epoch(seeds.create_train_states(config), train.images, seed=0, epoch=1, batch_size=8,
+              replicas=2, replica_strategy="loop",
+              progress=lambda done, total, replica=None: heard.append((done, total, replica)))
+  # 4 steps per replica: replica 0's steps 1..4, then replica 1's counted on from them.
+  assert sorted(heard) == [(s, 8, 0) for s in range(1, 5)] + [(s, 8, 1) for s in range(5, 9)]
