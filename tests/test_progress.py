@@ -90,3 +90,17 @@ def test_replicas_run_one_after_another_say_which_one_runs():
               progress=lambda done, total, replica=None: heard.append((done, total, replica)))
   # 4 steps per replica: replica 0's steps 1..4, then replica 1's counted on from them.
   assert sorted(heard) == [(s, 8, 0) for s in range(1, 5)] + [(s, 8, 1) for s in range(5, 9)]
+
+
+def test_vmapped_replicas_report_their_shared_steps_and_train_as_without():
+  config = Config(features=(4,), num_seeds=2)
+  train, _ = tiny_splits(32, 8)
+  heard = []
+  run = dict(seed=0, epoch=1, batch_size=8, replicas=2, replica_strategy="vmap")
+  reported = train_epoch(seeds.create_train_states(config), train.images, **run,
+                         progress=lambda done, total, replica=None: heard.append(
+                             (done, total, replica)))
+  plain = train_epoch(seeds.create_train_states(config), train.images, **run)
+  np.testing.assert_array_equal(reported.step_losses, plain.step_losses)
+  # One program steps both replicas: each step is reported (once per replica), none names one.
+  assert set(heard) == {(s, 4, None) for s in range(1, 5)}
