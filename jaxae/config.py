@@ -146,8 +146,6 @@ class Config:
     Raises:
       ValueError: a field of the wrong type or out of range (one line, naming it).
     """
-    if not isinstance(d, dict):
-      raise ValueError(f"a config must be a JSON object, got {type(d).__name__}.")
     d = without_removed_options(d)
     for key in ("mnist_normalization", "cifar_normalization"):
       if key in d:
@@ -201,16 +199,22 @@ REMOVED_OPTIONS = {
 }
 
 
-def without_removed_options(d: dict[str, Any]) -> dict[str, Any]:
+def without_removed_options(d: dict[str, Any], *, trained: bool = False) -> dict[str, Any]:
   """A copy of config dict `d` without the removed options, which must hold their kept values.
 
+  `trained=True`: `d` is the config of a trained model (a params file). The removed options only
+  shaped how a model was trained, not the model, so any value reads.
+
   Raises:
-    ValueError: a removed option with another value (one line: which, and the commit to use).
+    ValueError: `d` is not a dict, or holds a removed option at another value (one line: which,
+      and the commit to use).
   """
+  if not isinstance(d, dict):
+    raise ValueError(f"a config must be a JSON object, got {type(d).__name__}.")
   d = dict(d)
   for name, (kept, commit) in REMOVED_OPTIONS.items():
     value = d.pop(name, kept)
-    if value != kept:
+    if value != kept and not trained:
       raise ValueError(f"{name}={value!r} was removed (its results did not justify it; "
                        f"RESULTS.md); `git checkout {commit}` runs it.")
   return d

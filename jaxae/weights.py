@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from jaxae.config import Config
+from jaxae.config import Config, without_removed_options
 from jaxae.models import model_from_config
 from jaxae.tasks import IMAGE_SHAPE, task_from_config
 
@@ -92,13 +92,9 @@ def load_params(path: str | os.PathLike, replica: int | None = None) -> tuple[An
     raise ParamsFileError(f"{path} is a version {payload.get('version')} params file; this "
                           f"jaxae reads version {VERSION}.")
   try:
+    recorded = without_removed_options(json.loads(payload["config"]), trained=True)
     # How the run computed its layers was a speed choice for its platform, not part of the model
     # (every formulation computes the same function): here, this platform's choice.
-    recorded = json.loads(payload["config"])
-    # So was how a digit28 run's clip passed gradients (an option since removed): the model's
-    # forward is the same clip.
-    if isinstance(recorded, dict):
-      recorded.pop("digit28_gradient", None)
     config = Config.from_dict(recorded).replace(conv_impl="auto")
   except (ValueError, TypeError, KeyError) as e:
     raise ParamsFileError(f"{path} holds an unusable config: {e}") from None

@@ -41,6 +41,8 @@ def test_a_removed_option_reads_at_its_kept_value_and_is_refused_at_another():
       Config.from_dict({option: "other"})
     with pytest.raises(ValueError, match=rf"^{option}='other' was removed"):
       from_config_dict({**Config().to_dict(), option: "other"})
+    # A trained model's config (a params file): how it was trained is not the model.
+    assert without_removed_options({option: "other", "seed": 3}, trained=True) == {"seed": 3}
 
 
 # How the layers were computed is not part of what was run (all formulations compute the same

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO, shared_data_dir
 from jaxae import Config, create_train_state, load_mixed, load_model, load_params
-from jaxae.config import from_config_dict
+from jaxae.config import from_config_dict, without_removed_options
 from jaxae.models import model_from_config
 from jaxae.platforms import resolve_conv_impl
 
@@ -25,9 +25,8 @@ def _recorded(path: str) -> Config:
   """The config of the run as its metrics.json recorded it (its conv_impl included)."""
   record = json.loads((REPO / path).with_name("metrics.json").read_text())["config"]
   record.pop("conv_transpose", None)  # An earlier name of the formulation setting.
-  # A training choice since removed; its runs' models are loaded without it (jaxae/weights.py).
-  record.pop("digit28_gradient", None)
-  return from_config_dict(record)
+  # Training choices since removed: a trained model's config reads at any value (load_params).
+  return from_config_dict(without_removed_options(record, trained=True))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
