@@ -45,6 +45,13 @@ def _check_output(outputs_BHWC, images_BHWC, channels: int) -> None:
                      f"{list(expected)}.")
 
 
+def _reconstructions(apply_fn, params, images_BHWC):
+  _check_images(images_BHWC)
+  reconstructions = apply_fn({"params": params}, images_BHWC)
+  _check_output(reconstructions, images_BHWC, IMAGE_SHAPE[-1])
+  return reconstructions
+
+
 def per_example_mse(apply_fn, params, images_BHWC):
   """Returns (reconstructions [B,H,W,C], mean squared error per example [B]).
 
@@ -52,9 +59,7 @@ def per_example_mse(apply_fn, params, images_BHWC):
     ValueError: images that are not float [B, H, W, 3] (NHWC), or whose reconstruction comes back
       in another shape (sides the encoder cannot halve evenly, e.g. 28x28).
   """
-  _check_images(images_BHWC)
-  reconstructions = apply_fn({"params": params}, images_BHWC)
-  _check_output(reconstructions, images_BHWC, IMAGE_SHAPE[-1])
+  reconstructions = _reconstructions(apply_fn, params, images_BHWC)
   return reconstructions, jnp.mean(jnp.square(reconstructions - images_BHWC), axis=(1, 2, 3))
 
 
@@ -84,10 +89,7 @@ class Reconstruct:
 
   def predict(self, apply_fn, params, images_BHWC) -> dict[str, jax.Array]:
     """{"reconstructions": [B, 32, 32, 3]} of normalized mean images, no targets needed."""
-    _check_images(images_BHWC)
-    reconstructions = apply_fn({"params": params}, images_BHWC)
-    _check_output(reconstructions, images_BHWC, IMAGE_SHAPE[-1])
-    return {"reconstructions": reconstructions}
+    return {"reconstructions": _reconstructions(apply_fn, params, images_BHWC)}
 
   def final_metrics(self, split, predictions: dict[str, np.ndarray]) -> dict[str, float]:
     return image_quality(split.images, predictions["reconstructions"],
@@ -253,15 +255,13 @@ class Separate:
     if digit.shape != (*mixture.shape[:3], 1):
       raise ValueError(f"Expected digit targets [B, H, W, 1] beside mixtures "
                        f"{list(mixture.shape)}; got {list(digit.shape)}.")
-    outputs = apply_fn({"params": params}, mixture)
-    _check_output(outputs, mixture, self.out_channels)
-    digit_hat, photo_hat = self.estimate(outputs, mixture)
+    predictions = self.predict(apply_fn, params, mixture)
     photo = self.photo_from_digit(digit, mixture)
-    per_example = (jnp.mean(jnp.square(digit_hat - digit), axis=(1, 2, 3))
-                   + jnp.mean(jnp.square(photo_hat - photo), axis=(1, 2, 3)))
+    per_example = (jnp.mean(jnp.square(predictions["digit"] - digit), axis=(1, 2, 3))
+                   + jnp.mean(jnp.square(predictions["photo"] - photo), axis=(1, 2, 3)))
     if self.loss_kind == "log_mse":
       per_example = jnp.log10(per_example + LOG_MSE_FLOOR)
-    return {"digit": digit_hat, "photo": photo_hat}, per_example
+    return predictions, per_example
 
   def predict(self, apply_fn, params, mixture_BHWC) -> dict[str, jax.Array]:
     """{"digit": [B, 32, 32, 1], "photo": [B, 32, 32, 3]} in [0, 1] of normalized mean images."""
