@@ -168,12 +168,12 @@ def _sharded_train_epoch(mesh: Mesh, microbatch_size: int | None, replicas: bool
           x[indices_W], parallel.batch_sharded(mesh)), examples)
 
     def step(state, xs):
-      _, indices_W, mask_W = xs
+      indices_W, mask_W = xs
       state, metrics = train_step(state, gather(indices_W), mask_W,
                                   microbatch_size=microbatch_size)
       return state, metrics["loss"]
 
-    xs = (jnp.arange(mask_SW.shape[0], dtype=jnp.int32), indices_SW, mask_SW)
+    xs = (indices_SW, mask_SW)
     if not report_every:
       return jax.lax.scan(step, state, xs)
     return _scan_reporting(step, state, xs, report_every)
@@ -195,13 +195,15 @@ def _scan_reporting(step, state, xs, every: int):
   total = jax.tree.leaves(xs)[0].shape[0]
   chunks = total // every
 
-  def chunk(state, xs_chunk):
+  def chunk(state, chunk_xs):
+    done, xs_chunk = chunk_xs  # The steps done once this chunk's are.
     state, losses = jax.lax.scan(step, state, xs_chunk)
-    jax.debug.callback(_report_steps, xs_chunk[0][-1] + 1, losses)
+    jax.debug.callback(_report_steps, done, losses)
     return state, losses
 
   head = jax.tree.map(lambda x: x[:chunks * every].reshape(chunks, every, *x.shape[1:]), xs)
-  state, head_losses = jax.lax.scan(chunk, state, head)
+  ends = jnp.arange(1, chunks + 1, dtype=jnp.int32) * every
+  state, head_losses = jax.lax.scan(chunk, state, (ends, head))
   losses = [head_losses.reshape(-1)]
   if total > chunks * every:
     state, tail_losses = jax.lax.scan(step, state, jax.tree.map(lambda x: x[chunks * every:], xs))

@@ -8,7 +8,7 @@ draws. A drawing thread wakes twice a second and draws once the epoch has run fo
 (short epochs show nothing extra): on a terminal a line rewritten in place (steps done of the
 epoch's, images/s, the epoch's ETA and the run's), elsewhere (a log file, CI) a plain line at
 most every `log_every_s`. Until the first step is reported the line says the program is
-compiling (or, for one-step epochs, running).
+compiling and running (a process's first epoch) or running.
 """
 
 from __future__ import annotations
@@ -26,16 +26,15 @@ class EpochProgress:
   """Draws one epoch's progress on `stream` while the epoch runs (a context manager)."""
 
   def __init__(self, stream: TextIO, *, epoch: int, epochs: int, images: int,
-               later_s: float | None = None, what: str = "", quiet_s: float = 3.0,
+               later_s: float | None = None, quiet_s: float = 3.0,
                log_every_s: float = 30.0, tty: bool | None = None, compiles: bool = True,
                replicas: int = 0):
     """`images`: the epoch's (every replica's); `later_s`: the estimated seconds of the epochs
-    after this one (for the run's ETA);
-    `what`: a word or two after the epoch number; `compiles`: whether the epoch's program may
+    after this one (for the run's ETA); `compiles`: whether the epoch's program may
     still need compiling (a process's first epoch); `replicas`: the run's count of seeds (the line
     names the one running, when they run one after another)."""
     self._stream, self._epoch, self._epochs = stream, epoch, epochs
-    self._images, self._later_s, self._what = images, later_s, what
+    self._images, self._later_s = images, later_s
     self._quiet_s, self._log_every_s, self._compiles = quiet_s, log_every_s, compiles
     self._replicas = replicas
     self._tty = stream.isatty() if tty is None else tty
@@ -62,10 +61,8 @@ class EpochProgress:
     now = time.monotonic() if now is None else now
     with self._lock:
       done, total, first, replica = self._done, self._total, self._first_tick, self._replica
-    head = f"epoch {self._epoch}/{self._epochs}{self._what}: "
-    if replica is not None and self._replicas:
-      head = f"epoch {self._epoch}/{self._epochs}{self._what}, replica {replica + 1}/" \
-             f"{self._replicas}: "
+    which = f", replica {replica + 1}/{self._replicas}" if replica is not None and self._replicas else ""
+    head = f"epoch {self._epoch}/{self._epochs}{which}: "
     elapsed = now - self._start
     if first is None:
       return head + ("compiling and running" if self._compiles else "running") + \
