@@ -14,22 +14,15 @@ from jaxae.conv import CONV_IMPLS
 from jaxae.models import Autoencoder
 
 IMPLS = sorted(CONV_IMPLS)
-# (input dtype, parameter dtype, x64, the dtype the layer computes in). All in the slow tier: each
-# compiles the three formulations' layers and gradients anew.
-MIXED = [
-    pytest.param(jnp.float64, jnp.float32, True, jnp.float64, id="f64-input-f32-params",
-                 marks=pytest.mark.slow),
-    pytest.param(jnp.float64, jnp.float64, True, jnp.float64, id="f64",
-                 marks=pytest.mark.slow),
-    pytest.param(jnp.bfloat16, jnp.float32, False, jnp.float32, id="bf16-input-f32-params",
-                 marks=pytest.mark.slow),
-    pytest.param(jnp.float32, jnp.bfloat16, False, jnp.float32, id="f32-input-bf16-params",
-                 marks=pytest.mark.slow),
-    pytest.param(jnp.bfloat16, jnp.bfloat16, False, jnp.bfloat16, id="bf16",
-                 marks=pytest.mark.slow),
-    pytest.param(jnp.float16, jnp.float16, False, jnp.float16, id="f16",
-                 marks=pytest.mark.slow),
-]
+# (input dtype, parameter dtype, x64, the dtype the layer computes in), one test each.
+MIXED = {
+    "f64-input-f32-params": (jnp.float64, jnp.float32, True, jnp.float64),
+    "f64": (jnp.float64, jnp.float64, True, jnp.float64),
+    "bf16-input-f32-params": (jnp.bfloat16, jnp.float32, False, jnp.float32),
+    "f32-input-bf16-params": (jnp.float32, jnp.bfloat16, False, jnp.float32),
+    "bf16": (jnp.bfloat16, jnp.bfloat16, False, jnp.bfloat16),
+    "f16": (jnp.float16, jnp.float16, False, jnp.float16),
+}
 # Agreement with the float32 result: the computation's own precision.
 TOLERANCE = {jnp.float64: 1e-5, jnp.float32: 1e-5, jnp.bfloat16: 5e-2, jnp.float16: 5e-3}
 
@@ -45,7 +38,10 @@ def _layer_outputs(impl, x, kernel):
   return out
 
 
-@pytest.mark.parametrize("x_dtype,param_dtype,x64,compute_dtype", MIXED)
+# In the slow tier: each case compiles the three formulations' layers and gradients anew.
+@pytest.mark.slow
+@pytest.mark.parametrize("x_dtype,param_dtype,x64,compute_dtype", list(MIXED.values()),
+                         ids=list(MIXED))
 def test_every_conv_formulation_takes_mixed_dtypes_alike(x_dtype, param_dtype, x64, compute_dtype):
   # Before the policy: float64 images beside float32 kernels raised in the GEMM ConvTranspose's
   # derivative and in XLA's convolution; bfloat16 beside float32 in both too.
