@@ -8,11 +8,11 @@ from jaxae.models import Autoencoder, UNet, model_from_config
 from jaxae.preprocess import mean_images, to_unit_range
 from jaxae.pretrained import LoadedModel, load_model
 from jaxae.tasks import Reconstruct, Separate, task_from_config
-from jaxae.train import TrainState, create_train_state, eval_step, train_step
+from jaxae.train import TrainState, check_config, create_train_state, eval_step, train_step
 from jaxae.weights import ParamsFileError, from_torch_state_dict, load_params, save_params
 
 __all__ = [
-    "Autoencoder", "CIFAR_NORMALIZATION", "Config", "create_train_state",
+    "Autoencoder", "check_config", "CIFAR_NORMALIZATION", "Config", "create_train_state",
     "DatasetNotFoundError", "eval_step", "from_torch_state_dict", "image_quality",
     "load_mixed", "load_model", "load_params", "load_split", "load_splits", "LoadedModel",
     "mean_images", "mix", "MixedSplit", "MNIST_NORMALIZATION", "model_from_config",

@@ -19,6 +19,7 @@ from jaxae.checkpoints import Checkpointer, IncompatibleCheckpointError, NoUsabl
 from jaxae.config import Config, from_config_dict
 from jaxae.sources import DataError, _prepared_files, _resolve_data_dir, prepare_command
 from jaxae.dataset import MixedSplit, load_mixed
+from jaxae.train import check_config
 from jaxae.workdir import CHECKPOINT_DIR, SETTINGS_FILE, jaxae_checkpoints
 
 # The named experiments' config files, in a checkout.
@@ -134,7 +135,7 @@ def config_from_flag(holder) -> Config:
       fail(f"--config={path} could not be loaded (its get_config() returned "
            f"{type(value).__name__}, not a ConfigDict); name a config file whose get_config() "
            "returns a ConfigDict, such as experiments/configs/corrected.py.")
-    return from_config_dict(value)
+    return check_config(from_config_dict(value))
   except ValueError as e:
     fail(f"--config.{e}")
   except OSError as e:  # ml_collections defers a --config file it could not find to here.
@@ -225,7 +226,7 @@ def run_config(workdir: pathlib.Path) -> Config:
     fail(f"{workdir} holds no checkpoint; train first with experiments/train.py "
          f"--workdir={workdir}.")
   try:
-    return Config.from_dict(json.loads((workdir / SETTINGS_FILE).read_text()))
+    return check_config(Config.from_dict(json.loads((workdir / SETTINGS_FILE).read_text())))
   except (OSError, ValueError, TypeError) as e:
     fail(f"{workdir / SETTINGS_FILE} cannot be used ({type(e).__name__}: "
          f"{str(e).splitlines()[0] if str(e) else ''}); it is written when "

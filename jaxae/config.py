@@ -84,7 +84,11 @@ class Config:
     return dataclasses.replace(self, **changes)
 
   def validate(self) -> "Config":
-    """Returns self, or raises ValueError naming the first field of the wrong type or range."""
+    """Returns self, or raises ValueError naming the first field of the wrong type or range.
+
+    Which names a field may hold (tasks, models, optimizers, ...) is checked by the module that
+    defines them; `jaxae.train.check_config` runs this and all of those.
+    """
     def need(ok: bool, field: str, what: str) -> None:
       if not ok:
         raise ValueError(f"{field} must be {what}, got {getattr(self, field)!r}.")
@@ -94,30 +98,14 @@ class Config:
          "a non-empty sequence of positive integers")
     need(isinstance(self.features, tuple) and len(self.features) <= MAX_LEVELS, "features",
          f"at most {MAX_LEVELS} widths (32x32 images halve to 1x1 after {MAX_LEVELS} levels)")
-    for name in ("activation", "conv_impl", "optimizer"):
+    # The names (task, model, conv_impl, optimizer, ...) are checked by the modules that own
+    # them, which import this one (jaxae.train.check_config runs every check).
+    for name in ("task", "separation", "separation_loss", "model", "activation", "conv_impl",
+                 "optimizer", "lr_schedule"):
       need(isinstance(getattr(self, name), str), name, "a string")
-    from jaxae.platforms import CONV_IMPL_CHOICES  # pylint: disable=g-import-not-at-top
-    need(self.conv_impl in CONV_IMPL_CHOICES, "conv_impl",
-         f"one of {', '.join(CONV_IMPL_CHOICES)}")
-    # The registries live above this module; imported here, when a config is checked.
-    from jaxae.models import MODELS  # pylint: disable=g-import-not-at-top
-    from jaxae.tasks import (  # pylint: disable=g-import-not-at-top
-        SEPARATION_LOSSES, SEPARATIONS, TASKS)
-    need(isinstance(self.task, str) and self.task in TASKS, "task",
-         f"one of {', '.join(sorted(TASKS))}")
-    need(isinstance(self.separation, str) and self.separation in SEPARATIONS, "separation",
-         f"one of {', '.join(SEPARATIONS)}")
-    need(isinstance(self.separation_loss, str) and self.separation_loss in SEPARATION_LOSSES,
-         "separation_loss", f"one of {', '.join(SEPARATION_LOSSES)}")
-    need(isinstance(self.model, str) and self.model in MODELS, "model",
-         f"one of {', '.join(sorted(MODELS))}")
     need(_is_finite(self.negative_slope), "negative_slope", "a finite number")
     need(_is_finite(self.learning_rate) and self.learning_rate > 0, "learning_rate",
          "a positive finite number")
-    from jaxae.optimizers import LR_SCHEDULES, OPTIMIZERS  # pylint: disable=g-import-not-at-top
-    need(isinstance(self.lr_schedule, str) and self.lr_schedule in LR_SCHEDULES,
-         "lr_schedule", " or ".join(LR_SCHEDULES))
-    need(self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}")
     for name in ("grad_clip_norm", "weight_decay"):
       need(_is_finite(getattr(self, name)) and getattr(self, name) >= 0, name,
            "0 (off) or a positive finite number")
@@ -141,7 +129,7 @@ class Config:
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "Config":
-    """The config of `to_dict` (e.g. a run's settings.json), validated.
+    """The config of `to_dict` (e.g. a run's settings.json), its types and ranges validated.
 
     Raises:
       ValueError: a field of the wrong type or out of range (one line, naming it).
@@ -176,7 +164,7 @@ def to_config_dict(config: Config):
 
 
 def from_config_dict(cfg) -> Config:
-  """The validated Config of a ConfigDict from `to_config_dict` (or a config file), overrides and
+  """The Config (types and ranges validated) of a ConfigDict from `to_config_dict` (or a config file), overrides and
   all.
 
   Raises:

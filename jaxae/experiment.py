@@ -27,7 +27,7 @@ from jaxae.provenance import host_change, provenance, version_changes
 from jaxae.models import forward_flops
 from jaxae.monitoring import TensorBoard
 from jaxae.tasks import RECONSTRUCT
-from jaxae.train import TrainState, count_params
+from jaxae.train import TrainState, check_config, count_params
 from jaxae.weights import save_params
 from jaxae.workdir import (CHECKPOINT_DIR, METRICS_FILE, PARAMS_FILE, SETTINGS_FILE,
                            TENSORBOARD_DIR, RunError, run_settings, write_json)
@@ -81,7 +81,7 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
       diverging run (exit code 1).
   """
   try:
-    config.validate()
+    check_config(config)
   except ValueError as e:
     raise RunError(f"invalid config: {e}") from None
   for name, limit, split in (("train", train_limit, train), ("test", test_limit, test)):

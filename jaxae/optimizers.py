@@ -40,10 +40,10 @@ def make_optimizer(config: Config,
        value, whatever the optimizer. With "adam" this is exactly `optax.adamw`.
 
   Raises:
-    ValueError: an unknown optimizer or schedule, or "cosine" without `steps_per_epoch`.
+    ValueError: an unknown optimizer or schedule (`check_optimizer_names`), or "cosine" without
+      `steps_per_epoch`.
   """
-  if config.lr_schedule not in LR_SCHEDULES:
-    raise ValueError(f"Unknown lr_schedule {config.lr_schedule!r}; use one of {LR_SCHEDULES}.")
+  check_optimizer_names(config)
   total = None
   if config.lr_schedule != "constant":
     if not steps_per_epoch or steps_per_epoch <= 0:
@@ -56,12 +56,19 @@ def make_optimizer(config: Config,
                     float(config.weight_decay))
 
 
+def check_optimizer_names(config: Config) -> None:
+  """Raises ValueError (one line, naming the field) unless the config's optimizer and schedule
+  are known."""
+  for field, names in (("optimizer", sorted(OPTIMIZERS)), ("lr_schedule", LR_SCHEDULES)):
+    value = getattr(config, field)
+    if value not in names:
+      raise ValueError(f"{field} must be one of {', '.join(names)}, got {value!r}.")
+
+
 @functools.cache
 def _optimizer(name: str, learning_rate: float, schedule: str = "constant", warmup_steps: int = 0,
                total_steps: int | None = None, grad_clip_norm: float = 0.0,
                weight_decay: float = 0.0) -> optax.GradientTransformation:
-  if name not in OPTIMIZERS:
-    raise ValueError(f"Unknown optimizer {name!r}; use one of {sorted(OPTIMIZERS)}.")
   rate = learning_rate
   if schedule != "constant":
     warmup = min(warmup_steps, total_steps - 1)

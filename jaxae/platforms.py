@@ -4,7 +4,7 @@ Every choice is a function of the platform name ("cpu", "gpu", "tpu"; `platform_
 so each branch can be tested on any machine. `Config.conv_impl="auto"` (the default) resolves
 here, and so do the batch sizes a run uses when the caller does not give them.
 
-CPU figures are measured on the 2-core project CPU (README, "Speed"): XLA:CPU's own
+CPU figures are measured on the 2-core project CPU (docs/speed.md, RESULTS.md "Speed"): XLA:CPU's own
 convolution gradients are slow, so the layers run as GEMMs (jaxae/conv.py), in microbatches
 and evaluation batches small enough to keep the activations in the 2 MB L2 cache.
 Accelerators get XLA's convolutions (cuDNN on GPU) and large batches, the usual choice there;
@@ -62,8 +62,15 @@ ACCELERATOR_BATCH_SIZES = {"seed": (2048, 2000), "unet": (256, 500)}
 
 # Replicas on CPU run one after another: the batch-32 step keeps its activations in cache and
 # runs 1.8-1.9x as fast on the 2 cores as on one; vmapping 8 replicas pushed them out of cache
-# (11.8x the time of one replica, against 8.3x one after another; README, "Many seeds").
+# (11.8x the time of one replica, against 8.3x one after another; docs/seeds.md).
 REPLICA_STRATEGIES = ("vmap", "loop")
+
+
+def check_conv_impl_choice(conv_impl: str) -> None:
+  """Raises ValueError (one line, naming the field) unless `conv_impl` is a Config.conv_impl."""
+  if conv_impl not in CONV_IMPL_CHOICES:
+    raise ValueError(f"conv_impl must be one of {', '.join(CONV_IMPL_CHOICES)}, "
+                     f"got {conv_impl!r}.")
 
 
 def platform_of(mesh: Mesh) -> str:

@@ -18,12 +18,13 @@ from flax import struct
 from flax.training import train_state
 
 from jaxae.config import Config
-from jaxae.models import model_from_config
-from jaxae.optimizers import make_optimizer
-from jaxae.tasks import IMAGE_SHAPE, RECONSTRUCT, per_example_mse, task_from_config
+from jaxae.models import check_model_names, model_from_config
+from jaxae.optimizers import check_optimizer_names, make_optimizer
+from jaxae.tasks import (IMAGE_SHAPE, RECONSTRUCT, check_task_names, per_example_mse,
+                         task_from_config)
 from jaxae.weights import expected_shapes, param_shapes
 
-__all__ = ["IMAGE_SHAPE", "TrainState", "create_train_state", "eval_step", "per_example_mse",
+__all__ = ["IMAGE_SHAPE", "TrainState", "check_config", "create_train_state", "eval_step", "per_example_mse",
            "train_step"]
 
 
@@ -34,6 +35,20 @@ class TrainState(train_state.TrainState):
   """
 
   task: Any = struct.field(pytree_node=False, default=RECONSTRUCT)
+
+
+def check_config(config: Config) -> Config:
+  """`config`, or ValueError (one line, naming the first bad field): what `create_train_state`
+  would refuse, checked without building or computing anything.
+
+  The config checks its own types and ranges (`Config.validate`); each set of names is checked by
+  the module that defines it: tasks, models and formulations, optimizers and schedules.
+  """
+  config.validate()
+  check_task_names(config)
+  check_model_names(config)
+  check_optimizer_names(config)
+  return config
 
 
 def create_train_state(rng: jax.Array, config: Config | None = None, *,

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxae import Config, create_train_state, train_step
+from jaxae import Config, check_config, create_train_state, train_step
 from jaxae.optimizers import make_optimizer
 from jaxae.workdir import SETTINGS_FILE, holds_other_run, run_settings
 
@@ -99,7 +99,7 @@ def test_a_train_step_clips_and_decays():
 ])
 def test_bad_optimizer_settings_are_named(changes, field):
   with pytest.raises(ValueError, match=f"^{field} must be"):
-    Config(**changes).validate()
+    check_config(Config(**changes))
 
 
 def test_a_run_from_before_the_options_resumes(tmp_path):

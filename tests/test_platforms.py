@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_splits
-from jaxae import Config, create_train_state, eval_step, parallel, platforms
+from jaxae import Config, check_config, create_train_state, eval_step, parallel, platforms
 from jaxae.experiment import train_and_evaluate
 
 
@@ -53,7 +53,7 @@ def test_the_library_default_keeps_forward_mode_and_a_bad_conv_impl_is_named():
       state.params, jax.tree.map(jnp.ones_like, state.params))
   assert np.isfinite(tangent)
   with pytest.raises(ValueError, match="conv_impl must be one of auto, gemm, gemm_vjp, reference"):
-    Config(conv_impl="cudnn").validate()
+    check_config(Config(conv_impl="cudnn"))
 
 
 @pytest.mark.slow

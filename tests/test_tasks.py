@@ -13,7 +13,7 @@ from jaxae.experiment import train_and_evaluate
 from jaxae.metrics import unit_psnr, unit_ssim
 from jaxae.preprocess import grey_digits, mean_images
 from jaxae.tasks import Reconstruct, Separate, resized_digit, task_from_config
-from jaxae.train import create_train_state, eval_step, train_step
+from jaxae.train import check_config, create_train_state, eval_step, train_step
 
 QUIET = lambda _: None
 
@@ -165,9 +165,11 @@ def test_the_task_follows_the_config_and_steps_train_it():
   with pytest.raises(ValueError, match="separate task takes batches"):
     train_step(state, train.images)
   with pytest.raises(ValueError, match="task must be one of"):
-    Config(task="denoise").validate()
+    check_config(Config(task="denoise"))
   with pytest.raises(ValueError, match="model must be one of"):
-    Config(model="resnet").validate()
+    check_config(Config(model="resnet"))
+  with pytest.raises(ValueError, match="separation must be one of"):
+    task_from_config(Config(task="separate", separation="halves"))
 
 
 @pytest.mark.slow

@@ -23,6 +23,14 @@ from jaxae.models.unet import UNet
 MODELS = {"seed": Autoencoder, "unet": UNet}
 
 
+def check_model_names(config: Config) -> None:
+  """Raises ValueError (one line, naming the field) unless the config's model and formulation
+  are known."""
+  if config.model not in MODELS:
+    raise ValueError(f"model must be one of {', '.join(sorted(MODELS))}, got {config.model!r}.")
+  platforms.check_conv_impl_choice(config.conv_impl)
+
+
 def model_from_config(config: Config, out_channels: int = 3):
   """The config's model with `out_channels` outputs (the task's, see jaxae/tasks.py).
 
@@ -31,6 +39,7 @@ def model_from_config(config: Config, out_channels: int = 3):
   One object per distinct model, so that states built from equal configs share their `apply_fn`
   (a static part of the TrainState, and so of every jit cache key).
   """
+  check_model_names(config)
   conv_impl = platforms.resolve_conv_impl(config.conv_impl, jax.default_backend())
   return _model(config.model, tuple(config.features), out_channels, config.activation,
                 config.negative_slope, conv_impl)
@@ -38,13 +47,11 @@ def model_from_config(config: Config, out_channels: int = 3):
 
 @functools.cache
 def _model(name, features, out_channels, activation, negative_slope, conv_impl):
-  if name not in MODELS:
-    raise ValueError(f"Unknown model {name!r}; use one of {sorted(MODELS)}.")
   return MODELS[name](features=features, out_channels=out_channels, activation=activation,
                       negative_slope=negative_slope, conv_impl=conv_impl)
 
 
-__all__ = ["Autoencoder", "MODELS", "forward_flops", "TorchConv", "TorchConvTranspose", "UNet",
+__all__ = ["Autoencoder", "MODELS", "check_model_names", "forward_flops", "TorchConv", "TorchConvTranspose", "UNet",
            "make_activation", "model_from_config", "torch_uniform_init"]
 
 
