@@ -26,17 +26,18 @@ from absl import flags
 import jax
 import numpy as np
 
-from jaxae import cli, parallel, seeds
+from jaxae import parallel, seeds
 from jaxae import platforms
+from jaxae.dataset import load_mixed, mix
 from jaxae.loop import (epoch_batches, epoch_key, evaluate, microbatch_size, sharded_train_epoch,
                         steps_per_epoch, train_epoch)
-from jaxae.dataset import load_mixed, mix
-from jaxae.provenance import host
+from jaxae.run import scripts
+from jaxae.run.provenance import host
+from jaxae.steps import batch_size_of
 from jaxae.tasks import task_from_config
-from jaxae.train import batch_size_of
 
 FLAGS = flags.FLAGS
-CONFIG = cli.define_config_flag(pathlib.Path(__file__).parent / "configs" / "corrected.py")
+CONFIG = scripts.define_config_flag(pathlib.Path(__file__).parent / "configs" / "corrected.py")
 flags.DEFINE_list("batch_sizes", ["32", "256"], "Training batch sizes to measure.")
 flags.DEFINE_integer("batch_size", None, "Measure this one batch size (overrides --batch_sizes).")
 flags.DEFINE_integer("num_images", 10_000, "Random training images per epoch.")
@@ -49,7 +50,7 @@ flags.DEFINE_enum("replica_strategy", None, list(platforms.REPLICA_STRATEGIES),
                   "With --config.num_seeds: 'vmap' (one batched program) or 'loop' (the "
                   "single-seed program per replica); default: the platform's.")
 flags.DEFINE_bool("progress", False, "Time epochs that report their steps to the host (as "
-                  "train.py's progress line has them; jaxae/progress.py).")
+                  "train.py's progress line has them; jaxae/report/progress.py).")
 flags.DEFINE_string("output", None, "Also write the JSON lines to this file.")
 
 
@@ -107,27 +108,28 @@ def time_training(examples, batch_size, epochs, config, choice, lines):
 
 
 def main(argv):
-  cli.start(argv)
+  scripts.start(argv)
   try:
     sizes = ([FLAGS.batch_size] if FLAGS.batch_size is not None
              else [int(b) for b in FLAGS.batch_sizes])
   except ValueError:
-    cli.fail(f"--batch_sizes must be a comma-separated list of integers, got "
-             f"{','.join(FLAGS.batch_sizes)!r}.")
+    scripts.fail(f"--batch_sizes must be a comma-separated list of integers, got "
+                 f"{','.join(FLAGS.batch_sizes)!r}.")
   if not sizes:
-    cli.fail("--batch_sizes is empty; name at least one batch size (e.g. --batch_sizes=32,256).")
+    scripts.fail("--batch_sizes is empty; name at least one batch size "
+                 "(e.g. --batch_sizes=32,256).")
   if FLAGS.output:  # Checked now, not after minutes of measuring.
-    if problem := cli.unwritable(pathlib.Path(FLAGS.output).absolute().parent):
-      cli.fail(f"--output={FLAGS.output} cannot be written ({problem}).")
+    if problem := scripts.unwritable(pathlib.Path(FLAGS.output).absolute().parent):
+      scripts.fail(f"--output={FLAGS.output} cannot be written ({problem}).")
   if any(b <= 0 for b in sizes) or FLAGS.num_images <= 0 or FLAGS.epochs <= 0:
-    cli.fail("--batch_size(s), --num_images and --epochs must be positive.")
+    scripts.fail("--batch_size(s), --num_images and --epochs must be positive.")
   if FLAGS.microbatch < 0 or FLAGS.eval_batch_size < 0:
-    cli.fail("--microbatch and --eval_batch_size must be 0 (the model's) or positive.")
+    scripts.fail("--microbatch and --eval_batch_size must be 0 (the model's) or positive.")
   if max(sizes) > FLAGS.num_images:
-    cli.fail(f"a batch size ({max(sizes)}) is larger than --num_images ({FLAGS.num_images}).")
+    scripts.fail(f"a batch size ({max(sizes)}) is larger than --num_images ({FLAGS.num_images}).")
   if FLAGS.data_dir:
-    cli.check_data_dir(FLAGS.data_dir)
-  config = cli.config_from_flag(CONFIG)
+    scripts.check_data_dir(FLAGS.data_dir)
+  config = scripts.config_from_flag(CONFIG)
   lines = []
   choice = platforms.choices(config, platforms.platform_of(parallel.data_mesh()))
   config = config.replace(conv_impl=choice.conv_impl)
@@ -175,4 +177,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  scripts.run(main)

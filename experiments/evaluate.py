@@ -21,12 +21,15 @@ import time
 from absl import flags
 import jax
 
-from jaxae import cli, platforms, seeds
-from jaxae import workdir as workdir_lib
-from jaxae.experiment import replica_final_metrics, seeds_summary
-from jaxae.provenance import provenance
+from jaxae import platforms, seeds
+from jaxae.report import figures, summaries
+from jaxae.run import scripts
+from jaxae.run import workdir as workdir_lib
+from jaxae.run.errors import RunError
+from jaxae.run.provenance import provenance
+from jaxae.run.train_and_evaluate import replica_final_metrics
+from jaxae.run.workdir import write_json
 from jaxae.weights import ParamsFileError, load_params
-from jaxae.workdir import RunError, write_json
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "tfds data directory holding mnist and cifar10.")
@@ -40,22 +43,22 @@ flags.DEFINE_integer("eval_batch_size", 0, "Batch size of evaluation (0: the mod
 
 
 def main(argv):
-  cli.start(argv)
+  scripts.start(argv)
   if not FLAGS.workdir:
-    cli.fail("--workdir is required.")
+    scripts.fail("--workdir is required.")
   if FLAGS.test_limit < 0 or FLAGS.eval_batch_size < 0:
-    cli.fail("--test_limit and --eval_batch_size must be 0 or positive.")
+    scripts.fail("--test_limit and --eval_batch_size must be 0 or positive.")
   workdir = pathlib.Path(FLAGS.workdir)
   if FLAGS.params:
     try:
       params, config = load_params(FLAGS.params)
     except ParamsFileError as e:
-      cli.fail(str(e))
+      scripts.fail(str(e))
   else:
     # The run's settings (written when it started) say which model and normalization it used.
-    config = cli.run_config(workdir)
-  cli.check_writable(str(workdir))  # Before the evaluation, not after it.
-  cli.check_data_dir(FLAGS.data_dir)
+    config = scripts.run_config(workdir)
+  scripts.check_writable(str(workdir))  # Before the evaluation, not after it.
+  scripts.check_data_dir(FLAGS.data_dir)
 
   try:
     with workdir_lib.hold(workdir, purpose="evaluation"):
@@ -64,16 +67,17 @@ def main(argv):
         state = seeds.initial_state(config, steps_per_epoch=1).replace(params=params)
         evaluate(workdir, state, config, epoch=None)
       else:
-        restored = cli.restore_newest(workdir, config)
+        restored = scripts.restore_newest(workdir, config)
         evaluate(workdir, restored.state, config, epoch=restored.epoch)
   except RunError as e:
-    cli.fail(str(e), e.exit_code)
+    scripts.fail(str(e), e.exit_code)
 
 
 def evaluate(workdir: pathlib.Path, state, config, epoch: int | None) -> None:
   """Writes eval.json and the figure of `state` (a checkpoint's of `epoch`, or --params's)."""
-  workdir_lib.refuse_foreign_files(workdir, ("eval.json", state.task.eval_figure))
-  _, test = cli.load_data(FLAGS.data_dir, config, 0, FLAGS.test_limit)
+  figure = figures.EVAL_FIGURES[state.task.name]
+  workdir_lib.refuse_foreign_files(workdir, ("eval.json", figure))
+  _, test = scripts.load_data(FLAGS.data_dir, config, 0, FLAGS.test_limit)
   start = time.perf_counter()
   replicas = seeds.replicas_of(config)
   finals, predictions = replica_final_metrics(
@@ -92,16 +96,16 @@ def evaluate(workdir: pathlib.Path, state, config, epoch: int | None) -> None:
     result["params"] = str(FLAGS.params)
   try:
     write_json(workdir / "eval.json", result)
-    task.draw(test, predictions, workdir / task.eval_figure, detailed=True,
-              title=(f"Test pairs after epoch {epoch}" if epoch is not None
-                     else f"Test pairs, {pathlib.Path(FLAGS.params).name}")
-              + (f", seed {config.seed} (the first of {replicas})" if replicas else ""))
+    figures.draw(task, test, predictions, workdir / figure, detailed=True,
+                 title=(f"Test pairs after epoch {epoch}" if epoch is not None
+                        else f"Test pairs, {pathlib.Path(FLAGS.params).name}")
+                 + (f", seed {config.seed} (the first of {replicas})" if replicas else ""))
   except OSError as e:
-    cli.fail(f"could not write into {workdir} ({e.strerror or e}).")
+    scripts.fail(f"could not write into {workdir} ({e.strerror or e}).")
   source = f"the checkpoint of epoch {epoch}" if epoch is not None else FLAGS.params
   print(f"Evaluated {source} in {seconds:.2f} s.")
-  print(seeds_summary(finals, seeds.seeds_of(config), task))
+  print(summaries.seeds_summary(finals, seeds.seeds_of(config), task.name))
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  scripts.run(main)

@@ -14,10 +14,11 @@ import pathlib
 
 from absl import flags
 
-from jaxae import cli
-from jaxae import workdir as workdir_lib
+from jaxae.run import scripts
+from jaxae.run import workdir as workdir_lib
+from jaxae.run.errors import RunError
+from jaxae.run.workdir import METRICS_FILE, PARAMS_FILE
 from jaxae.weights import save_params
-from jaxae.workdir import METRICS_FILE, PARAMS_FILE, RunError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A training run's workdir (holds checkpoints/).")
@@ -37,24 +38,24 @@ def planned_epochs(workdir: pathlib.Path) -> int | None:
 
 
 def main(argv):
-  cli.start(argv)
+  scripts.start(argv)
   if not FLAGS.workdir:
-    cli.fail("--workdir is required.")
+    scripts.fail("--workdir is required.")
   workdir = pathlib.Path(FLAGS.workdir)
   output = pathlib.Path(FLAGS.output or workdir / PARAMS_FILE)
-  config = cli.run_config(workdir)
-  cli.check_writable(str(output.parent))
+  config = scripts.run_config(workdir)
+  scripts.check_writable(str(output.parent))
   try:
     with workdir_lib.hold(workdir, purpose="export"):
-      restored = cli.restore_newest(workdir, config)
+      restored = scripts.restore_newest(workdir, config)
       save_params(output, restored.state.params,
                   config.replace(epochs=planned_epochs(workdir) or restored.epoch))
   except RunError as e:
-    cli.fail(str(e), e.exit_code)
+    scripts.fail(str(e), e.exit_code)
   except OSError as e:
-    cli.fail(f"could not write {output} ({e.strerror or e}).")
+    scripts.fail(f"could not write {output} ({e.strerror or e}).")
   print(f"Wrote the parameters of epoch {restored.epoch} to {output}.")
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  scripts.run(main)

@@ -16,10 +16,10 @@ import pathlib
 from absl import flags
 import jax
 
-from jaxae import cli
 from jaxae.config import Config
-from jaxae.train import count_params, create_train_state
-from jaxae.workdir import METRICS_FILE
+from jaxae.run import scripts
+from jaxae.run.workdir import METRICS_FILE
+from jaxae.steps import count_params, create_train_state
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdirs", None, "Training runs' workdirs, one row each.")
@@ -115,19 +115,19 @@ def separate_rows(name: str, metrics: dict) -> list[str]:
 
 
 def main(argv):
-  cli.start(argv)
+  scripts.start(argv)
   if not FLAGS.workdirs:
-    cli.fail("--workdirs is required.")
+    scripts.fail("--workdirs is required.")
   rows, separate, several = [], [], {task: [] for task in SEEDS_COLUMNS}
   for workdir in map(pathlib.Path, FLAGS.workdirs):
     try:
       metrics = json.loads((workdir / METRICS_FILE).read_text())
     except (OSError, ValueError) as e:
-      cli.fail(f"{workdir / METRICS_FILE} cannot be read ({type(e).__name__}); a finished "
-               "experiments/train.py run writes it.")
+      scripts.fail(f"{workdir / METRICS_FILE} cannot be read ({type(e).__name__}); a finished "
+                   "experiments/train.py run writes it.")
     if not isinstance(metrics, dict):
-      cli.fail(f"{workdir / METRICS_FILE} is not a JSON object; a finished experiments/train.py "
-               "run writes one.")
+      scripts.fail(f"{workdir / METRICS_FILE} is not a JSON object; a finished "
+                   "experiments/train.py run writes one.")
     try:
       if "replicas" in metrics:
         several[_task(metrics)].append(seeds_row(workdir.name, metrics))
@@ -137,8 +137,8 @@ def main(argv):
       else:
         rows.append(row(workdir.name, metrics))
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
-      cli.fail(f"{workdir / METRICS_FILE} lacks what a finished run writes ({type(e).__name__}: "
-               f"{e}); train it to the end with experiments/train.py.")
+      scripts.fail(f"{workdir / METRICS_FILE} lacks what a finished run writes "
+                   f"({type(e).__name__}: {e}); train it to the end with experiments/train.py.")
   tables = [(HEADER, rows), (SEPARATE_HEADER, separate)]
   tables += [(seeds_header(task), lines) for task, lines in several.items()]
   for header, lines in tables:
@@ -148,4 +148,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  scripts.run(main)

@@ -15,7 +15,8 @@ training goes: `tensorboard --logdir=<workdir>/tensorboard`).
 Running the same command again resumes from the newest good checkpoint.
 
 Training is data-parallel over every device. For several processes (hosts), start one per host
-with the same --coordinator_address and --num_processes and its own --process_id; see README.
+with the same --coordinator_address and --num_processes and its own --process_id
+(docs/devices.md).
 """
 
 import pathlib
@@ -23,17 +24,19 @@ import sys
 
 from absl import flags
 
-from jaxae import cli, parallel
-from jaxae import workdir as workdir_lib
+from jaxae import parallel
 from jaxae.config import Config
-from jaxae.experiment import train_and_evaluate
-from jaxae.workdir import RunError, run_settings
+from jaxae.run import scripts
+from jaxae.run import workdir as workdir_lib
+from jaxae.run.errors import RunError
+from jaxae.run.train_and_evaluate import train_and_evaluate
+from jaxae.run.workdir import run_settings
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "tfds data directory holding mnist and cifar10 "
                     "(default: $TFDS_DATA_DIR or ~/tensorflow_datasets).")
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and figures go.")
-CONFIG = cli.define_config_flag(pathlib.Path(__file__).parent / "configs" / "corrected.py")
+CONFIG = scripts.define_config_flag(pathlib.Path(__file__).parent / "configs" / "corrected.py")
 flags.DEFINE_integer("train_limit", 0, "Use the first N training pairs (0 = all).")
 flags.DEFINE_integer("test_limit", 0, "Use the first N test pairs (0 = all).")
 flags.DEFINE_bool("overwrite", False, "Replace a run with different settings (or unreadable "
@@ -52,42 +55,42 @@ flags.DEFINE_integer("process_id", None, "This process's index, 0 .. --num_proce
 
 def validate_flags() -> Config:
   if not FLAGS.workdir:
-    cli.fail("--workdir is required.")
+    scripts.fail("--workdir is required.")
   for name in ("train_limit", "test_limit"):
     if FLAGS[name].value < 0:
-      cli.fail(f"--{name} must be 0 (all) or positive, got {FLAGS[name].value}.")
+      scripts.fail(f"--{name} must be 0 (all) or positive, got {FLAGS[name].value}.")
   if FLAGS.log_every_steps < 0:
-    cli.fail(f"--log_every_steps must be 0 (no TensorBoard files) or positive, got "
-             f"{FLAGS.log_every_steps}.")
+    scripts.fail(f"--log_every_steps must be 0 (no TensorBoard files) or positive, got "
+                 f"{FLAGS.log_every_steps}.")
   if FLAGS.eval_batch_size < 0 or FLAGS.keep_checkpoints <= 0:
-    cli.fail("--eval_batch_size must be 0 (the model's) or positive, and --keep_checkpoints "
-             "positive.")
+    scripts.fail("--eval_batch_size must be 0 (the model's) or positive, and --keep_checkpoints "
+                 "positive.")
   distributed = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if any(v is not None for v in distributed):
     if any(v is None for v in distributed):
-      cli.fail("a multi-process run needs all of --coordinator_address, --num_processes and "
-               "--process_id.")
+      scripts.fail("a multi-process run needs all of --coordinator_address, --num_processes and "
+                   "--process_id.")
     if ":" not in FLAGS.coordinator_address:
-      cli.fail(f"--coordinator_address must be host:port, got {FLAGS.coordinator_address!r}.")
+      scripts.fail(f"--coordinator_address must be host:port, got {FLAGS.coordinator_address!r}.")
     if FLAGS.num_processes < 1 or not 0 <= FLAGS.process_id < FLAGS.num_processes:
-      cli.fail(f"--process_id must be in 0..{FLAGS.num_processes - 1} and --num_processes "
-               f"positive, got --process_id={FLAGS.process_id} "
-               f"--num_processes={FLAGS.num_processes}.")
-  config = cli.config_from_flag(CONFIG)
-  cli.check_writable(FLAGS.workdir)
-  cli.check_data_dir(FLAGS.data_dir)
+      scripts.fail(f"--process_id must be in 0..{FLAGS.num_processes - 1} and --num_processes "
+                   f"positive, got --process_id={FLAGS.process_id} "
+                   f"--num_processes={FLAGS.num_processes}.")
+  config = scripts.config_from_flag(CONFIG)
+  scripts.check_writable(FLAGS.workdir)
+  scripts.check_data_dir(FLAGS.data_dir)
   return config
 
 
 def main(argv):
-  cli.start(argv)
+  scripts.start(argv)
   config = validate_flags()
   if FLAGS.coordinator_address:
     try:
       parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     except Exception as e:  # pylint: disable=broad-except
-      cli.fail(f"could not join the run at {FLAGS.coordinator_address} as process "
-               f"{FLAGS.process_id} of {FLAGS.num_processes}: {str(e).splitlines()[0]}")
+      scripts.fail(f"could not join the run at {FLAGS.coordinator_address} as process "
+                   f"{FLAGS.process_id} of {FLAGS.num_processes}: {str(e).splitlines()[0]}")
   log = print if parallel.is_primary() else (lambda _: None)
   try:
     # Refuse a held or mismatched workdir before spending time on the data. The hold is let go
@@ -97,11 +100,11 @@ def main(argv):
       workdir_lib.holds_other_run(pathlib.Path(FLAGS.workdir),
                                   run_settings(config, FLAGS.train_limit, FLAGS.test_limit),
                                   FLAGS.overwrite)
-    train, test = cli.load_data(FLAGS.data_dir, config, FLAGS.train_limit, FLAGS.test_limit,
-                                log=log)
+    train, test = scripts.load_data(FLAGS.data_dir, config, FLAGS.train_limit, FLAGS.test_limit,
+                                    log=log)
     if not config.full_batch and config.batch_size > len(train):
-      cli.fail(f"--batch_size={config.batch_size} is larger than the training set "
-               f"({len(train):,} pairs).")
+      scripts.fail(f"--batch_size={config.batch_size} is larger than the training set "
+                   f"({len(train):,} pairs).")
     train_and_evaluate(config, train, test, FLAGS.workdir, train_limit=FLAGS.train_limit,
                        test_limit=FLAGS.test_limit, overwrite=FLAGS.overwrite,
                        keep_checkpoints=FLAGS.keep_checkpoints,
@@ -110,9 +113,9 @@ def main(argv):
                        tensorboard_every=FLAGS.log_every_steps or None,
                        progress=sys.stdout)
   except RunError as e:
-    cli.fail(str(e), e.exit_code)
+    scripts.fail(str(e), e.exit_code)
 
 
 if __name__ == "__main__":
-  cli.run(main, interrupted="interrupted; the checkpoints of the completed epochs are kept: run "
-          "the same command again to resume.")
+  scripts.run(main, interrupted="interrupted; the checkpoints of the completed epochs are kept: "
+              "run the same command again to resume.")

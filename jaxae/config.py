@@ -87,7 +87,7 @@ class Config:
     """Returns self, or raises ValueError naming the first field of the wrong type or range.
 
     Which names a field may hold (tasks, models, optimizers, ...) is checked by the module that
-    defines them; `jaxae.train.check_config` runs this and all of those.
+    defines them; `jaxae.steps.check_config` runs this and all of those.
     """
     def need(ok: bool, field: str, what: str) -> None:
       if not ok:
@@ -99,7 +99,7 @@ class Config:
     need(isinstance(self.features, tuple) and len(self.features) <= MAX_LEVELS, "features",
          f"at most {MAX_LEVELS} widths (32x32 images halve to 1x1 after {MAX_LEVELS} levels)")
     # The names (task, model, conv_impl, optimizer, ...) are checked by the modules that own
-    # them, which import this one (jaxae.train.check_config runs every check).
+    # them, which import this one (jaxae.steps.check_config runs every check).
     for name in ("task", "separation", "separation_loss", "model", "activation", "conv_impl",
                  "optimizer", "lr_schedule"):
       need(isinstance(getattr(self, name), str), name, "a string")
@@ -164,8 +164,8 @@ def to_config_dict(config: Config):
 
 
 def from_config_dict(cfg) -> Config:
-  """The Config (types and ranges validated) of a ConfigDict from `to_config_dict` (or a config file), overrides and
-  all.
+  """The Config (types and ranges validated) of a ConfigDict from `to_config_dict` (or a config
+  file), overrides and all.
 
   Raises:
     ValueError: a field of the wrong type or out of range, or one Config does not have (named).

@@ -16,7 +16,7 @@ two channel axes swapped: convT(x; K) = S^T(x; K^T) where K^T = K.transpose(0, 1
   dw = im2col(x)^T @ dy; for a ConvTranspose the roles of S and S^T swap.
   Why: XLA:CPU runs the gradient of the lhs-dilated convolution (the reference ConvTranspose)
   on a slow path, and the gradients of its strided convolutions are slower than these GEMMs;
-  a batch-32 training step takes about half the time (README, "Speed").
+  a batch-32 training step takes about half the time (docs/speed.md).
 
 The "gemm" path needs the large side to be exactly `stride` times the small one (k - 2p == s and,
 for Conv, sides divisible by s: true for the autoencoder's k=4, s=2, p=1 on 32x32 images); other

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 
 from jaxae.config import CIFAR_NORMALIZATION, MNIST_NORMALIZATION, Normalization
-from jaxae.sources import load_splits
 from jaxae.preprocess import mean_images_of
+from jaxae.sources import load_splits
 
 
 @dataclasses.dataclass(frozen=True)

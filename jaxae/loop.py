@@ -35,7 +35,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxae import parallel, platforms, seeds
-from jaxae.train import (TrainState, apply_mean_gradient, batch_size_of, eval_step,
+from jaxae.steps import (TrainState, apply_mean_gradient, batch_size_of, eval_step,
                          loss_and_grad_sums, scan_sums, train_step)
 
 

@@ -4,8 +4,8 @@ Every choice is a function of the platform name ("cpu", "gpu", "tpu"; `platform_
 so each branch can be tested on any machine. `Config.conv_impl="auto"` (the default) resolves
 here, and so do the batch sizes a run uses when the caller does not give them.
 
-CPU figures are measured on the 2-core project CPU (docs/speed.md, RESULTS.md "Speed"): XLA:CPU's own
-convolution gradients are slow, so the layers run as GEMMs (jaxae/conv.py), in microbatches
+CPU figures are measured on the 2-core project CPU (docs/speed.md, RESULTS.md "Speed"): XLA:CPU's
+own convolution gradients are slow, so the layers run as GEMMs (jaxae/conv.py), in microbatches
 and evaluation batches small enough to keep the activations in the 2 MB L2 cache.
 Accelerators get XLA's convolutions (cuDNN on GPU) and large batches, the usual choice there;
 no accelerator was lent to measure them (benchmark.py --config.conv_impl times either formulation).

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxae.config import Config, is_number
-from jaxae.train import TrainState, create_train_state
+from jaxae.steps import TrainState, create_train_state
 
 
 def seeds_of(config: Config) -> list[int]:
@@ -79,35 +79,6 @@ def replica_history(history: Sequence[dict[str, Any]], k: int) -> list[dict[str,
   """Replica k's per-epoch losses from a multi-seed history (whose losses are per-replica lists)."""
   return [{"epoch": h["epoch"], "train_loss": h["train_loss"][k], "test_loss": h["test_loss"][k]}
           for h in history]
-
-
-def format_value(value: float | Sequence[float], digits: int = 6) -> str:
-  """A loss as printed per epoch: itself, or for replicas their mean ± standard deviation."""
-  if isinstance(value, (list, tuple, np.ndarray)):
-    s = spread(value)
-    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
-  return f"{value:.{digits}f}"
-
-
-def summary_lines(finals: Sequence[dict[str, Any]], seeds: Sequence[int]) -> list[str]:
-  """Across the replicas: each final number's mean ± std [min, max], one per line.
-
-  The per-image standard deviations ("*_std") are left to metrics.json, to keep this short.
-  """
-  lines = [f"Across {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}), mean ± std [min, max]:"]
-
-  def add(prefix: str, spreads: dict[str, Any]) -> None:
-    for key, s in spreads.items():
-      if key.endswith("_std"):
-        continue
-      if isinstance(s, dict) and "mean" in s and "std" in s and "min" in s:
-        lines.append(f"  {prefix}{key:<24} {s['mean']:.6g} ± {s['std']:.3g} "
-                     f"[{s['min']:.6g}, {s['max']:.6g}]")
-      elif isinstance(s, dict):
-        add(f"{prefix}{key}.", s)
-
-  add("", spread_of(finals))
-  return lines
 
 
 def replicas_of(config: Config) -> int:

@@ -54,7 +54,12 @@ def default_cache_dir() -> pathlib.Path:
   return pathlib.Path(root)
 
 
-def _resolve_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path:
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path:
+  """The tfds data directory: `data_dir`, else $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+
+  Raises:
+    ValueError: an empty `data_dir` (it would otherwise mean the current directory).
+  """
   if data_dir is not None and not str(data_dir).strip():
     raise ValueError("data_dir is empty; pass None for $TFDS_DATA_DIR or ~/tensorflow_datasets.")
   if data_dir is None:
@@ -67,7 +72,7 @@ def prepare_command(name: str, data_dir: pathlib.Path) -> str:
           "--file_format=array_record")
 
 
-def _prepared_files(name: str, split: str, data_dir: pathlib.Path) -> list[pathlib.Path]:
+def prepared_files(name: str, split: str, data_dir: pathlib.Path) -> list[pathlib.Path]:
   """The ArrayRecord shards of the newest prepared version, or [] if there are none."""
   dataset_dir = data_dir / name
   if not dataset_dir.is_dir():
@@ -109,7 +114,7 @@ def _decode(source, name: str, split: str,
 
 def _shard_of(name: str, split: str, data_dir: pathlib.Path | None, index: int) -> str:
   """The prepared file that holds record `index` of a split (tfds's shard lengths say which)."""
-  files = _prepared_files(name, split, _resolve_data_dir(data_dir))
+  files = prepared_files(name, split, resolve_data_dir(data_dir))
   shards = files[1:]
   try:
     info = json.loads(files[0].read_text())
@@ -271,7 +276,7 @@ def load_splits(requests: Sequence[tuple[str, str]], data_dir: str | os.PathLike
       raise ValueError(f"Unknown dataset {name!r}; jaxae loads one of {sorted(DATASETS)}.")
     if split not in SPLITS:
       raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
-  resolved_dir = _resolve_data_dir(data_dir)
+  resolved_dir = resolve_data_dir(data_dir)
   cache_root = pathlib.Path(cache_dir or default_cache_dir())
   workers = max(1, num_workers if num_workers is not None else (os.cpu_count() or 1))
   if cache:
@@ -280,7 +285,7 @@ def load_splits(requests: Sequence[tuple[str, str]], data_dir: str | os.PathLike
   results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(requests)
   to_read: dict[int, tuple[list[pathlib.Path], pathlib.Path | None]] = {}  # Files, cache entry.
   for i, (name, split) in enumerate(requests):
-    files = _prepared_files(name, split, resolved_dir)
+    files = prepared_files(name, split, resolved_dir)
     if files:
       entry = _cache_path(name, split, files, cache_root) if cache else None
       results[i] = entry and _read_cache(entry, DATASETS[name])

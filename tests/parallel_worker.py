@@ -51,8 +51,8 @@ def devices(workdir, part):
 def _runs(workdir, meshes, out):
   import jax  # pylint: disable=g-import-not-at-top
   from jaxae import loop, parallel  # pylint: disable=g-import-not-at-top
-  from jaxae.experiment import train_and_evaluate  # pylint: disable=g-import-not-at-top
-  from jaxae.train import create_train_state  # pylint: disable=g-import-not-at-top
+  from jaxae.run.train_and_evaluate import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from jaxae.steps import create_train_state  # pylint: disable=g-import-not-at-top
 
   train, test = splits()
   for name, mesh in meshes:
@@ -89,8 +89,8 @@ def _runs(workdir, meshes, out):
 def _variants(workdir, meshes, out):
   import jax  # pylint: disable=g-import-not-at-top
   from jaxae import loop  # pylint: disable=g-import-not-at-top
-  from jaxae.experiment import train_and_evaluate  # pylint: disable=g-import-not-at-top
-  from jaxae.train import create_train_state  # pylint: disable=g-import-not-at-top
+  from jaxae.run.train_and_evaluate import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from jaxae.steps import create_train_state  # pylint: disable=g-import-not-at-top
 
   train, test = splits()
   quiet = lambda _: None
@@ -118,9 +118,9 @@ def process(workdir, coordinator, num_processes, process_id, epochs="2", unlucky
   from jaxae import parallel  # pylint: disable=g-import-not-at-top
   parallel.initialize(coordinator, int(num_processes), int(process_id), timeout_s=120)
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxae import checkpoints  # pylint: disable=g-import-not-at-top
-  from jaxae.experiment import train_and_evaluate  # pylint: disable=g-import-not-at-top
-  from jaxae.workdir import RunError  # pylint: disable=g-import-not-at-top
+  from jaxae.run import checkpoints  # pylint: disable=g-import-not-at-top
+  from jaxae.run.train_and_evaluate import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from jaxae.run.errors import RunError  # pylint: disable=g-import-not-at-top
 
   if unlucky == process_id:
     read = checkpoints.Checkpointer._try_step  # pylint: disable=protected-access

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxae import Config, create_train_state, train_step
-from jaxae.checkpoints import (CheckpointSaveError, Checkpointer, IncompatibleCheckpointError,
+from jaxae.run.checkpoints import (CheckpointSaveError, Checkpointer, IncompatibleCheckpointError,
                                NoUsableCheckpointError)
 
 

@@ -61,7 +61,7 @@ def test_a_named_config_is_the_config_its_results_were_run_with(name):
   for key in _FORMULATION:
     recorded.pop(key, None)
     ours.pop(key, None)
-  # Fields added since a run keep their defaults in it (jaxae/workdir.py, _ADDED_SETTINGS).
+  # Fields added since a run keep their defaults in it (jaxae/run/workdir.py, _ADDED_SETTINGS).
   recorded = {**{k: v for k, v in ours.items() if k not in recorded}, **recorded}
   assert ours == recorded
 

@@ -8,9 +8,10 @@ import sys
 import pytest
 
 from conftest import REPO, run_script, shared_data_dir, tiny_splits
-from jaxae import Config, provenance
-from jaxae.experiment import train_and_evaluate
-from jaxae.workdir import RunError
+from jaxae import Config
+from jaxae.run import provenance
+from jaxae.run.errors import RunError
+from jaxae.run.train_and_evaluate import train_and_evaluate
 
 
 # The runs here test the run's machinery, not the model: one level of 4 channels compiles in a

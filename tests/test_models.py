@@ -250,7 +250,7 @@ def _conv_primitives(jaxpr) -> set[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("model_name", sorted(MODELS))
 def test_every_layer_of_every_model_trains_as_gemms(model_name):
-  """No lax convolution left in a training gradient: XLA:CPU's own are slow (README, Speed)."""
+  """No lax convolution left in a training gradient: XLA:CPU's own are slow (docs/speed.md)."""
   model = MODELS[model_name](features=(4, 8, 8), out_channels=1, conv_impl="gemm_vjp")
   x = jnp.zeros((2, 32, 32, 3))
   params = model.init(jax.random.key(0), x)

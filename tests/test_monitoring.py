@@ -1,4 +1,5 @@
-"""TensorBoard event files of a run (jaxae/monitoring.py), read back as TensorBoard reads them."""
+"""TensorBoard event files of a run (jaxae/report/tensorboard.py), read back as TensorBoard reads
+them."""
 
 import struct
 
@@ -8,8 +9,8 @@ from tensorboardX.proto import event_pb2
 
 from conftest import tiny_splits
 from jaxae import Config
-from jaxae.experiment import train_and_evaluate
-from jaxae.monitoring import grid
+from jaxae.report.tensorboard import grid
+from jaxae.run.train_and_evaluate import train_and_evaluate
 
 
 def _events(folder):

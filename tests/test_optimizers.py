@@ -10,7 +10,7 @@ import pytest
 
 from jaxae import Config, check_config, create_train_state, train_step
 from jaxae.optimizers import make_optimizer
-from jaxae.workdir import SETTINGS_FILE, holds_other_run, run_settings
+from jaxae.run.workdir import SETTINGS_FILE, holds_other_run, run_settings
 
 
 def _params():
@@ -109,3 +109,4 @@ def test_a_run_from_before_the_options_resumes(tmp_path):
   assert holds_other_run(tmp_path, settings, overwrite=False) is False
   with pytest.raises(Exception, match="weight_decay"):
     holds_other_run(tmp_path, run_settings(Config(weight_decay=0.1), 0, 0), overwrite=False)
+

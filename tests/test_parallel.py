@@ -16,10 +16,10 @@ import pytest
 
 from conftest import REPO
 from jaxae import loop, parallel
-from jaxae.checkpoints import Checkpointer
-from jaxae.experiment import train_and_evaluate
-from jaxae.workdir import CHECKPOINT_DIR, METRICS_FILE
-from jaxae.train import create_train_state
+from jaxae.run.checkpoints import Checkpointer
+from jaxae.run.train_and_evaluate import train_and_evaluate
+from jaxae.run.workdir import CHECKPOINT_DIR, METRICS_FILE
+from jaxae.steps import create_train_state
 
 import parallel_worker  # Beside this file, like conftest.
 

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import tiny_splits
 from jaxae import Config, check_config, create_train_state, eval_step, parallel, platforms
-from jaxae.experiment import train_and_evaluate
+from jaxae.run.train_and_evaluate import train_and_evaluate
 
 
 @pytest.mark.parametrize("platform,forward_mode,expected", [

@@ -1,4 +1,4 @@
-"""Progress inside an epoch (jaxae/progress.py, loop.train_epoch's `progress`)."""
+"""Progress inside an epoch (jaxae/report/progress.py, loop.train_epoch's `progress`)."""
 
 import io
 import time
@@ -9,7 +9,7 @@ import numpy as np
 from conftest import tiny_splits
 from jaxae import Config, create_train_state, seeds
 from jaxae.loop import train_epoch
-from jaxae.progress import EpochProgress
+from jaxae.report.progress import EpochProgress
 
 
 def test_the_line_says_compiling_until_steps_arrive_then_rate_and_both_etas():

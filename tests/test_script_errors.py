@@ -15,8 +15,9 @@ import jax
 import pytest
 
 from conftest import REPO, run_script, shared_data_dir, tiny_splits
-from jaxae import Config, create_train_state, save_params, workdir
-from jaxae.experiment import train_and_evaluate
+from jaxae import Config, create_train_state, save_params
+from jaxae.run import workdir
+from jaxae.run.train_and_evaluate import train_and_evaluate
 
 GOOD_DATA = f"--data_dir={REPO.parent / 'shared' / 'tensorflow_datasets'}"
 
@@ -159,7 +160,7 @@ def test_ctrl_c_that_lands_in_a_garbage_collector_callback_still_stops_the_scrip
   script = tmp_path / "script.py"
   script.write_text(
       "import gc, os, signal\n"
-      "from jaxae import cli\n"
+      "from jaxae.run import scripts\n"
       "def main(argv):\n"
       "  def callback(phase, info):\n"
       "    if phase == 'start':\n"
@@ -168,7 +169,7 @@ def test_ctrl_c_that_lands_in_a_garbage_collector_callback_still_stops_the_scrip
       "  gc.collect()\n"
       "  gc.callbacks.remove(callback)\n"
       "  print('went on after Ctrl-C', flush=True)\n"
-      "cli.run(main, interrupted='stopped here.')\n")
+      "scripts.run(main, interrupted='stopped here.')\n")
   run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                        timeout=120, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
   assert "went on" not in run.stdout
@@ -254,11 +255,11 @@ def test_ctrl_c_while_the_data_loads_leaves_no_new_workdir(tmp_path):
   # The data load sends the Ctrl-C itself: the moment is the same in every run.
   wrapper = (
       "import os, runpy, signal, sys, time\n"
-      "from jaxae import cli\n"
+      "from jaxae.run import scripts\n"
       "def load_data(*args, **kwargs):\n"
       "  os.kill(os.getpid(), signal.SIGINT)\n"
       "  time.sleep(30)\n"
-      "cli.load_data = load_data\n"
+      "scripts.load_data = load_data\n"
       f"sys.argv = ['train.py', '--workdir={tmp_path / 'new'}', '--data_dir={data_dir}']\n"
       f"runpy.run_path({str(REPO / 'experiments' / 'train.py')!r}, run_name='__main__')\n")
   run = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True,

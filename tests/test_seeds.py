@@ -8,10 +8,10 @@ import pytest
 
 from conftest import tiny_splits
 from jaxae import Config, seeds
-from jaxae.experiment import train_and_evaluate
 from jaxae.loop import evaluate, train_epoch, train_full_batch_epoch
-from jaxae.train import create_train_state
-from jaxae.workdir import RunError
+from jaxae.run.errors import RunError
+from jaxae.run.train_and_evaluate import train_and_evaluate
+from jaxae.steps import create_train_state
 
 QUIET = lambda _: None
 SMALL = dict(features=(4, 8, 8), batch_size=16, epochs=2)

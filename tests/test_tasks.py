@@ -9,11 +9,11 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from conftest import tiny_splits
 from jaxae import Config, loop, mix
 from jaxae.config import CIFAR_NORMALIZATION, MNIST_NORMALIZATION
-from jaxae.experiment import train_and_evaluate
 from jaxae.metrics import unit_psnr, unit_ssim
 from jaxae.preprocess import grey_digits, mean_images
-from jaxae.tasks import Reconstruct, Separate, resized_digit, task_from_config
-from jaxae.train import check_config, create_train_state, eval_step, train_step
+from jaxae.run.train_and_evaluate import train_and_evaluate
+from jaxae.steps import check_config, create_train_state, eval_step, train_step
+from jaxae.tasks import TASKS, Reconstruct, Separate, Task, resized_digit, task_from_config
 
 QUIET = lambda _: None
 
@@ -222,3 +222,10 @@ def test_cosine_schedule_warms_up_from_zero_and_needs_the_epoch_length():
     np.testing.assert_array_equal(p1, p0)  # Learning rate 0 at step 0.
   assert any(not np.array_equal(p2, p1) for p1, p2 in zip(jax.tree.leaves(first.params),
                                                           jax.tree.leaves(second.params)))
+
+
+def test_every_task_implements_the_declared_interface():
+  for name, task_type in TASKS.items():
+    task = task_from_config(Config(task=name))
+    assert isinstance(task, task_type) and isinstance(task, Task), name
+    assert task.name == name and task.out_channels > 0 and task.loss_label

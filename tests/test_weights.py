@@ -10,8 +10,8 @@ import pytest
 from conftest import tiny_splits
 from jaxae import (Config, create_train_state, eval_step, from_torch_state_dict, load_params,
                    save_params, seeds)
-from jaxae.experiment import train_and_evaluate
 from jaxae.models import model_from_config
+from jaxae.run.train_and_evaluate import train_and_evaluate
 from jaxae.weights import ParamsFileError
 
 

@@ -13,11 +13,11 @@ import pytest
 
 from conftest import REPO, run_script, shared_data_dir, tiny_splits
 from jaxae import Config
-from jaxae import experiment, workdir
-from jaxae.checkpoints import Checkpointer
-from jaxae.experiment import train_and_evaluate
-from jaxae.provenance import parse_cpuinfo
-from jaxae.workdir import RunError
+from jaxae.run import workdir
+from jaxae.run.checkpoints import CheckpointSaveError, Checkpointer
+from jaxae.run.errors import RunError
+from jaxae.run.provenance import parse_cpuinfo
+from jaxae.run.train_and_evaluate import train_and_evaluate
 
 QUIET = lambda _: None
 
@@ -56,7 +56,7 @@ def test_a_second_run_in_a_held_workdir_is_refused_naming_the_holder(tmp_path):
 
 def test_the_lock_of_a_killed_process_is_released(tmp_path):
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; from jaxae import workdir\n"
+      [sys.executable, "-c", "import sys, time; from jaxae.run import workdir\n"
        "with workdir.hold(sys.argv[1]):\n  print('held', flush=True); time.sleep(600)",
        str(tmp_path / "w")], stdout=subprocess.PIPE, text=True, cwd=REPO,
       env=dict(os.environ, PYTHONPATH=str(REPO)))
@@ -151,8 +151,8 @@ def test_full_disk_while_saving_is_one_error_and_the_rerun_resumes(tmp_path, mon
 
   def save_then_fill_the_disk(self, epoch, *args, **kwargs):
     if epoch == 2:
-      raise experiment.CheckpointSaveError(f"could not write the checkpoint of epoch {epoch} in "
-                                           f"{self.directory} (OSError: No space left on device)")
+      raise CheckpointSaveError(f"could not write the checkpoint of epoch {epoch} in "
+                                f"{self.directory} (OSError: No space left on device)")
     return save(self, epoch, *args, **kwargs)
 
   monkeypatch.setattr(Checkpointer, "save", save_then_fill_the_disk)
@@ -173,7 +173,8 @@ def test_metrics_record_versions_and_a_resume_under_others_says_so(tmp_path, mon
     assert key in versions
   assert versions["jax"] and versions["numpy"]
   assert json.loads((tmp_path / "metrics.json").read_text())["provenance"] == versions
-  monkeypatch.setattr(experiment, "provenance", lambda: {**versions, "jax": "9.9.9"})
+  monkeypatch.setattr("jaxae.run.train_and_evaluate.provenance",
+                      lambda: {**versions, "jax": "9.9.9"})
   warnings = []
   train_and_evaluate(tiny(epochs=2, batch_size=16), train, test, tmp_path, log=QUIET,
                      warn=warnings.append)
@@ -189,7 +190,8 @@ def test_metrics_record_the_cpu_and_a_resume_on_another_says_so(tmp_path, monkey
   assert host["cpu"] and host["cpus"] >= 1
   other = {"cpu": "Intel Xeon (family 6, model 143, stepping 8)", "cpus": 2,
            "cpu_features": ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"]}
-  monkeypatch.setattr(experiment, "provenance", lambda: {**first["provenance"], "host": other})
+  monkeypatch.setattr("jaxae.run.train_and_evaluate.provenance",
+                      lambda: {**first["provenance"], "host": other})
   warnings = []
   train_and_evaluate(tiny(epochs=2, batch_size=16), train, test, tmp_path, log=QUIET,
                      warn=warnings.append)

@@ -51,8 +51,9 @@ def _model(name, features, out_channels, activation, negative_slope, conv_impl):
                       negative_slope=negative_slope, conv_impl=conv_impl)
 
 
-__all__ = ["Autoencoder", "MODELS", "check_model_names", "forward_flops", "TorchConv", "TorchConvTranspose", "UNet",
-           "make_activation", "model_from_config", "torch_uniform_init"]
+__all__ = ["Autoencoder", "MODELS", "check_model_names", "forward_flops", "TorchConv",
+           "TorchConvTranspose", "UNet", "make_activation", "model_from_config",
+           "torch_uniform_init"]
 
 
 def forward_flops(state) -> float:

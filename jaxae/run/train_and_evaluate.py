@@ -1,4 +1,11 @@
-"""A whole training run in a workdir: resume, epochs, checkpoints, metrics.json and figures."""
+"""A whole training run in a workdir: resume, epochs, checkpoints, metrics.json and figures.
+
+    metrics = train_and_evaluate(config, splits["train"], splits["test"], "runs/corrected",
+                                 tensorboard_every=100)
+
+What a run computes is its Config; how it is carried out (limits, checkpoints kept, logging,
+TensorBoard, progress, devices) is its RunOptions.
+"""
 
 from __future__ import annotations
 
@@ -11,68 +18,73 @@ import time
 from typing import Any, Callable, TextIO
 
 import jax
+from jax.sharding import Mesh
 import numpy as np
 
-from jax.sharding import Mesh
-
-from jaxae import parallel, platforms, plots, seeds
-from jaxae import workdir as workdir_lib
-from jaxae.checkpoints import (CheckpointSaveError, Checkpointer, IncompatibleCheckpointError,
-                               InconsistentCheckpointError, NoUsableCheckpointError)
+from jaxae import parallel, platforms, seeds
 from jaxae.config import Config
 from jaxae.dataset import MixedSplit
 from jaxae.loop import evaluate, steps_per_epoch, train_epoch, train_full_batch_epoch
-from jaxae.progress import EpochProgress
-from jaxae.provenance import host_change, provenance, version_changes
 from jaxae.models import forward_flops
-from jaxae.monitoring import TensorBoard
-from jaxae.tasks import RECONSTRUCT
-from jaxae.train import TrainState, check_config, count_params
+from jaxae.report import figures, summaries
+from jaxae.report.progress import EpochProgress
+from jaxae.report.tensorboard import TensorBoard
+from jaxae.run import workdir as workdir_lib
+from jaxae.run.checkpoints import (CheckpointSaveError, Checkpointer, IncompatibleCheckpointError,
+                                   InconsistentCheckpointError, NoUsableCheckpointError)
+from jaxae.run.errors import RunError
+from jaxae.run.provenance import host_change, provenance, version_changes
+from jaxae.run.workdir import (CHECKPOINT_DIR, METRICS_FILE, PARAMS_FILE, SETTINGS_FILE,
+                               TENSORBOARD_DIR, run_settings, write_json)
+from jaxae.steps import TrainState, check_config, count_params
 from jaxae.weights import save_params
-from jaxae.workdir import (CHECKPOINT_DIR, METRICS_FILE, PARAMS_FILE, SETTINGS_FILE,
-                           TENSORBOARD_DIR, RunError, run_settings, write_json)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+  """How a run is carried out; what it computes is its Config.
 
-def _line(epoch: int, epochs: int, train_loss, test_loss, seconds: float, images: int,
-          remaining_s: float, replicas: int = 0) -> str:
-  """The epoch's console line; replicas' losses as their mean ± standard deviation.
-
-  With replicas, the rate counts replica-images (each replica trains on every image), as
-  benchmark.py does: per mean image it would read N times too slow.
+  Attributes:
+    train_limit, test_limit: train and evaluate on the first N pairs of each split (0: all).
+      They are the run's settings: a resumed run must use the same.
+    overwrite: replace another run (or unusable checkpoints) found in the workdir.
+    keep_checkpoints: how many of the newest epochs' checkpoints to keep.
+    eval_batch_size: the evaluation batch (None: the platform's, jaxae/platforms.py).
+    tensorboard_every: also write TensorBoard event files into workdir/tensorboard, the training
+      loss every N steps among them (jaxae/report/tensorboard.py). None or 0: none.
+    progress: a stream (e.g. sys.stdout) that shows each epoch's progress while it runs
+      (jaxae/report/progress.py): in place on a terminal, a plain line at most every 30 s
+      elsewhere.
+    log: where the console lines go. warn: where the one-line warnings go (damaged checkpoints
+      moved aside, other package versions); None: `log`.
+    mesh: the devices to train on, data-parallel (None: every device of every process).
+    lock: hold the workdir (workdir.hold) for the whole run; False when the caller holds it.
   """
-  count, unit = (images * replicas, "replica-images/s") if replicas else (images, "images/s")
-  return (f"epoch {epoch:3d}/{epochs}  train_loss {seeds.format_value(train_loss)}  "
-          f"test_loss {seeds.format_value(test_loss)}  "
-          f"{count / max(seconds, 1e-9):8.0f} {unit}  {seconds:6.1f} s  "
-          f"ETA {remaining_s / 60:5.1f} min")
+
+  train_limit: int = 0
+  test_limit: int = 0
+  overwrite: bool = False
+  keep_checkpoints: int = 3
+  eval_batch_size: int | None = None
+  tensorboard_every: int | None = None
+  progress: TextIO | None = None
+  log: Callable[[str], None] = print
+  warn: Callable[[str], None] | None = None
+  mesh: Mesh | None = None
+  lock: bool = True
 
 
 def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
-                       workdir: str | os.PathLike, *, train_limit: int = 0, test_limit: int = 0,
-                       overwrite: bool = False,
-                       keep_checkpoints: int = 3, eval_batch_size: int | None = None,
-                       log: Callable[[str], None] = print,
-                       warn: Callable[[str], None] | None = None,
-                       mesh: Mesh | None = None, lock: bool = True,
-                       tensorboard_every: int | None = None,
-                       progress: TextIO | None = None) -> dict[str, Any]:
+                       workdir: str | os.PathLike, options: RunOptions | None = None,
+                       **option_fields: Any) -> dict[str, Any]:
   """Trains (resuming from the newest good checkpoint), evaluates, writes the run's files.
 
-  Data-parallel over `mesh` (default: every device of every process). In a multi-process run
-  every process calls this with the same arguments; process 0 alone logs and writes files, and
-  all of them take part in the checkpoints.
-
-  `train_limit` / `test_limit` (0: all) train and evaluate on the first N pairs of each split.
-  The workdir is held (`workdir.hold`) for the whole call; pass `lock=False` when the caller
-  already holds it. A refused run writes nothing. `warn` gets the one-line warnings (damaged
-  checkpoints moved aside, other package versions); default `log`. `eval_batch_size` (default:
-  the platform's) is the evaluation batch. `config.conv_impl="auto"`, the microbatch and the
-  full-batch chunks are the platform's too (jaxae/platforms.py); the run logs them.
-  `tensorboard_every=N` also writes TensorBoard event files into workdir/tensorboard, the
-  training loss every N steps among them (jaxae/monitoring.py). `progress` (e.g. sys.stdout)
-  shows each epoch's progress while it runs (jaxae/progress.py): in place on a terminal, a plain
-  line at most every 30 s elsewhere.
+  `options` (default RunOptions()), with any of its fields given as keywords instead
+  (`train_and_evaluate(config, train, test, workdir, log=print, tensorboard_every=100)`).
+  Data-parallel over the options' mesh. In a multi-process run every process calls this with the
+  same arguments; process 0 alone logs and writes files, and all of them take part in the
+  checkpoints. A refused run writes nothing. `config.conv_impl="auto"`, the microbatch and the
+  full-batch chunks are the platform's (jaxae/platforms.py); the run logs them.
 
   Returns the contents of metrics.json.
 
@@ -80,45 +92,41 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
     RunError: unusable settings, workdir or checkpoints, a failed write (exit code 2), or a
       diverging run (exit code 1).
   """
+  options = dataclasses.replace(options or RunOptions(), **option_fields)
   try:
     check_config(config)
   except ValueError as e:
     raise RunError(f"invalid config: {e}") from None
-  for name, limit, split in (("train", train_limit, train), ("test", test_limit, test)):
+  for name, limit, split in (("train", options.train_limit, train),
+                             ("test", options.test_limit, test)):
     if (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 0
         or limit > len(split)):
       raise RunError(f"{name}_limit={limit!r} must be 0 (all) or a count of at most the "
                      f"{name} split's {len(split):,} pairs.")
   # The limits are the run's settings (a resumed run must use the same): applied here, so that
   # they are never recorded without being used. Taking the first N again is a no-op.
-  train, test = train.take(train_limit), test.take(test_limit)
+  train, test = train.take(options.train_limit), test.take(options.test_limit)
   workdir = pathlib.Path(workdir)
-  with workdir_lib.hold(workdir) if lock else contextlib.nullcontext(), \
+  options = dataclasses.replace(options, warn=options.warn or options.log,
+                                mesh=options.mesh or parallel.data_mesh())
+  with workdir_lib.hold(workdir) if options.lock else contextlib.nullcontext(), \
       contextlib.ExitStack() as cleanup:
-    return _train_and_evaluate(config, train, test, workdir, train_limit=train_limit,
-                               test_limit=test_limit, overwrite=overwrite,
-                               keep_checkpoints=keep_checkpoints,
-                               eval_batch_size=eval_batch_size, log=log, warn=warn or log,
-                               mesh=mesh or parallel.data_mesh(),
-                               tensorboard_every=tensorboard_every, progress=progress,
-                               cleanup=cleanup)
+    return _train_and_evaluate(config, train, test, workdir, options, cleanup)
 
 
 def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
-                        workdir: pathlib.Path, *, train_limit: int, test_limit: int,
-                        overwrite: bool, keep_checkpoints: int, eval_batch_size: int | None,
-                        log: Callable[[str], None], warn: Callable[[str], None],
-                        mesh: Mesh, tensorboard_every: int | None, progress: TextIO | None,
+                        workdir: pathlib.Path, options: RunOptions,
                         cleanup: contextlib.ExitStack) -> dict[str, Any]:
   primary = parallel.is_primary()
-  log = log if primary else (lambda _: None)
-  warn = warn if primary else (lambda _: None)
-  settings = run_settings(config, train_limit, test_limit)
+  log = options.log if primary else (lambda _: None)
+  warn = options.warn if primary else (lambda _: None)
+  mesh = options.mesh
+  settings = run_settings(config, options.train_limit, options.test_limit)
   choice = platforms.choices(config, platforms.platform_of(mesh))
-  eval_batch_size = eval_batch_size or choice.eval_batch_size
+  eval_batch_size = options.eval_batch_size or choice.eval_batch_size
   user_config, config = config, config.replace(conv_impl=choice.conv_impl)
   parallel.sync("jaxae:workdir_held")  # Every process reads the workdir before anyone clears it.
-  replace = workdir_lib.holds_other_run(workdir, settings, overwrite)  # Raises unless overwrite.
+  replace = workdir_lib.holds_other_run(workdir, settings, options.overwrite)  # Or raises.
   _clear(workdir, primary and replace)
 
   replicas = seeds.replicas_of(config)
@@ -133,72 +141,25 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   train_examples, test_examples = parallel.replicate((task.examples(train), task.examples(test)),
                                                      mesh)
   checkpoint_dir = workdir / CHECKPOINT_DIR
-  try:
-    checkpointer = Checkpointer(checkpoint_dir, max_to_keep=keep_checkpoints)
-    restored = checkpointer.restore_latest(state)
-  except (IncompatibleCheckpointError, InconsistentCheckpointError) as e:
-    raise RunError(str(e)) from None
-  except NoUsableCheckpointError as e:
-    if not overwrite:
-      raise RunError(f"{e} Pass --overwrite to start the run over (this deletes them).") from None
-    checkpointer.close()
-    _clear(workdir, primary)
-    checkpointer = Checkpointer(checkpoint_dir, max_to_keep=keep_checkpoints)
-    restored = None
-  except OSError as e:
-    raise RunError(f"cannot use {checkpoint_dir} ({e.strerror or e}).") from None
-  history: list[dict[str, Any]] = []
   now = provenance()
-  if restored is not None:
-    if restored.epoch > config.epochs:
-      checkpointer.close()
-      raise RunError(f"{workdir} holds {restored.epoch} completed epochs, more than "
-                     f"--config.epochs={config.epochs}: pass --config.epochs={restored.epoch} or "
-                     "more to continue that run (its checkpoints are kept), or another --workdir.")
-    for note in restored.damaged:
-      warn(note)
-    if changes := version_changes(restored.provenance, now):
-      warn(f"resuming under other versions than epoch {restored.epoch} was trained with: "
-           f"{changes}.")
-    if change := host_change(restored.provenance, now):
-      warn(f"resuming on another CPU than epoch {restored.epoch} was trained on ({change}): "
-           "epoch times before and after are not comparable.")
-    state, history = restored.state, restored.history
-    log(f"Resuming {workdir} after epoch {restored.epoch}.")
+  checkpointer, restored = _restore(state, config, workdir, options, now, log, warn, primary)
+  state, history = (restored.state, restored.history) if restored else (state, [])
   if primary:
     _write(lambda: write_json(workdir / SETTINGS_FILE, settings), workdir / SETTINGS_FILE)
   parallel.sync("jaxae:workdir_ready")
   board = None
-  if tensorboard_every:
+  if options.tensorboard_every:
     # Every epoch, the task's metrics and pictures on the first test pairs. Every process
     # computes them (a program over the whole mesh); process 0 writes.
     watched = test.take(min(TENSORBOARD_METRICS_PAIRS, len(test)))
     watched_examples = parallel.replicate(task.examples(watched), mesh)
     if primary:
       board = cleanup.enter_context(contextlib.closing(TensorBoard(
-          workdir / TENSORBOARD_DIR, tensorboard_every,
+          workdir / TENSORBOARD_DIR, options.tensorboard_every,
           seeds=seeds.seeds_of(config) if replicas else None,
           # Steps after the restored one are trained again: earlier events of theirs are hidden.
           purge_step=int(np.max(state.step)) + 1 if restored is not None else None)))
-  one = seeds.one_replica(state, replicas)
-  size = {"num_params": count_params(one.params), "forward_flops_per_image": forward_flops(one)}
-  log(f"Task {config.task}" + (f" ({config.separation})" if config.task == "separate" else "")
-      + f", model {config.model} {list(config.features)}: {size['num_params']:,} parameters, "
-      f"{size['forward_flops_per_image'] / 1e6:,.1f} MFLOPs per image (forward).")
-  if replicas:
-    how = {"vmap": "as one vmapped program", "loop": "one after another each epoch"}[
-        choice.replica_strategy]
-    log(f"{replicas} replicas (seeds {config.seed}..{config.seed + replicas - 1}), each with its "
-        f"own initialization and shuffle, trained {how}.")
-  log(f"On {choice.describe()} (jaxae/platforms.py).")
-  log(f"Training on {len(train):,} mean images (test {len(test):,}) on {_devices(mesh)}, "
-      + ("full batch (one step per epoch)" if config.full_batch else f"batch {config.batch_size}")
-      + f", {config.epochs} epochs.")
-  padded = parallel.padded_batch_size(config.batch_size, mesh)
-  if not config.full_batch and padded != config.batch_size:
-    log(f"Each batch of {config.batch_size} is padded with {padded - config.batch_size} masked "
-        f"examples to split evenly over {parallel.mesh_size(mesh)} devices (same loss and "
-        "gradient, some idle compute); a multiple of the device count avoids that.")
+  size = _announce(config, state, choice, train, test, mesh, replicas, log)
 
   steps_done = int(np.max(state.step))  # Counted on the host: each epoch takes the state.
   first_epoch = len(history) + 1
@@ -206,10 +167,10 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
     start = time.perf_counter()
     later = ((config.epochs - epoch) * float(np.median([h["seconds"] for h in history[-5:]]))
              if history else None)
-    with (EpochProgress(progress, epoch=epoch, epochs=config.epochs, later_s=later,
+    with (EpochProgress(options.progress, epoch=epoch, epochs=config.epochs, later_s=later,
                         images=len(train) * max(replicas, 1), compiles=epoch == first_epoch,
                         replicas=replicas)
-          if progress and primary else contextlib.nullcontext()) as bar:
+          if options.progress and primary else contextlib.nullcontext()) as bar:
       if config.full_batch:
         result = train_full_batch_epoch(state, train_examples, mesh=mesh,
                                         chunk_size=choice.full_batch_chunk, replicas=replicas)
@@ -218,7 +179,7 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
                              batch_size=config.batch_size, mesh=mesh,
                              microbatch_per_device=choice.microbatch_per_device,
                              replicas=replicas,
-                             progress=_progress_listener(progress, bar))
+                             progress=_progress_listener(options.progress, bar))
     if bad := seeds.first_non_finite(result.step_losses):
       step, k = bad
       value = result.step_losses[step] if k is None else result.step_losses[k, step]
@@ -240,7 +201,7 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
     except CheckpointSaveError as e:
       raise RunError(f"{e}. The checkpoints of earlier epochs are intact: fix that (free disk "
                      "space) and run the same command again to resume.") from None
-    if tensorboard_every:
+    if options.tensorboard_every:
       watched_metrics, previews = _watch(state, task, watched, watched_examples, eval_batch_size,
                                          mesh, replicas)
       if board is not None:
@@ -248,8 +209,8 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
                     train_loss=result.loss, test_loss=test_loss, seconds=seconds,
                     previews=previews, subset_metrics=watched_metrics)
     remaining = (config.epochs - epoch) * float(np.median([h["seconds"] for h in history[-5:]]))
-    log(_line(epoch, config.epochs, result.loss, test_loss, seconds, len(train), remaining,
-              replicas))
+    log(summaries.epoch_line(epoch, config.epochs, result.loss, test_loss, seconds, len(train),
+                             remaining, replicas))
   checkpointer.close()
 
   finals, predictions = replica_final_metrics(state, test, eval_batch_size, replicas, mesh=mesh)
@@ -257,7 +218,7 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
     for k, final in enumerate(finals):
       final["train_loss"] = history[-1]["train_loss"][k] if replicas else history[-1]["train_loss"]
   metrics = {"config": user_config.to_dict(), "platform_choices": dataclasses.asdict(choice),
-             "train_limit": train_limit, "test_limit": test_limit,
+             "train_limit": options.train_limit, "test_limit": options.test_limit,
              "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
              "num_devices": parallel.mesh_size(mesh), "num_processes": jax.process_count(),
              "optimizer_steps": int(np.max(state.step)), **size, "provenance": now,
@@ -277,17 +238,17 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   _write(lambda: save_params(workdir / PARAMS_FILE, state.params, user_config),
          workdir / PARAMS_FILE)
   if history:
-    _write(lambda: plots.loss_curve(
+    _write(lambda: figures.loss_curve(
         history, workdir / "loss_curve.png",
         title=("Full batch" if config.full_batch else f"Batch {config.batch_size}")
         + f", {config.optimizer} lr {config.learning_rate:g}"
         + (f", {replicas} seeds (mean, min-max band)" if replicas else ""),
         ylabel=task.loss_label),
         workdir / "loss_curve.png")
-  figure = workdir / task.run_figure
+  figure = workdir / figures.RUN_FIGURES[task.name]
   title = f"Seed {config.seed} (the first of {replicas} seeds)" if replicas else ""
-  _write(lambda: task.draw(test, predictions, figure, title=title), figure)
-  log(seeds_summary(finals, seeds.seeds_of(config), task))
+  _write(lambda: figures.draw(task, test, predictions, figure, title=title), figure)
+  log(summaries.seeds_summary(finals, seeds.seeds_of(config), task.name))
   return metrics
 
 
@@ -302,7 +263,7 @@ def _watch(state, task, split: MixedSplit, examples, eval_batch_size: int, mesh:
   mine = _per_replica(evaluate(state, examples, batch_size=min(eval_batch_size, len(split)),
                                mesh=mesh, replicas=replicas), replicas)
   return ([{"num_test_images": len(split), **task.final_metrics(split, m)} for m in mine],
-          [task.preview_rows(split, m) for m in mine])
+          [figures.preview_rows(task, split, m) for m in mine])
 
 
 def _progress_listener(progress, bar):
@@ -366,15 +327,63 @@ def _devices(mesh: Mesh) -> str:
   return where
 
 
-def seeds_summary(finals: list[dict[str, Any]], seeds_: list[int], task=RECONSTRUCT) -> str:
-  """`summary` of one run, or for replicas the spread of every final number across them."""
-  if len(finals) == 1:
-    return summary(finals[0], task)
-  return "\n".join(seeds.summary_lines(finals, seeds_))
+def _restore(state: TrainState, config: Config, workdir: pathlib.Path, options: RunOptions,
+             now: dict[str, Any], log, warn, primary: bool):
+  """(the run's Checkpointer, its newest good checkpoint or None); each problem a RunError."""
+  checkpoint_dir = workdir / CHECKPOINT_DIR
+  try:
+    checkpointer = Checkpointer(checkpoint_dir, max_to_keep=options.keep_checkpoints)
+    restored = checkpointer.restore_latest(state)
+  except (IncompatibleCheckpointError, InconsistentCheckpointError) as e:
+    raise RunError(str(e)) from None
+  except NoUsableCheckpointError as e:
+    if not options.overwrite:
+      raise RunError(f"{e} Pass --overwrite to start the run over (this deletes them).") from None
+    checkpointer.close()
+    _clear(workdir, primary)
+    return Checkpointer(checkpoint_dir, max_to_keep=options.keep_checkpoints), None
+  except OSError as e:
+    raise RunError(f"cannot use {checkpoint_dir} ({e.strerror or e}).") from None
+  if restored is None:
+    return checkpointer, None
+  if restored.epoch > config.epochs:
+    checkpointer.close()
+    raise RunError(f"{workdir} holds {restored.epoch} completed epochs, more than "
+                   f"--config.epochs={config.epochs}: pass --config.epochs={restored.epoch} or "
+                   "more to continue that run (its checkpoints are kept), or another --workdir.")
+  for note in restored.damaged:
+    warn(note)
+  if changes := version_changes(restored.provenance, now):
+    warn(f"resuming under other versions than epoch {restored.epoch} was trained with: "
+         f"{changes}.")
+  if change := host_change(restored.provenance, now):
+    warn(f"resuming on another CPU than epoch {restored.epoch} was trained on ({change}): "
+         "epoch times before and after are not comparable.")
+  log(f"Resuming {workdir} after epoch {restored.epoch}.")
+  return checkpointer, restored
 
 
-def summary(final: dict[str, Any], task=RECONSTRUCT) -> str:
-  lines = [f"Final test loss {final['test_loss']:.6f} over {final['num_test_images']:,} images"]
-  if "train_loss" in final:
-    lines[0] += f"; train loss {final['train_loss']:.6f}"
-  return "\n".join(lines + task.summary_lines(final))
+def _announce(config: Config, state: TrainState, choice: platforms.PlatformChoices,
+              train: MixedSplit, test: MixedSplit, mesh: Mesh, replicas: int,
+              log) -> dict[str, Any]:
+  """Logs what the run trains, where and how; returns the model's size for metrics.json."""
+  one = seeds.one_replica(state, replicas)
+  size = {"num_params": count_params(one.params), "forward_flops_per_image": forward_flops(one)}
+  log(f"Task {config.task}" + (f" ({config.separation})" if config.task == "separate" else "")
+      + f", model {config.model} {list(config.features)}: {size['num_params']:,} parameters, "
+      f"{size['forward_flops_per_image'] / 1e6:,.1f} MFLOPs per image (forward).")
+  if replicas:
+    how = {"vmap": "as one vmapped program", "loop": "one after another each epoch"}[
+        choice.replica_strategy]
+    log(f"{replicas} replicas (seeds {config.seed}..{config.seed + replicas - 1}), each with its "
+        f"own initialization and shuffle, trained {how}.")
+  log(f"On {choice.describe()} (jaxae/platforms.py).")
+  log(f"Training on {len(train):,} mean images (test {len(test):,}) on {_devices(mesh)}, "
+      + ("full batch (one step per epoch)" if config.full_batch else f"batch {config.batch_size}")
+      + f", {config.epochs} epochs.")
+  padded = parallel.padded_batch_size(config.batch_size, mesh)
+  if not config.full_batch and padded != config.batch_size:
+    log(f"Each batch of {config.batch_size} is padded with {padded - config.batch_size} masked "
+        f"examples to split evenly over {parallel.mesh_size(mesh)} devices (same loss and "
+        "gradient, some idle compute); a multiple of the device count avoids that.")
+  return size

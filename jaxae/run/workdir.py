@@ -27,15 +27,17 @@ from typing import Any, Iterator
 
 from flax import serialization
 
-from jaxae import parallel, plots, weights
+from jaxae import parallel, weights
 from jaxae.config import Config, without_removed_options
+from jaxae.report import figures
+from jaxae.run.errors import RunError
 
 SETTINGS_FILE = "settings.json"
 METRICS_FILE = "metrics.json"
 # The trained parameters with their config (jaxae/weights.py), written at the end of a run.
 PARAMS_FILE = "params.msgpack"
 CHECKPOINT_DIR = "checkpoints"
-# TensorBoard event files (jaxae/monitoring.py): tensorboard/ or tensorboard/seed_<s>/.
+# TensorBoard event files (jaxae/report/tensorboard.py): tensorboard/ or tensorboard/seed_<s>/.
 TENSORBOARD_DIR = "tensorboard"
 _SEED_DIR = re.compile(r"seed_\d+")
 DAMAGED_DIR = "damaged_checkpoints"
@@ -48,14 +50,6 @@ RUN_FILES = (SETTINGS_FILE, METRICS_FILE, PARAMS_FILE, "loss_curve.png", "recons
 # steps are named <epoch> or <epoch>.<n>.
 _STEP_DIR = re.compile(r"\d+(\.orbax-checkpoint-tmp.*)?")
 _DAMAGED_STEP_DIR = re.compile(r"\d+(\.\d+)?")
-
-
-class RunError(Exception):
-  """A problem the user can fix; the message says how. `exit_code` is the process's."""
-
-  def __init__(self, message: str, exit_code: int = 2):
-    super().__init__(message)
-    self.exit_code = exit_code
 
 
 def write_json(path: pathlib.Path, obj: Any) -> None:
@@ -230,9 +224,9 @@ _JSON_KEYS = {SETTINGS_FILE: {"features", "learning_rate", "batch_size", "seed"}
 # A params file's {"format": weights.FORMAT} as msgpack stores it (after the config: keys sorted).
 _PARAMS_MARKER = serialization.msgpack_serialize("format") + serialization.msgpack_serialize(
     weights.FORMAT)
-# PNG text chunks: the Software of jaxae's figures (plots.PNG_METADATA), or matplotlib's own.
+# PNG text chunks: the Software of jaxae's figures (figures.PNG_METADATA), or matplotlib's own.
 _PNG_MARKERS = tuple(b"tEXtSoftware\x00" + name.encode()
-                     for name in (plots.PNG_METADATA["Software"], "Matplotlib"))
+                     for name in (figures.PNG_METADATA["Software"], "Matplotlib"))
 
 
 def is_jaxae_file(path: pathlib.Path) -> bool:

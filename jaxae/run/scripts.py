@@ -15,12 +15,12 @@ import time
 from typing import Callable, NoReturn, Sequence
 
 from jaxae import seeds
-from jaxae.checkpoints import Checkpointer, IncompatibleCheckpointError, NoUsableCheckpointError
 from jaxae.config import Config, from_config_dict
-from jaxae.sources import DataError, _prepared_files, _resolve_data_dir, prepare_command
 from jaxae.dataset import MixedSplit, load_mixed
-from jaxae.train import check_config
-from jaxae.workdir import CHECKPOINT_DIR, SETTINGS_FILE, jaxae_checkpoints
+from jaxae.run.checkpoints import Checkpointer, IncompatibleCheckpointError, NoUsableCheckpointError
+from jaxae.run.workdir import CHECKPOINT_DIR, SETTINGS_FILE, jaxae_checkpoints
+from jaxae.sources import DataError, prepare_command, prepared_files, resolve_data_dir
+from jaxae.steps import check_config
 
 # The named experiments' config files, in a checkout.
 _REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -164,13 +164,13 @@ def fail(message: str, exit_code: int = 2) -> NoReturn:
 def check_data_dir(data_dir: str | None) -> None:
   """Fails fast, before any work, if a dataset split is not prepared in data_dir."""
   try:
-    resolved = _resolve_data_dir(data_dir)
+    resolved = resolve_data_dir(data_dir)
   except ValueError:  # An empty path, which would otherwise mean the current directory.
     fail("--data_dir is empty; leave it out to use $TFDS_DATA_DIR or ~/tensorflow_datasets, or "
          "name the directory.")
   for name in ("mnist", "cifar10"):
     for split in ("train", "test"):
-      if not _prepared_files(name, split, resolved):
+      if not prepared_files(name, split, resolved):
         fail(f"--data_dir={resolved} does not hold the prepared {name} {split} split "
              f"(tfds ArrayRecord). Point --data_dir at the directory that does (on these "
              f"machines ../shared/tensorflow_datasets), or prepare it once with: "

@@ -24,8 +24,8 @@ from jaxae.tasks import (IMAGE_SHAPE, RECONSTRUCT, check_task_names, per_example
                          task_from_config)
 from jaxae.weights import expected_shapes, param_shapes
 
-__all__ = ["IMAGE_SHAPE", "TrainState", "check_config", "create_train_state", "eval_step", "per_example_mse",
-           "train_step"]
+__all__ = ["IMAGE_SHAPE", "TrainState", "check_config", "create_train_state", "eval_step",
+           "per_example_mse", "train_step"]
 
 
 class TrainState(train_state.TrainState):

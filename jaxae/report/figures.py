@@ -1,4 +1,4 @@
-"""PNG figures: the loss curve and original/reconstruction grids (matplotlib, no display)."""
+"""PNG figures: the loss curve and each task's test pairs (matplotlib, no display)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from jaxae.config import CIFAR_NORMALIZATION, MNIST_NORMALIZATION, Normalization
 from jaxae.preprocess import to_unit_range
 
 # Marks every figure as jaxae's, so that --overwrite tells it from a file of the same name
-# (jaxae/workdir.py, is_jaxae_file).
+# (jaxae/run/workdir.py, is_jaxae_file).
 PNG_METADATA = {"Software": "jaxae"}
 
 
@@ -79,3 +79,42 @@ def display(images_BHWC, mnist_normalization: Normalization = MNIST_NORMALIZATIO
             cifar_normalization: Normalization = CIFAR_NORMALIZATION) -> np.ndarray:
   """Normalized mean images (or reconstructions) -> [0, 1] for showing."""
   return np.asarray(to_unit_range(images_BHWC, mnist_normalization, cifar_normalization))
+
+
+# A task's figures (jaxae/tasks/): the file a training run writes and the one evaluate.py writes
+# (both under the workdir), and the rows of test pairs each shows.
+RUN_FIGURES = {"reconstruct": "reconstructions.png", "separate": "separation.png"}
+EVAL_FIGURES = {"reconstruct": "comparison.png", "separate": "separation.png"}
+
+
+def preview_rows(task, split, predictions, count: int = 8) -> list[tuple[str, np.ndarray]]:
+  """(label, images [count, 32, 32, C] in [0, 1]) rows showing the task's predictions.
+
+  reconstruct: the mean images, their reconstructions. separate: the mean image, the true and
+  estimated digit, the true and estimated photo (estimates clipped for showing).
+  """
+  norms = dict(mnist_normalization=task.mnist_normalization,
+               cifar_normalization=task.cifar_normalization)
+  mean_images = ("mean image", display(split.images[:count], **norms))
+  if task.name == "separate":
+    digit, photo = task.targets(split.take(count))
+    return [mean_images, ("true digit", digit),
+            ("estimated digit", np.asarray(predictions["digit"][:count])),
+            ("true photo", photo), ("estimated photo", np.asarray(predictions["photo"][:count]))]
+  return [mean_images,
+          ("reconstruction", display(predictions["reconstructions"][:count], **norms))]
+
+
+def draw(task, split, predictions, path: str | os.PathLike, *, title: str = "",
+         detailed: bool = False) -> None:
+  """The task's test pairs: `preview_rows` of the first 8. `detailed` (evaluate.py's figure) adds
+  both sources above a reconstruction; a separation shows them anyway."""
+  count = min(8, len(split))
+  rows = preview_rows(task, split, predictions, count)
+  if task.name == "separate":
+    image_grid(rows, path, title or "Test pairs: the mean image and its two sources")
+  elif detailed:
+    image_grid([("MNIST", np.asarray(split.mnist_images[:count]) / 255.0),
+                ("CIFAR-10", np.asarray(split.cifar_images[:count]) / 255.0), *rows], path, title)
+  else:
+    image_grid(rows, path, title or "Test mean images (top), reconstructions")

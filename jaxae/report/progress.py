@@ -61,7 +61,8 @@ class EpochProgress:
     now = time.monotonic() if now is None else now
     with self._lock:
       done, total, first, replica = self._done, self._total, self._first_tick, self._replica
-    which = f", replica {replica + 1}/{self._replicas}" if replica is not None and self._replicas else ""
+    which = (f", replica {replica + 1}/{self._replicas}"
+             if replica is not None and self._replicas else "")
     head = f"epoch {self._epoch}/{self._epochs}{which}: "
     elapsed = now - self._start
     if first is None:

@@ -29,8 +29,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxae import parallel
-from jaxae.train import TrainState
-from jaxae.workdir import move_aside
+from jaxae.run.workdir import move_aside
+from jaxae.steps import TrainState
 
 
 class NoUsableCheckpointError(RuntimeError):
