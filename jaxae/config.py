@@ -63,6 +63,9 @@ class Config:
   # to 0 at the end of the last epoch (jaxae/optimizers.py).
   lr_schedule: str = "constant"
   warmup_steps: int = 0
+  # optimizer="muon" (jaxae/optimizers.py): the convolution kernels' learning rate, their updates
+  # orthogonalized (Muon); learning_rate is then Adam's, for the biases. 0 with other optimizers.
+  muon_learning_rate: float = 0.0
   # 0 = off (the original's). Clip each step's gradient to this global L2 norm.
   grad_clip_norm: float = 0.0
   # 0 = off (the original's). Decoupled weight decay (AdamW's): each step every parameter shrinks
@@ -106,7 +109,7 @@ class Config:
     need(_is_finite(self.negative_slope), "negative_slope", "a finite number")
     need(_is_finite(self.learning_rate) and self.learning_rate > 0, "learning_rate",
          "a positive finite number")
-    for name in ("grad_clip_norm", "weight_decay"):
+    for name in ("grad_clip_norm", "weight_decay", "muon_learning_rate"):
       need(_is_finite(getattr(self, name)) and getattr(self, name) >= 0, name,
            "0 (off) or a positive finite number")
     need(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps",

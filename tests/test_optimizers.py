@@ -110,3 +110,37 @@ def test_a_run_from_before_the_options_resumes(tmp_path):
   with pytest.raises(Exception, match="weight_decay"):
     holds_other_run(tmp_path, run_settings(Config(weight_decay=0.1), 0, 0), overwrite=False)
 
+
+def test_muon_is_optax_muon_for_convolution_kernels():
+  """Our Muon (no vmap, faster on CPU) computes optax.contrib.muon's updates: kernels of either
+  orientation by Muon at one rate, biases by Adam at the other, under a schedule."""
+  rng = np.random.default_rng(0)
+  shapes = {"down": (4, 4, 8, 16), "up": (4, 4, 16, 3), "bias": (16,)}
+  params = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in shapes.items()}
+  kernel_dims = lambda tree: jax.tree.map(
+      lambda p: optax.contrib.MuonDimensionNumbers((0, 1, 2), (3,)) if p.ndim == 4 else None, tree)
+  theirs = optax.contrib.muon(optax.cosine_decay_schedule(0.02, 10),
+                              adam_learning_rate=optax.cosine_decay_schedule(3e-3, 10),
+                              muon_weight_dimension_numbers=kernel_dims)
+  ours = make_optimizer(Config(optimizer="muon", muon_learning_rate=0.02, learning_rate=3e-3,
+                               lr_schedule="cosine", epochs=1), steps_per_epoch=10)
+  ours_params, theirs_params = params, params
+  ours_state, theirs_state = ours.init(params), theirs.init(params)
+  for k in range(4):
+    grads = {n: jnp.asarray(rng.normal(size=s), jnp.float32) for n, s in shapes.items()}
+    u, ours_state = ours.update(grads, ours_state, ours_params)
+    ours_params = optax.apply_updates(ours_params, u)
+    u, theirs_state = theirs.update(grads, theirs_state, theirs_params)
+    theirs_params = optax.apply_updates(theirs_params, u)
+  for name in shapes:
+    assert not np.allclose(ours_params[name], params[name])
+    np.testing.assert_allclose(ours_params[name], theirs_params[name], rtol=2e-5, atol=2e-6,
+                               err_msg=name)
+
+
+def test_muon_needs_its_own_rate_and_no_other_optimizer_takes_it():
+  with pytest.raises(ValueError, match="^muon_learning_rate must be positive"):
+    check_config(Config(optimizer="muon"))
+  with pytest.raises(ValueError, match="^muon_learning_rate must be positive"):
+    check_config(Config(muon_learning_rate=0.02))
+  check_config(Config(optimizer="muon", muon_learning_rate=0.02))
