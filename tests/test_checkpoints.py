@@ -1,11 +1,16 @@
 import errno
+import os
 import pathlib
+import signal
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import REPO
 from jaxae import Config, create_train_state, train_step
 from jaxae.run.checkpoints import (CheckpointSaveError, Checkpointer, IncompatibleCheckpointError,
                                NoUsableCheckpointError)
@@ -148,8 +153,17 @@ def test_full_disk_while_saving_raises_one_clear_error(tmp_path, monkeypatch):
   assert _restore(directory).epoch == 1  # The earlier step is untouched.
 
 
-def test_ctrl_c_during_a_write_takes_effect_once_the_step_is_complete(tmp_path, monkeypatch):
-  import signal  # pylint: disable=g-import-not-at-top
+@pytest.fixture
+def sigint_handler():
+  """Sets the SIGINT handler a test names and restores the one before: a worker's handler is
+  whatever the process had, and a test that depends on it passes or fails by where it runs."""
+  before = signal.getsignal(signal.SIGINT)
+  yield lambda handler: signal.signal(signal.SIGINT, handler)
+  signal.signal(signal.SIGINT, before)
+
+
+def _save_with_a_ctrl_c(tmp_path, monkeypatch):
+  """(a checkpointer whose next save gets a Ctrl-C while orbax writes, the state, the history)."""
   directory = tmp_path / "checkpoints"
   state, history = _saved_run(directory, epochs=1)
   checkpointer = Checkpointer(directory)
@@ -158,24 +172,73 @@ def test_ctrl_c_during_a_write_takes_effect_once_the_step_is_complete(tmp_path, 
   def interrupted_save(*args, **kwargs):
     # Ctrl-C while orbax writes: the Python-level SIGINT handler in force is called, as CPython
     # calls it when the signal reaches the main thread. Not an OS signal: sent with os.kill it
-    # may reach any of orbax's, tensorstore's or XLA's ~30 threads; sent to this thread with
-    # signal.raise_signal it still failed by chance once (a full suite on 2026-11-26, xdist
-    # worker): it had not reached Python's handler by the end of the write. What
-    # is under test is the deferral: the handler in force during a write records the Ctrl-C, and
-    # the interrupt takes effect once the step is complete. A script's real Ctrl-C is tested in
-    # a subprocess (tests/test_script_errors.py).
+    # may reach any of orbax's, tensorstore's or XLA's ~30 threads. What is under test is the
+    # deferral: the handler in force during a write records the Ctrl-C, and it takes effect once
+    # the step is complete. A script's real Ctrl-C is tested in a subprocess
+    # (tests/test_script_errors.py).
     handler = signal.getsignal(signal.SIGINT)
-    assert handler is not signal.default_int_handler  # The write defers Ctrl-C.
+    assert callable(handler) and handler is not signal.default_int_handler  # Deferred.
     handler(signal.SIGINT, None)
     return real_save(*args, **kwargs)
 
-  # pylint: disable-next=protected-access
-  monkeypatch.setattr(checkpointer._manager, "save", interrupted_save)
+  monkeypatch.setattr(checkpointer._manager, "save", interrupted_save)  # pylint: disable=protected-access
+  return checkpointer, state, history
+
+
+def test_ctrl_c_during_a_write_takes_effect_once_the_step_is_complete(tmp_path, monkeypatch,
+                                                                      sigint_handler):
+  sigint_handler(signal.default_int_handler)  # Python's own: Ctrl-C raises KeyboardInterrupt.
+  checkpointer, state, history = _save_with_a_ctrl_c(tmp_path, monkeypatch)
   with pytest.raises(KeyboardInterrupt):
     checkpointer.save(2, state, history + [{"epoch": 2}])
   checkpointer.close()
-  assert _restore(directory).epoch == 2  # Written whole before the interrupt took effect.
+  assert _restore(tmp_path / "checkpoints").epoch == 2  # Written whole before the interrupt.
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_deferred_ctrl_c_does_what_the_handler_before_the_write_does(tmp_path, monkeypatch,
+                                                                       sigint_handler):
+  """A caller's own handler hears the Ctrl-C once, after the step is whole; an ignored Ctrl-C
+  stays ignored. (Before, any handler that was not a Python callable lost it.)"""
+  heard = []
+  directory = tmp_path / "checkpoints"
+  own = lambda signum, frame: heard.append(sorted(int(p.name) for p in directory.iterdir()
+                                                  if p.name.isdigit()))
+  sigint_handler(own)
+  checkpointer, state, history = _save_with_a_ctrl_c(tmp_path, monkeypatch)
+  checkpointer.save(2, state, history + [{"epoch": 2}])
+  assert heard == [[1, 2]] and signal.getsignal(signal.SIGINT) is own
+  sigint_handler(signal.SIG_IGN)
+  checkpointer.save(3, state, history + [{"epoch": 2}, {"epoch": 3}])
+  checkpointer.close()
+  assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN and _restore(directory).epoch == 3
+
+
+@pytest.mark.slow
+def test_a_deferred_ctrl_c_under_the_default_action_ends_the_process_after_the_write(tmp_path):
+  """SIG_DFL before the write (a process that never installed Python's handler): the Ctrl-C
+  ends the process, as it would have, once the step is written."""
+  script = (
+      "import signal, sys\n"
+      "import jax, jax.numpy as jnp\n"
+      "from jaxae.run import checkpoints\n"
+      "from jaxae.steps import create_train_state\n"
+      "state = create_train_state(jax.random.key(0))\n"
+      "ckpt = checkpoints.Checkpointer(sys.argv[1])\n"
+      "real = ckpt._manager.save\n"
+      "def save(*a, **k):\n"
+      "  signal.getsignal(signal.SIGINT)(signal.SIGINT, None)\n"
+      "  return real(*a, **k)\n"
+      "ckpt._manager.save = save\n"
+      "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+      "ckpt.save(1, state, [{'epoch': 1}])\n"
+      "print('went on after Ctrl-C', flush=True)\n")
+  run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "checkpoints")],
+                       capture_output=True, text=True, timeout=300, cwd=REPO,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+  assert run.returncode == -signal.SIGINT, (run.returncode, run.stderr[-2000:])
+  assert "went on" not in run.stdout
+  assert _restore(tmp_path / "checkpoints").epoch == 1
 
 
 def _edit_metadata(step_dir: pathlib.Path, edit) -> None:

@@ -258,13 +258,25 @@ def _deferred_interrupt() -> Iterator[None]:
     return
   received = []
   previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+  if previous is None:  # Installed outside Python: the closest Python can restore is the default.
+    previous = signal.SIG_DFL
   try:
     yield
   finally:
     signal.signal(signal.SIGINT, previous)
-    if received and callable(previous):
-      # A script's handler leaves (cli.run); Python's default raises KeyboardInterrupt.
-      previous(signal.SIGINT, None)
+    if received:
+      _redeliver_interrupt(previous)
+
+
+def _redeliver_interrupt(handler) -> None:
+  """What a Ctrl-C deferred during a write does once it is complete: what `handler`, the one in
+  force before the write, would have done with it."""
+  if callable(handler):
+    # A script's handler leaves (scripts.run); Python's default raises KeyboardInterrupt.
+    handler(signal.SIGINT, None)
+  elif handler == signal.SIG_DFL:
+    signal.raise_signal(signal.SIGINT)  # The default action: the process ends, as it would have.
+  # signal.SIG_IGN: ignored, as it would have been.
 
 
 @contextlib.contextmanager
