@@ -172,6 +172,10 @@ def test_metrics_record_versions_and_a_resume_under_others_says_so(tmp_path, mon
               "tensorflow-datasets", "dm-pix", "numpy", "git_commit"):
     assert key in versions
   assert versions["jax"] and versions["numpy"]
+  if (REPO / ".git").exists():  # A run from a checkout names its commit.
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert versions["git_commit"] == head
   assert json.loads((tmp_path / "metrics.json").read_text())["provenance"] == versions
   monkeypatch.setattr("jaxae.run.train_and_evaluate.provenance",
                       lambda: {**versions, "jax": "9.9.9"})

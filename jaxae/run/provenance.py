@@ -18,7 +18,7 @@ from typing import Any
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets",
             "dm-pix", "numpy")
-_REPO = pathlib.Path(__file__).resolve().parents[1]
+_REPO = pathlib.Path(__file__).resolve().parents[2]  # jaxae/run/ -> the checkout
 
 
 @functools.cache

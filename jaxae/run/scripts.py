@@ -23,7 +23,7 @@ from jaxae.sources import DataError, prepare_command, prepared_files, resolve_da
 from jaxae.steps import check_config
 
 # The named experiments' config files, in a checkout.
-_REPO = pathlib.Path(__file__).resolve().parents[1]
+_REPO = pathlib.Path(__file__).resolve().parents[2]  # jaxae/run/ -> the checkout
 _CONFIGS = _REPO / "experiments" / "configs"
 _HELP_FLAGS = ("--help", "-help", "--helpshort", "--helpfull", "-h", "-?", "--helpxml")
 
