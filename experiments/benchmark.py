@@ -2,11 +2,11 @@
 
     python experiments/benchmark.py --num_images=10000 --data_dir=../shared/tensorflow_datasets
 
-Figures: train_images_per_s at each --batch_sizes (median over --epochs timed epochs after one
-warm-up epoch, on --num_images mean images of random digits and photos: for the default task and
-model the same workload as ../shared/bench/torch_reference.py; --config (a config file, as for
-train.py) and --config.<field> time the others: its task, model, widths, conv_impl and optimizer;
-its batch_size and epochs are this script's own flags), compile_s of the training step,
+Figures: train_images_per_s (and steps_per_s) at each --batch_sizes (median over --epochs timed
+epochs after one warm-up epoch, on --num_images mean images of random digits and photos: for the
+default task and model the same workload as ../shared/bench/torch_reference.py; --config (a
+config file, as for train.py) and --config.<field> time the others: its task, model, widths,
+conv_impl and optimizer; its batch_size and epochs are this script's own flags), compile_s of the training step,
 eval_images_per_s, metrics_s (the task's final metrics over up to 10,000 images) and, with
 --data_dir, load_preprocess_s (both splits of both datasets; cold = without the decoded-array
 cache).
@@ -101,6 +101,9 @@ def time_training(examples, batch_size, epochs, config, choice, lines):
   emit(lines, metric="replica_images_per_s" if replicas else "train_images_per_s",
        value=round(config.num_seeds * n / per_epoch, 1), batch_size=batch_size,
        seconds_per_epoch=round(per_epoch, 4), num_images=n, num_seeds=config.num_seeds,
+       # Small batches are bound by steps, not images (RESULTS.md, "Time to quality").
+       steps_per_s=round(steps_per_epoch(n, batch_size) / per_epoch, 1),
+       optimizer=config.optimizer,
        **({"replica_strategy": strategy} if replicas else {}), conv_impl=config.conv_impl,
        task=config.task, model=config.model,
        features=list(config.features), microbatch=micro)

@@ -70,8 +70,13 @@ def test_train_refuses_a_workdir_another_process_holds(tmp_path):
     ("benchmark.py", ["--output=/no/such/folder/bench.jsonl"],
      "--output=/no/such/folder/bench.jsonl cannot be written (/no/such/folder is not a directory)"),
     ("benchmark.py", ["--config.modle=unet"], "--config.modle is not a field of the config"),
+    ("time_to_quality.py", ["--num_seeds=0", GOOD_DATA], "--num_seeds must be positive"),
+    ("time_to_quality.py", ["--config.task=separate", GOOD_DATA],
+     "time_to_quality.py measures one-seed minibatch reconstruction configs"),
+    ("time_to_quality.py", ["--config.optimizer=adam", GOOD_DATA],
+     "--config.muon_learning_rate must be positive with optimizer='muon'"),
 ])
-def test_benchmark_checks_its_flags_before_measuring(script, args, message):
+def test_measuring_scripts_check_their_flags_before_measuring(script, args, message):
   _one_line(run_script(script, *args), 2, message)
 
 

@@ -118,3 +118,27 @@ def draw(task, split, predictions, path: str | os.PathLike, *, title: str = "",
                 ("CIFAR-10", np.asarray(split.cifar_images[:count]) / 255.0), *rows], path, title)
   else:
     image_grid(rows, path, title or "Test mean images (top), reconstructions")
+
+
+def quality_curves(curves: dict[str, Sequence[Sequence[tuple[float, float]]]],
+                   path: str | os.PathLike, target: float | None = None, title: str = "") -> None:
+  """PSNR against training seconds: per label, one line per seed of (seconds, PSNR) points."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6.4, 4), dpi=100)
+  for k, (label, seeds) in enumerate(curves.items()):
+    for s, points in enumerate(seeds):
+      seconds, psnrs = zip(*points)
+      ax.plot(seconds, psnrs, marker=".", color=f"C{k}", alpha=0.8,
+              label=label if s == 0 else None)
+  if target is not None:
+    ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"{target:g} dB")
+  ax.set_xscale("log")
+  ax.set_xlabel("training seconds (sum of epoch programs)")
+  ax.set_ylabel("standard PSNR, test mean (dB)")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=8)
+  if title:
+    ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, metadata=PNG_METADATA)
+  plt.close(fig)
