@@ -36,7 +36,7 @@ from jax.sharding import Mesh
 
 from jaxae import parallel, platforms, seeds
 from jaxae.steps import (TrainState, apply_mean_gradient, batch_size_of, eval_step,
-                         loss_and_grad_sums, scan_sums, train_step)
+                         loss_and_grad_sums, minibatch_step, scan_sums)
 
 
 # How many jitted calls the evaluation loop may queue ahead of the device. Unbounded queues of
@@ -141,7 +141,7 @@ def report_every(steps: int) -> int:
 
 def sharded_train_epoch(mesh: Mesh, microbatch_size: int | None = None, replicas: bool = False,
                         report_every: int = 0):
-  """An epoch of `train_step`s as one `lax.scan`, jitted for `mesh`; the state is donated.
+  """An epoch of minibatch steps as one `lax.scan`, jitted for `mesh`; the state is donated.
 
   (state, examples, indices_SW, mask_SW) -> (state, step_losses [S]). Step s trains on
   examples[indices_SW[s]] with weights mask_SW[s]. The examples and state are replicated; indices
@@ -169,8 +169,10 @@ def _sharded_train_epoch(mesh: Mesh, microbatch_size: int | None, replicas: bool
 
     def step(state, xs):
       indices_W, mask_W = xs
-      state, metrics = train_step(state, gather(indices_W), mask_W,
-                                  microbatch_size=microbatch_size)
+      # Every batch of an epoch holds real examples: the step without train_step's guard for a
+      # batch of padding alone (steps.minibatch_step says why).
+      state, metrics = minibatch_step(state, gather(indices_W), mask_W,
+                                      microbatch_size=microbatch_size)
       return state, metrics["loss"]
 
     xs = (indices_SW, mask_SW)
