@@ -179,16 +179,11 @@ def train_step(state: TrainState, batch, mask_B: jax.Array | None = None, *,
     mask is all 0 (padding only) is no step: the state comes back unchanged (Adam's momentum
     would otherwise move the parameters and count a step) and the loss is 0.
   """
-  dtype = jnp.float32
   if mask_B is None:
-    mask_B = jnp.ones((batch_size_of(batch),), dtype)
-  mask_B = mask_B.astype(dtype)
-  loss_sum, grad_sums = loss_and_grad_sums(state.task, state.apply_fn, state.params, batch, mask_B,
-                                           microbatch_size)
-  count = jnp.sum(mask_B)
-  new_state, metrics = apply_mean_gradient(state, loss_sum, grad_sums, jnp.maximum(count, 1.0))
-  new_state = jax.tree.map(lambda new, old: jnp.where(count > 0, new, old), new_state, state)
-  return new_state, metrics
+    mask_B = jnp.ones((batch_size_of(batch),), jnp.float32)
+  new_state, metrics = minibatch_step(state, batch, mask_B, microbatch_size=microbatch_size)
+  real = jnp.sum(mask_B) > 0
+  return jax.tree.map(lambda new, old: jnp.where(real, new, old), new_state, state), metrics
 
 
 def minibatch_step(state: TrainState, batch, mask_B: jax.Array, *,
@@ -199,7 +194,7 @@ def minibatch_step(state: TrainState, batch, mask_B: jax.Array, *,
 
   Why: the guard's select made XLA compile the step in another floating-point order, and epochs
   no longer reproduced the published runs bitwise (their epoch-1 losses differed in the 4th
-  digit); without it they do (tests/test_train.py).
+  digit); without it they do (tests/test_pretrained.py).
   """
   mask_B = mask_B.astype(jnp.float32)
   loss_sum, grad_sums = loss_and_grad_sums(state.task, state.apply_fn, state.params, batch, mask_B,
