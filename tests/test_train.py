@@ -9,6 +9,12 @@ from jaxae import Config, create_train_state, eval_step, train_step
 from jaxae import loop, models, parallel
 
 
+# The model of the tests of the steps' mechanics (masks, microbatches, the epoch loop, jit and
+# scan): one Conv and one ConvTranspose level, which compiles in a fifth of the original model's
+# time. The original architecture itself is tested in test_models.py and test_pretrained.py.
+STEP = Config(features=(4,))
+
+
 def _images(n, seed=0):
   return jnp.asarray(np.random.default_rng(seed).uniform(-1, 1, (n, 32, 32, 3)), jnp.float32)
 
@@ -73,7 +79,7 @@ def test_a_reconstruction_state_names_the_batch_it_takes():
 @pytest.mark.slow
 def test_steps_compose_with_scan_and_user_jit():
   images = _images(8)
-  state0 = create_train_state(jax.random.key(1))
+  state0 = create_train_state(jax.random.key(1), STEP)
 
   @jax.jit
   def three_steps(state):
@@ -95,7 +101,7 @@ def test_microbatched_step_is_the_same_step():
   # 10 examples, 3 of them masked, in microbatches of 4 (the last one padded by 2).
   images = _images(10)
   mask = jnp.asarray([1, 1, 0, 1, 1, 1, 0, 1, 0, 1], jnp.float32)
-  state = create_train_state(jax.random.key(0))
+  state = create_train_state(jax.random.key(0), STEP)
   whole, m_whole = jax.jit(train_step)(state, images, mask)
   split, m_split = jax.jit(lambda s, x, m: train_step(s, x, m, microbatch_size=4))(
       state, images, mask)
@@ -111,10 +117,10 @@ def test_large_batches_train_in_microbatches_with_the_same_result():
   mesh = parallel.data_mesh()
   assert loop.microbatch_size(32, mesh) is None
   assert loop.microbatch_size(96, mesh) == loop.MICROBATCH_PER_DEVICE * parallel.mesh_size(mesh)
-  state = create_train_state(jax.random.key(0))
+  state = create_train_state(jax.random.key(0), STEP)
   got = loop.train_epoch(state, images, seed=0, epoch=1, batch_size=96)
   first_batch = loop.epoch_batches(loop.epoch_key(0, 1), 96, 96)[0][0]
-  expected, metrics = jax.jit(train_step)(create_train_state(jax.random.key(0)),
+  expected, metrics = jax.jit(train_step)(create_train_state(jax.random.key(0), STEP),
                                           images[first_batch])
   np.testing.assert_allclose(got.step_losses, [metrics["loss"]], rtol=1e-6)
   _tree_close(got.state.opt_state, expected.opt_state, rtol=1e-4, atol=1e-9)
@@ -137,7 +143,7 @@ def test_masked_padding_contributes_nothing():
   real = _images(3)
   padded = jnp.concatenate([real, 100.0 * jnp.ones((5, 32, 32, 3))])
   mask = jnp.array([1, 1, 1, 0, 0, 0, 0, 0], jnp.float32)
-  state = create_train_state(jax.random.key(0))
+  state = create_train_state(jax.random.key(0), STEP)
   a, ma = jax.jit(train_step)(state, real)
   b, mb = jax.jit(train_step)(state, padded, mask)
   np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-6)
@@ -158,7 +164,7 @@ def test_epoch_batches_cover_every_example_once_and_shuffle_by_epoch():
 @pytest.mark.slow
 def test_no_recompilation_across_epochs_with_a_partial_last_batch():
   images = _images(40)  # 40 = 32 + a partial batch of 8.
-  state = create_train_state(jax.random.key(0))
+  state = create_train_state(jax.random.key(0), STEP)
   state = loop.train_epoch(state, images, seed=0, epoch=1, batch_size=32).state
   epoch_fn = loop.sharded_train_epoch(parallel.data_mesh(), None)
   compiled = epoch_fn._cache_size()  # Other tests' shapes may be in this cache too.
@@ -175,7 +181,7 @@ def test_training_is_deterministic_for_a_seed():
   images = _images(40)
 
   def run(seed):
-    state = create_train_state(jax.random.key(seed))
+    state = create_train_state(jax.random.key(seed), STEP)
     losses = []
     for epoch in (1, 2):
       result = loop.train_epoch(state, images, seed=seed, epoch=epoch, batch_size=16)
@@ -190,9 +196,9 @@ def test_training_is_deterministic_for_a_seed():
 @pytest.mark.slow
 def test_full_batch_step_is_one_step_on_the_whole_set():
   images = _images(50)
-  state = create_train_state(jax.random.key(0))
+  state = create_train_state(jax.random.key(0), STEP)
   expected, m_expected = jax.jit(train_step)(state, images)
-  got, m_got = loop.full_batch_step(create_train_state(jax.random.key(0)), images, chunk_size=16)
+  got, m_got = loop.full_batch_step(create_train_state(jax.random.key(0), STEP), images, chunk_size=16)
   np.testing.assert_allclose(m_got["loss"], m_expected["loss"], rtol=1e-5)
   _tree_close(got.params, expected.params, rtol=1e-4, atol=1e-7)
   assert int(got.step) == 1
@@ -201,7 +207,7 @@ def test_full_batch_step_is_one_step_on_the_whole_set():
 @pytest.mark.slow
 def test_evaluate_averages_over_every_example():
   images = _images(23)
-  state = create_train_state(jax.random.key(0))
+  state = create_train_state(jax.random.key(0), STEP)
   out = loop.evaluate(state, images, batch_size=10)
   direct = eval_step(state, images)
   np.testing.assert_allclose(out["loss"], float(direct["loss"]), rtol=1e-5)
@@ -210,7 +216,7 @@ def test_evaluate_averages_over_every_example():
 
 @pytest.mark.slow
 def test_optimizer_is_configurable():
-  state = create_train_state(jax.random.key(0), Config(optimizer="sgd", learning_rate=0.1))
+  state = create_train_state(jax.random.key(0), STEP.replace(optimizer="sgd", learning_rate=0.1))
   new_state, _ = jax.jit(train_step)(state, _images(4))
   assert int(new_state.step) == 1
 
@@ -230,14 +236,14 @@ def test_steps_refuse_images_the_model_cannot_reconstruct(shape, dtype):
 
 @pytest.mark.parametrize("size", [0, -4, 2.5])
 def test_microbatch_size_must_be_positive(size):
-  state = create_train_state(jax.random.key(0))
+  state = create_train_state(jax.random.key(0), STEP)
   with pytest.raises(ValueError, match="microbatch_size must be a positive int"):
     train_step(state, jnp.zeros((4, 32, 32, 3)), microbatch_size=size)
 
 
 @pytest.mark.slow
 def test_a_traced_microbatch_size_says_to_make_it_static():
-  state = create_train_state(jax.random.key(0))
+  state = create_train_state(jax.random.key(0), STEP)
   images = jnp.zeros((4, 32, 32, 3))
   with pytest.raises(ValueError, match=r"static_argnames=\('microbatch_size',\)"):
     jax.jit(train_step)(state, images, microbatch_size=2)
