@@ -54,7 +54,7 @@ class Config:
   # How the Conv and ConvTranspose layers are computed (jaxae/conv.py): "gemm" (fast on CPU, every
   # JAX transformation), "gemm_vjp" (fastest to train on CPU, no forward mode) or "reference"
   # (XLA's convolutions: cuDNN on GPU). All compute PyTorch's layers with the same weights.
-  # "auto": the platform's (jaxae/platforms.py): the GEMMs on CPU, XLA's elsewhere.
+  # "auto": the platform's (jaxae/platforms.py): the GEMMs on CPU and GPU, XLA's on TPU.
   conv_impl: str = "auto"
   # Optimizer.
   optimizer: str = "adam"

@@ -12,7 +12,7 @@ from jaxae.run.train_and_evaluate import train_and_evaluate
 
 @pytest.mark.parametrize("platform,forward_mode,expected", [
     ("cpu", True, "gemm"), ("cpu", False, "gemm_vjp"),
-    ("gpu", True, "reference"), ("gpu", False, "reference"), ("tpu", False, "reference")])
+    ("gpu", True, "gemm"), ("gpu", False, "gemm_vjp"), ("tpu", False, "reference")])
 def test_auto_conv_impl_is_the_platforms(platform, forward_mode, expected):
   assert platforms.resolve_conv_impl("auto", platform, forward_mode=forward_mode) == expected
   assert platforms.resolve_conv_impl("gemm", platform, forward_mode=forward_mode) == "gemm"
@@ -26,11 +26,12 @@ def test_batch_sizes_and_strategy_per_platform_and_model():
   assert (unet.microbatch_per_device, unet.full_batch_chunk, unet.eval_batch_size) == (8, 8, 8)
   gpu = platforms.choices(Config(), "gpu")
   assert (gpu.conv_impl, gpu.microbatch_per_device, gpu.replica_strategy) == (
-      "reference", None, "vmap")
+      "gemm_vjp", None, "vmap")
   assert gpu.full_batch_chunk > cpu.full_batch_chunk and gpu.eval_batch_size > cpu.eval_batch_size
   # An explicit formulation is kept on every platform.
-  assert platforms.choices(Config(conv_impl="gemm"), "gpu").conv_impl == "gemm"
-  assert "gpu: conv reference, whole batches" in gpu.describe()
+  assert platforms.choices(Config(conv_impl="reference"), "gpu").conv_impl == "reference"
+  assert "gpu: conv gemm_vjp, whole batches" in gpu.describe()
+  assert platforms.choices(Config(), "tpu").conv_impl == "reference"
 
 
 def test_replica_strategy_is_the_platforms_unless_given():
@@ -58,20 +59,21 @@ def test_the_library_default_keeps_forward_mode_and_a_bad_conv_impl_is_named():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("full_batch", [False, True])
-def test_a_run_forced_onto_the_gpu_branch_computes_the_cpu_branchs_history(
+def test_a_run_forced_onto_the_tpu_branch_computes_the_cpu_branchs_history(
     tmp_path, monkeypatch, full_batch):
-  """The accelerator branch (XLA convolutions, whole batches, large chunks) run on CPU: the
-  same numbers as the CPU branch, and the run says what it chose."""
+  """The TPU's branch (XLA's convolutions, whole batches, large chunks; the GPU's differs only in
+  taking the GEMM layers) run on CPU: the same numbers as the CPU branch, and the run says what
+  it chose."""
   train, test = tiny_splits(n_train=100, n_test=12)
   config = Config(epochs=2, batch_size=96, full_batch=full_batch, features=(4, 8))
   cpu = train_and_evaluate(config, train, test, tmp_path / "cpu", log=lambda _: None)
-  monkeypatch.setattr(platforms, "platform_of", lambda mesh: "gpu")
+  monkeypatch.setattr(platforms, "platform_of", lambda mesh: "tpu")
   lines = []
-  gpu = train_and_evaluate(config, train, test, tmp_path / "gpu", log=lines.append)
-  assert any(line.startswith("On gpu: conv reference, whole batches") for line in lines)
-  assert gpu["platform_choices"]["conv_impl"] == "reference"
+  tpu = train_and_evaluate(config, train, test, tmp_path / "tpu", log=lines.append)
+  assert any(line.startswith("On tpu: conv reference, whole batches") for line in lines)
+  assert tpu["platform_choices"]["conv_impl"] == "reference"
   assert cpu["platform_choices"]["microbatch_per_device"] == 64
-  assert gpu["config"] == cpu["config"] and cpu["config"]["conv_impl"] == "auto"
-  for a, b in zip(cpu["history"], gpu["history"]):
+  assert tpu["config"] == cpu["config"] and cpu["config"]["conv_impl"] == "auto"
+  for a, b in zip(cpu["history"], tpu["history"]):
     np.testing.assert_allclose([a["train_loss"], a["test_loss"]],
                                [b["train_loss"], b["test_loss"]], rtol=1e-4)
