@@ -48,6 +48,21 @@ def check_images(images_BHWC, name: str = "images") -> None:
     raise ValueError(f"Expected {what}; got {dtype} {list(shape)}.")
 
 
+def checked_outputs(apply_fn, params, images_BHWC, channels: int) -> jax.Array:
+  """The model's outputs for the images, refused (`check_output`) unless they have the images'
+  shape with `channels` channels.
+
+  Called op by op (not under jit), the output shape is first found by tracing, so images the model
+  cannot reconstruct (28x28) are refused at once rather than after a whole forward pass.
+  """
+  run = lambda: apply_fn({"params": params}, images_BHWC)
+  if not isinstance(images_BHWC, jax.core.Tracer):
+    check_output(jax.eval_shape(run), images_BHWC, channels)
+  outputs = run()
+  check_output(outputs, images_BHWC, channels)
+  return outputs
+
+
 def check_output(outputs_BHWC, images_BHWC, channels: int) -> None:
   expected = (*images_BHWC.shape[:3], channels)
   if outputs_BHWC.shape != expected:

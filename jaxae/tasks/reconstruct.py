@@ -11,14 +11,12 @@ import numpy as np
 
 from jaxae.config import CIFAR_NORMALIZATION, MNIST_NORMALIZATION, Normalization
 from jaxae.metrics import image_quality
-from jaxae.tasks.base import IMAGE_SHAPE, check_images, check_output
+from jaxae.tasks.base import IMAGE_SHAPE, check_images, checked_outputs
 
 
 def _reconstructions(apply_fn, params, images_BHWC):
   check_images(images_BHWC)
-  reconstructions = apply_fn({"params": params}, images_BHWC)
-  check_output(reconstructions, images_BHWC, IMAGE_SHAPE[-1])
-  return reconstructions
+  return checked_outputs(apply_fn, params, images_BHWC, IMAGE_SHAPE[-1])
 
 
 def per_example_mse(apply_fn, params, images_BHWC):

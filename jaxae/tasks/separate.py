@@ -18,7 +18,7 @@ import numpy as np
 from jaxae.config import CIFAR_NORMALIZATION, MNIST_NORMALIZATION, Normalization
 from jaxae.metrics import source_quality
 from jaxae.preprocess import IMAGE_SIZE, MNIST_SHAPE, grey_digits, mnist_to_grey32
-from jaxae.tasks.base import check_images, check_output
+from jaxae.tasks.base import check_images, checked_outputs
 
 # How a separating model's output becomes a consistent estimate (Config.separation):
 #   "digit":   the model outputs the grey digit g (1 channel); the photo is what the mean image
@@ -162,8 +162,7 @@ class Separate:
   def predict(self, apply_fn, params, mixture_BHWC) -> dict[str, jax.Array]:
     """{"digit": [B, 32, 32, 1], "photo": [B, 32, 32, 3]} in [0, 1] of normalized mean images."""
     check_images(mixture_BHWC, "mixture")
-    outputs = apply_fn({"params": params}, mixture_BHWC)
-    check_output(outputs, mixture_BHWC, self.out_channels)
+    outputs = checked_outputs(apply_fn, params, mixture_BHWC, self.out_channels)
     digit, photo = self.estimate(outputs, mixture_BHWC)
     return {"digit": digit, "photo": photo}
 
