@@ -63,6 +63,7 @@ def test_restore_returns_the_saved_state_history_and_provenance(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["bit_flip", "overwrite_1kb"])
 def test_checkpoint_damaged_in_place_is_detected_by_its_checksum(tmp_path, damage):
   """Orbax reads these files without complaint; the stored SHA-256 of the state does not match.
