@@ -29,8 +29,7 @@ import numpy as np
 from jaxae import parallel, seeds
 from jaxae import platforms
 from jaxae.dataset import load_mixed, mix
-from jaxae.loop import (epoch_batches, epoch_key, evaluate, microbatch_size, sharded_train_epoch,
-                        steps_per_epoch, train_epoch)
+from jaxae.loop import compile_train_epoch, evaluate, steps_per_epoch, train_epoch
 from jaxae.run import scripts
 from jaxae.run.provenance import host
 from jaxae.steps import batch_size_of
@@ -72,17 +71,12 @@ def time_training(examples, batch_size, epochs, config, choice, lines):
       config, steps_per_epoch=steps_per_epoch(batch_size_of(examples), batch_size)), mesh)
   examples = parallel.replicate(examples, mesh)
   n = batch_size_of(examples)
-  # Compile time: lower + compile the epoch program alone, before anything is cached.
-  width = parallel.padded_batch_size(batch_size, mesh)
-  idx, mask = epoch_batches(epoch_key(0, 0), n, batch_size, width)
-  if replicas:
-    idx, mask = (np.stack([x] * replicas) for x in (idx, mask))
-  idx, mask = parallel.put((idx, mask), parallel.batch_sharded(mesh, batch_dim=mask.ndim - 1))
-  start = time.perf_counter()
   micro = FLAGS.microbatch or choice.microbatch_per_device
   if strategy != "loop":  # "loop" runs the single-seed program, compiled already.
-    sharded_train_epoch(mesh, microbatch_size(width, mesh, micro), bool(replicas)).lower(
-        state, examples, idx, mask).compile()
+    # Compile time: the epoch program alone, before anything is cached.
+    start = time.perf_counter()
+    compile_train_epoch(state, examples, batch_size=batch_size, mesh=mesh,
+                        microbatch_per_device=micro, replicas=replicas, progress=FLAGS.progress)
     emit(lines, metric="compile_s", value=round(time.perf_counter() - start, 3),
          batch_size=batch_size, num_seeds=config.num_seeds)
   run = dict(batch_size=batch_size, microbatch_per_device=micro, replicas=replicas,

@@ -26,8 +26,7 @@ import numpy as np
 
 from jaxae import parallel, platforms
 from jaxae.dataset import load_mixed
-from jaxae.loop import (epoch_batches, epoch_key, evaluate, microbatch_size, sharded_train_epoch,
-                        steps_per_epoch, train_epoch)
+from jaxae.loop import compile_train_epoch, evaluate, steps_per_epoch, train_epoch
 from jaxae.metrics import psnr
 from jaxae.report import figures
 from jaxae.run import scripts
@@ -61,13 +60,9 @@ def measure_seed(config, train, test, lines) -> dict:
   state = parallel.replicate(create_train_state(jax.random.key(config.seed), config,
                                                 steps_per_epoch=steps), mesh)
   examples = parallel.replicate(train.images, mesh)
-  width = parallel.padded_batch_size(config.batch_size, mesh)
-  micro = microbatch_size(width, mesh, choice.microbatch_per_device)
-  indices, mask = parallel.put(epoch_batches(epoch_key(0, 0), len(train), config.batch_size,
-                                             width),
-                               parallel.batch_sharded(mesh, batch_dim=1))
   start = time.perf_counter()
-  sharded_train_epoch(mesh, micro).lower(state, examples, indices, mask).compile()
+  compile_train_epoch(state, examples, batch_size=config.batch_size, mesh=mesh,
+                      microbatch_per_device=choice.microbatch_per_device)
   compile_s = time.perf_counter() - start
   train_s, curve, reached = 0.0, [], None
   for epoch in range(1, config.epochs + 1):

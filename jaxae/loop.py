@@ -273,19 +273,11 @@ def train_epoch(state: TrainState, examples, *, seed: int, epoch: int, batch_siz
                     progress=replica_progress(k))
         for k in range(replicas)])
   n = batch_size_of(examples)
-  state, examples = parallel.replicate((state, examples), mesh)
-  width = parallel.padded_batch_size(batch_size, mesh)
-  replica_seeds = range(seed, seed + replicas) if replicas else [seed]
-
-  batches = [epoch_batches(epoch_key(s, epoch), n, batch_size, width) for s in replica_seeds]
-  indices, mask = tuple(jnp.stack(p) for p in zip(*batches)) if replicas else batches[0]
+  epoch_fn, (state, examples, indices, mask) = _epoch_program(
+      state, examples, seed=seed, epoch=epoch, batch_size=batch_size, mesh=mesh,
+      microbatch_per_device=microbatch_per_device, replicas=replicas, progress=bool(progress))
   counts = np.asarray(mask.sum(axis=-1), np.float64)
-  # Each process places only the columns (batch slices) of its own devices.
-  indices, mask = parallel.put((indices, mask),
-                               parallel.batch_sharded(mesh, batch_dim=mask.ndim - 1))
   steps = mask.shape[-2]
-  epoch_fn = sharded_train_epoch(mesh, microbatch_size(width, mesh, microbatch_per_device),
-                                 bool(replicas), report_every(steps) if progress else 0)
   with _listening(lambda done: progress(done, steps)) if progress else contextlib.nullcontext():
     state, step_losses = epoch_fn(state, examples, indices, mask)
     step_losses = to_host(step_losses)
@@ -293,6 +285,37 @@ def train_epoch(state: TrainState, examples, *, seed: int, epoch: int, batch_siz
       jax.effects_barrier()  # Every report heard before the listener goes.
   losses = np.sum(step_losses * counts, axis=-1) / n
   return EpochResult(state, losses if replicas else float(losses), step_losses)
+
+
+def _epoch_program(state: TrainState, examples, *, seed: int, epoch: int, batch_size: int,
+                   mesh: Mesh, microbatch_per_device: int | None, replicas: int, progress: bool):
+  """(the jitted epoch program, its arguments (state, examples, indices, mask)) for an epoch of
+  one seed or of `replicas` stacked ones in one program (train_epoch)."""
+  n = batch_size_of(examples)
+  state, examples = parallel.replicate((state, examples), mesh)
+  width = parallel.padded_batch_size(batch_size, mesh)
+  replica_seeds = range(seed, seed + replicas) if replicas else [seed]
+  batches = [epoch_batches(epoch_key(s, epoch), n, batch_size, width) for s in replica_seeds]
+  indices, mask = tuple(jnp.stack(p) for p in zip(*batches)) if replicas else batches[0]
+  # Each process places only the columns (batch slices) of its own devices.
+  indices, mask = parallel.put((indices, mask),
+                               parallel.batch_sharded(mesh, batch_dim=mask.ndim - 1))
+  epoch_fn = sharded_train_epoch(mesh, microbatch_size(width, mesh, microbatch_per_device),
+                                 bool(replicas), report_every(mask.shape[-2]) if progress else 0)
+  return epoch_fn, (state, examples, indices, mask)
+
+
+def compile_train_epoch(state: TrainState, examples, *, batch_size: int,
+                        mesh: Mesh | None = None,
+                        microbatch_per_device: int | None = MICROBATCH_PER_DEVICE,
+                        replicas: int = 0, progress: bool = False) -> None:
+  """Compiles, without running it, the program `train_epoch` runs for these arguments (one seed,
+  or `replicas` stacked ones in one program), so that its compile time can be measured alone
+  (experiments/benchmark.py, experiments/time_to_quality.py). Nothing is donated."""
+  epoch_fn, args = _epoch_program(
+      state, examples, seed=0, epoch=0, batch_size=batch_size, mesh=mesh or parallel.data_mesh(),
+      microbatch_per_device=microbatch_per_device, replicas=replicas, progress=progress)
+  epoch_fn.lower(*args).compile()
 
 
 def _rows(mesh: Mesh, examples, start: jax.Array, size: int):
