@@ -56,11 +56,12 @@ def checked_outputs(apply_fn, params, images_BHWC, channels: int) -> jax.Array:
   cannot reconstruct (28x28) are refused at once rather than after a whole forward pass.
   """
   run = lambda: apply_fn({"params": params}, images_BHWC)
-  if not isinstance(images_BHWC, jax.core.Tracer):
-    check_output(jax.eval_shape(run), images_BHWC, channels)
-  outputs = run()
-  check_output(outputs, images_BHWC, channels)
-  return outputs
+  if isinstance(images_BHWC, jax.core.Tracer):  # Under jit: checked once traced, at no cost.
+    outputs = run()
+    check_output(outputs, images_BHWC, channels)
+    return outputs
+  check_output(jax.eval_shape(run), images_BHWC, channels)  # Op by op: before anything runs.
+  return run()
 
 
 def check_output(outputs_BHWC, images_BHWC, channels: int) -> None:
