@@ -4,9 +4,9 @@
 
 Figures: train_images_per_s (and steps_per_s) at each --batch_sizes (median over --epochs timed
 epochs after one warm-up epoch, on --num_images mean images of random digits and photos: for the
-default task and model the same workload as ../shared/bench/torch_reference.py; --config (a
-config file, as for train.py) and --config.<field> time the others: its task, model, widths,
-conv_impl and optimizer; its batch_size and epochs are this script's own flags), compile_s of the training step,
+default task and model the same workload as ../shared/bench/torch_reference.py; --config (a config
+file, as for train.py) and --config.<field> time the others: its task, model, widths, conv_impl and
+optimizer; its batch_size and epochs are this script's own flags), compile_s of the training step,
 eval_images_per_s, metrics_s (the task's final metrics over up to 10,000 images) and, with
 --data_dir, load_preprocess_s (both splits of both datasets; cold = without the decoded-array
 cache).

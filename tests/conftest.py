@@ -54,6 +54,17 @@ def tiny_splits(n_train: int = 40, n_test: int = 12):
   return split(n_train), split(n_test)
 
 
+def random_params(model, x, seed=0):
+  """Parameters of `model`'s shapes and dtypes for input `x`, drawn by NumPy: what a test that
+  compares formulations or checks dtypes needs, without flax's initialization (run op by op it
+  compiles a program per array; compiled, it costs more than such a test's own programs)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+  return jax.tree.map(lambda s: jnp.asarray(rng.uniform(-0.3, 0.3, s.shape), s.dtype), shapes)
+
+
 def run_script(script: str, *args: str, timeout: int = 600, env: dict | None = None):
   """Runs experiments/<script> as a user would; returns the CompletedProcess (text output)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **(env or {}))

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import random_params
 from jaxae import Config, create_train_state, train_step
 from jaxae.conv import CONV_IMPLS
 from jaxae.models import Autoencoder
@@ -69,7 +70,7 @@ def test_every_conv_formulation_takes_mixed_dtypes_alike(x_dtype, param_dtype, x
 def test_the_models_dtype_and_param_dtype_are_flax_convs(impl):
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 32, 32, 3)), jnp.float32)
   model = Autoencoder(features=(4, 8), conv_impl=impl, dtype=jnp.bfloat16)
-  params = _params(model, x)
+  params = random_params(model, x)  # In the dtypes model.init gives them.
   assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
   y = jax.jit(model.apply)(params, x)
   assert y.dtype == jnp.bfloat16
@@ -78,19 +79,12 @@ def test_the_models_dtype_and_param_dtype_are_flax_convs(impl):
   assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
   # Halved parameters store and compute in bfloat16 with dtype left to the common type.
   half = Autoencoder(features=(4, 8), conv_impl=impl, param_dtype=jnp.bfloat16)
-  half_params = _params(half, x.astype(jnp.bfloat16))
+  half_params = random_params(half, x.astype(jnp.bfloat16))
   assert {p.dtype for p in jax.tree.leaves(half_params)} == {jnp.dtype(jnp.bfloat16)}
   assert jax.jit(half.apply)(half_params, x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
   # The default stays float32 throughout, the same numbers as before the policy.
   default = Autoencoder(features=(4, 8), conv_impl=impl)
   assert jax.jit(default.apply)(params, x).dtype == jnp.float32
-
-
-def _params(model, x):
-  """Parameters in the dtypes `model.init` gives them (traced, not run: the init's values do not
-  matter here, and compiling it costs more than the rest of the test)."""
-  shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-  return jax.tree.map(lambda s: jnp.full(s.shape, 0.05, s.dtype), shapes)
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import random_params
 from jaxae import Autoencoder, create_train_state
 from jaxae.conv import CONV_IMPLS
 from jaxae.models import MODELS, TorchConv, TorchConvTranspose, UNet
@@ -38,14 +39,6 @@ def numpy_conv(x_nchw, w_torch, b, stride, padding):
       patch = x[:, :, i * stride:i * stride + k, j * stride:j * stride + k]
       out[:, :, i, j] = np.einsum("nchw,ochw->no", patch, w_torch) + b
   return out
-
-
-def random_params(model, x, seed=0):
-  """Parameters of `model`'s shapes, drawn by NumPy: a comparison of two formulations needs equal
-  parameters, not flax's initialization, whose op-by-op run compiles a program per array."""
-  rng = np.random.default_rng(seed)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-  return jax.tree.map(lambda s: jnp.asarray(rng.uniform(-0.3, 0.3, s.shape), s.dtype), shapes)
 
 
 def apply_nchw(layer, kernel_HWIO, bias, x_nchw):
