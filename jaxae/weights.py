@@ -98,19 +98,19 @@ def load_params(path: str | os.PathLike, replica: int | None = None) -> tuple[An
     config = Config.from_dict(recorded).replace(conv_impl="auto")
   except (ValueError, TypeError, KeyError) as e:
     raise ParamsFileError(f"{path} holds an unusable config: {e}") from None
-  params = jax.tree.map(jnp.asarray, payload["params"])
+  params = payload["params"]  # NumPy arrays: choosing a replica here compiles nothing.
   _check_shapes(params, config, str(path))
   if replica is not None:
     if config.num_seeds == 1:
       if replica != 0:
         raise ParamsFileError(f"{path} holds one seed; replica={replica} does not exist.")
-      return params, config
-    if not 0 <= replica < config.num_seeds:
+    elif not 0 <= replica < config.num_seeds:
       raise ParamsFileError(f"{path} holds {config.num_seeds} replicas; replica={replica} is "
                             f"not one of 0..{config.num_seeds - 1}.")
-    params = jax.tree.map(lambda x: x[replica], params)
-    config = config.replace(seed=config.seed + replica, num_seeds=1)
-  return params, config
+    else:
+      params = jax.tree.map(lambda x: x[replica], params)
+      config = config.replace(seed=config.seed + replica, num_seeds=1)
+  return jax.tree.map(jnp.asarray, params), config
 
 
 @functools.cache
