@@ -65,9 +65,9 @@ def emit(lines, **record):
 def time_training(examples, batch_size, epochs, config, choice, lines):
   """Times one seed's epochs (and returns the trained state), or N replicas' (config.num_seeds)."""
   mesh = parallel.data_mesh()
-  replicas = seeds.replicas_of(config)
-  strategy = platforms.replica_strategy(mesh, FLAGS.replica_strategy) if replicas else None
-  state = parallel.replicate(seeds.initial_state(
+  replicas = config.num_seeds  # A run's stacked state, of one replica for one seed (seeds.py).
+  strategy = platforms.replica_strategy(mesh, FLAGS.replica_strategy) if replicas > 1 else None
+  state = parallel.replicate(seeds.create_train_states(
       config, steps_per_epoch=steps_per_epoch(batch_size_of(examples), batch_size)), mesh)
   examples = parallel.replicate(examples, mesh)
   n = batch_size_of(examples)
@@ -92,13 +92,13 @@ def time_training(examples, batch_size, epochs, config, choice, lines):
     seconds.append(time.perf_counter() - start)
     state = result.state
   per_epoch = float(np.median(seconds))
-  emit(lines, metric="replica_images_per_s" if replicas else "train_images_per_s",
+  emit(lines, metric="replica_images_per_s" if replicas > 1 else "train_images_per_s",
        value=round(config.num_seeds * n / per_epoch, 1), batch_size=batch_size,
        seconds_per_epoch=round(per_epoch, 4), num_images=n, num_seeds=config.num_seeds,
        # Small batches are bound by steps, not images (RESULTS.md, "Time to quality").
        steps_per_s=round(steps_per_epoch(n, batch_size) / per_epoch, 1),
        optimizer=config.optimizer,
-       **({"replica_strategy": strategy} if replicas else {}), conv_impl=config.conv_impl,
+       **({"replica_strategy": strategy} if replicas > 1 else {}), conv_impl=config.conv_impl,
        task=config.task, model=config.model,
        features=list(config.features), microbatch=micro)
   return state, per_epoch
@@ -150,12 +150,13 @@ def main(argv):
   test = split.take(min(FLAGS.num_images, 10_000))
   test_examples = state.task.examples(test)
   eval_batch = FLAGS.eval_batch_size or choice.eval_batch_size
-  evaluate(state, test_examples, batch_size=eval_batch)  # Compile (the timed call is the same).
+  # The one seed's stacked state, evaluated as a run evaluates it.
+  evaluate(state, test_examples, batch_size=eval_batch, replicas=1)  # Compile (as timed below).
   start = time.perf_counter()
-  out = evaluate(state, test_examples, batch_size=eval_batch)
+  out = evaluate(state, test_examples, batch_size=eval_batch, replicas=1)
   emit(lines, metric="eval_images_per_s", value=round(len(test) / (time.perf_counter() - start), 1),
        batch_size=eval_batch)
-  predictions = {k: v for k, v in out.items() if k not in ("loss", "per_example_loss")}
+  predictions = {k: v[0] for k, v in out.items() if k not in ("loss", "per_example_loss")}
   state.task.final_metrics(test, predictions)  # Compile.
   start = time.perf_counter()
   state.task.final_metrics(test, predictions)

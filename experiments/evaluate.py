@@ -64,7 +64,8 @@ def main(argv):
     with workdir_lib.hold(workdir, purpose="evaluation"):
       if FLAGS.params:
         # A template's values replaced by the file's: any steps_per_epoch will do.
-        state = seeds.initial_state(config, steps_per_epoch=1).replace(params=params)
+        state = seeds.create_train_states(config, steps_per_epoch=1).replace(
+            params=seeds.stacked_params(params, config.num_seeds))
         evaluate(workdir, state, config, epoch=None)
       else:
         restored = scripts.restore_newest(workdir, config)
@@ -79,13 +80,13 @@ def evaluate(workdir: pathlib.Path, state, config, epoch: int | None) -> None:
   workdir_lib.refuse_foreign_files(workdir, ("eval.json", figure))
   _, test = scripts.load_data(FLAGS.data_dir, config, 0, FLAGS.test_limit)
   start = time.perf_counter()
-  replicas = seeds.replicas_of(config)
+  replicas = config.num_seeds
   finals, predictions = replica_final_metrics(
       state, test, FLAGS.eval_batch_size
       or platforms.choices(config, jax.default_backend()).eval_batch_size, replicas)
   seconds = time.perf_counter() - start
   task = state.task
-  if replicas:
+  if replicas > 1:
     result = {"seeds": seeds.seeds_of(config), "final": seeds.spread_of(finals),
               "replicas": [{"seed": s, **f} for s, f in zip(seeds.seeds_of(config), finals)]}
   else:
@@ -99,7 +100,7 @@ def evaluate(workdir: pathlib.Path, state, config, epoch: int | None) -> None:
     figures.draw(task, test, predictions, workdir / figure, detailed=True,
                  title=(f"Test pairs after epoch {epoch}" if epoch is not None
                         else f"Test pairs, {pathlib.Path(FLAGS.params).name}")
-                 + (f", seed {config.seed} (the first of {replicas})" if replicas else ""))
+                 + (f", seed {config.seed} (the first of {replicas})" if replicas > 1 else ""))
   except OSError as e:
     scripts.fail(f"could not write into {workdir} ({e.strerror or e}).")
   source = f"the checkpoint of epoch {epoch}" if epoch is not None else FLAGS.params

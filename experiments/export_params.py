@@ -14,6 +14,7 @@ import pathlib
 
 from absl import flags
 
+from jaxae import seeds
 from jaxae.run import scripts
 from jaxae.run import workdir as workdir_lib
 from jaxae.run.errors import RunError
@@ -48,7 +49,7 @@ def main(argv):
   try:
     with workdir_lib.hold(workdir, purpose="export"):
       restored = scripts.restore_newest(workdir, config)
-      save_params(output, restored.state.params,
+      save_params(output, seeds.saved_params(restored.state.params, config.num_seeds),
                   config.replace(epochs=planned_epochs(workdir) or restored.epoch))
   except RunError as e:
     scripts.fail(str(e), e.exit_code)

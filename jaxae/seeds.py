@@ -3,11 +3,14 @@
 Replica k of a run with `Config.num_seeds = N` is the run with seed `config.seed + k`: its own
 initialization and its own shuffle order, and it computes what that single-seed run computes
 (tests/test_seeds.py). Its TrainState is one seed's with a leading axis of N on every array (step,
-params, optimizer state); `apply_fn`, `tx` and `task` are static and shared. The loop
-(jaxae/loop.py, `replicas=N`) trains them on the data mesh as a single seed trains: each
-replica's batch is split over the devices. On accelerators the epoch's program is vmapped over the
-replica axis (one batched program); on CPU, where batching replicas was slower than running them
-in turn (jaxae/platforms.py says why), the single-seed program runs once per replica.
+params, optimizer state); `apply_fn`, `tx` and `task` are static and shared. A run holds its
+state this way for any N, one seed being N = 1: one representation, so the run's code has no
+second case; only the files a run of one seed writes (metrics.json, params.msgpack) keep the
+single seed's form they always had. The loop (jaxae/loop.py, `replicas=N`) trains the replicas on
+the data mesh as a single seed trains: each replica's batch is split over the devices. One replica
+runs the single-seed program; several, on accelerators, one program vmapped over the replica axis;
+on CPU, where batching replicas was slower than running them in turn (jaxae/platforms.py says
+why), the single-seed program once per replica.
 
 Why the replica axis is not a mesh axis of its own: the models are small (84,000 parameters for
 the seed model) and the data axis already splits every batch over the devices; keeping all
@@ -24,6 +27,7 @@ import numpy as np
 
 from jaxae.config import Config, is_number
 from jaxae.steps import TrainState, create_train_state
+from jaxae.weights import on_host
 
 
 def seeds_of(config: Config) -> list[int]:
@@ -32,12 +36,27 @@ def seeds_of(config: Config) -> list[int]:
 
 
 def create_train_states(config: Config, *, steps_per_epoch: int | None = None) -> TrainState:
-  """The stacked TrainState of the config's `num_seeds` replicas (replica k: seed + k).
+  """The stacked TrainState of the config's `num_seeds` replicas (replica k: seed + k), also of
+  one: a run's state (jaxae/run/train_and_evaluate.py).
 
   Each replica is initialized exactly as `create_train_state(jax.random.key(seed + k), config)`.
   """
-  return stack([create_train_state(jax.random.key(seed), config, steps_per_epoch=steps_per_epoch)
-                for seed in seeds_of(config)])
+  states = [create_train_state(jax.random.key(seed), config, steps_per_epoch=steps_per_epoch)
+            for seed in seeds_of(config)]
+  # Stacked on the host: op by op, stacking would compile a program per array shape.
+  return jax.tree.map(lambda *xs: jax.device_put(np.stack([np.asarray(x) for x in xs])), *states)
+
+
+def saved_params(params_R: Any, num_seeds: int) -> Any:
+  """A run's stacked parameters in the params file's form (weights.save_params): one seed's
+  without the replica axis, as single-seed files always were."""
+  return params_R if num_seeds > 1 else jax.tree.map(lambda x: on_host(x)[0], params_R)
+
+
+def stacked_params(params: Any, num_seeds: int) -> Any:
+  """A params file's parameters (weights.load_params) with a run's replica axis."""
+  return params if num_seeds > 1 else jax.tree.map(
+      lambda x: jax.device_put(np.asarray(x)[None]), params)
 
 
 def stack(states: Sequence[TrainState]) -> TrainState:
@@ -81,35 +100,11 @@ def replica_history(history: Sequence[dict[str, Any]], k: int) -> list[dict[str,
           for h in history]
 
 
-def replicas_of(config: Config) -> int:
-  """The loop's `replicas` argument for the config: 0 (a plain state) for one seed, else N.
-
-  One seed keeps the state, checkpoints and files of a single run exactly as they always were.
-  """
-  return config.num_seeds if config.num_seeds > 1 else 0
-
-
-def initial_state(config: Config, *, steps_per_epoch: int | None = None) -> TrainState:
-  """The run's initial state: one seed's TrainState, or the stacked state of its replicas."""
-  if replicas_of(config):
-    return create_train_states(config, steps_per_epoch=steps_per_epoch)
-  return create_train_state(jax.random.key(config.seed), config, steps_per_epoch=steps_per_epoch)
-
-
-def one_replica(state: TrainState, replicas: int) -> TrainState:
-  """A single-seed state with the run's model: replica 0 of a stacked state, else `state`."""
-  return replica(state, 0) if replicas else state
-
-
-def first_non_finite(step_losses: np.ndarray) -> tuple[int, int | None] | None:
-  """(step index, replica or None) of the first non-finite step loss, or None if all are finite.
-
-  `step_losses` is [S], or [R, S] for replicas (then the lowest replica at the earliest step).
-  """
-  bad = ~np.isfinite(step_losses)
+def first_non_finite(step_losses_RS: np.ndarray) -> tuple[int, int] | None:
+  """(step index, replica) of the first non-finite step loss (the lowest replica at the earliest
+  step), or None if all are finite."""
+  bad = ~np.isfinite(step_losses_RS)
   if not bad.any():
     return None
-  if bad.ndim == 1:
-    return int(np.argmax(bad)), None
   step = int(np.argmax(bad.any(axis=0)))
   return step, int(np.argmax(bad[:, step]))

@@ -45,7 +45,7 @@ def save_params(path: str | os.PathLike, params: Any, config: Config) -> None:
   """
   path = pathlib.Path(path)
   payload = {"format": FORMAT, "version": VERSION, "config": json.dumps(config.to_dict()),
-             "params": jax.tree.map(_on_host, params)}
+             "params": jax.tree.map(on_host, params)}
   _check_shapes(params, config, str(path))
   tmp = path.with_name(path.name + ".tmp")
   try:
@@ -55,7 +55,8 @@ def save_params(path: str | os.PathLike, params: Any, config: Config) -> None:
     tmp.unlink(missing_ok=True)  # A refused rename (path is a directory) or a full disk.
 
 
-def _on_host(x) -> np.ndarray:
+def on_host(x) -> np.ndarray:
+  """A parameter as float32 NumPy, from any process of a multi-process run."""
   # A multi-process run's arrays are replicated but not fully addressable: any shard is all of it.
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
     x = x.addressable_data(0)

@@ -2,13 +2,16 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from conftest import REPO, run_script, shared_data_dir, tiny_splits
-from jaxae import Config
+from jaxae import Config, seeds
+from jaxae.run.checkpoints import Checkpointer
+from jaxae.run.workdir import CHECKPOINT_DIR
 from jaxae.run import provenance
 from jaxae.run.errors import RunError
 from jaxae.run.train_and_evaluate import train_and_evaluate
@@ -37,6 +40,30 @@ def test_resumed_run_ends_with_the_uninterrupted_history(tmp_path):
     assert (tmp_path / "b" / name).is_file()
   final = straight["final"]
   assert {"ssim_standard_mean", "psnr_original_std", "test_loss", "train_loss"} <= set(final)
+
+
+@pytest.mark.slow
+def test_a_single_seed_checkpoint_without_the_replica_axis_resumes(tmp_path):
+  """Until every run's state was stacked (jaxae/seeds.py), a single seed's checkpoints held its
+  state without a replica axis: such a workdir resumes to the uninterrupted history."""
+  train, test = tiny_splits()
+  config = Config(features=TINY, epochs=2, batch_size=16)
+  quiet = lambda _: None
+  straight = train_and_evaluate(config, train, test, tmp_path / "a", log=quiet)
+  train_and_evaluate(config.replace(epochs=1), train, test, tmp_path / "b", log=quiet)
+  checkpoints = tmp_path / "b" / CHECKPOINT_DIR
+  checkpointer = Checkpointer(checkpoints)
+  restored = checkpointer.restore_latest(seeds.create_train_states(config, steps_per_epoch=3))
+  checkpointer.close()
+  assert restored.state.step.shape == (1,)
+  shutil.rmtree(checkpoints)
+  checkpointer = Checkpointer(checkpoints)
+  checkpointer.save(1, seeds.replica(restored.state, 0), restored.history,
+                    provenance=restored.provenance)
+  checkpointer.close()
+  resumed = train_and_evaluate(config, train, test, tmp_path / "b", log=quiet)
+  assert _losses(resumed) == _losses(straight)
+  assert resumed["final"] == straight["final"]
 
 
 @pytest.mark.slow

@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from jaxae import loop, parallel
+from jaxae import loop, parallel, seeds
 from jaxae.run.checkpoints import Checkpointer
 from jaxae.run.train_and_evaluate import train_and_evaluate
 from jaxae.run.workdir import CHECKPOINT_DIR, METRICS_FILE
-from jaxae.steps import create_train_state
 
 import parallel_worker  # Beside this file, like conftest.
 
@@ -111,7 +110,7 @@ def _free_port() -> int:
 
 
 def _restore_params(workdir):
-  like = create_train_state(jax.random.key(0), parallel_worker.config())
+  like = seeds.create_train_states(parallel_worker.config())  # A run's state (of one replica).
   checkpointer = Checkpointer(workdir / CHECKPOINT_DIR)
   try:
     restored = checkpointer.restore_latest(like)
@@ -163,7 +162,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
   # The checkpoint the two processes wrote together restores here, with the same parameters.
   epoch_two, state_two, history_two = _restore_params(tmp_path / "two")
   epoch_one, state_one, _ = _restore_params(tmp_path / "one")
-  assert epoch_two == epoch_one == 2 and int(state_two.step) == int(state_one.step)
+  assert epoch_two == epoch_one == 2 and state_two.step.tolist() == state_one.step.tolist()
   assert len(history_two) == 2
   for a, b in zip(jax.tree.leaves(state_two.params), jax.tree.leaves(state_one.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)

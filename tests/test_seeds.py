@@ -46,6 +46,39 @@ def test_three_replicas_equal_three_single_seed_runs(tmp_path):
   assert (tmp_path / "many" / "loss_curve.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("full_batch", [False, True])
+def test_one_replica_computes_the_single_seeds_numbers_bitwise(full_batch):
+  """A run holds one seed as a stacked state of one replica: its epochs (with and without
+  progress reports) and its evaluation are the single seed's to the last bit, which is what
+  reproduces the published single-seed runs. (Around the full-batch step, taking the axis off
+  inside the program once moved an Adam update by an ulp.)"""
+  train, test = tiny_splits(40, 12)
+  config = Config(**SMALL, seed=3, full_batch=full_batch, conv_impl="gemm_vjp")
+  plain = create_train_state(jax.random.key(3), config, steps_per_epoch=3)
+  stacked = seeds.create_train_states(config, steps_per_epoch=3)
+  examples = plain.task.examples(train)
+  for epoch in (1, 2):
+    if full_batch:
+      one = train_full_batch_epoch(plain, examples)
+      many = train_full_batch_epoch(stacked, examples, replicas=1)
+    else:
+      progress = (lambda *_, **__: None) if epoch == 2 else None
+      run = dict(seed=3, epoch=epoch, batch_size=config.batch_size, progress=progress)
+      one = train_epoch(plain, examples, **run)
+      many = train_epoch(stacked, examples, replicas=1, **run)
+    plain, stacked = one.state, many.state
+    assert many.loss.tolist() == [one.loss]
+    np.testing.assert_array_equal(many.step_losses, one.step_losses[None])
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(stacked)):
+    np.testing.assert_array_equal(np.asarray(b), np.asarray(a)[None])
+  alone = evaluate(plain, plain.task.examples(test), batch_size=8)
+  evaluated = evaluate(stacked, plain.task.examples(test), batch_size=8, replicas=1)
+  assert evaluated["loss"].tolist() == [alone["loss"]]
+  for key in ("per_example_loss", "reconstructions"):
+    np.testing.assert_array_equal(evaluated[key], alone[key][None])
+
+
 # "loop" with minibatches is what every CPU run of several seeds does (the tests above).
 @pytest.mark.slow
 @pytest.mark.parametrize("mode,strategy", [("minibatch", "vmap"), ("full_batch", "vmap"),
@@ -93,7 +126,7 @@ def test_diverging_replica_is_named_with_its_epoch_and_step(tmp_path):
   # The earliest bad step wins, then the lowest replica at that step.
   losses = np.array([[1.0, 1.0, np.nan], [1.0, np.inf, np.nan]])
   assert seeds.first_non_finite(losses) == (1, 1)
-  assert seeds.first_non_finite(np.array([1.0, np.nan])) == (1, None)
+  assert seeds.first_non_finite(np.array([[1.0, np.nan]])) == (1, 0)
   assert seeds.first_non_finite(np.ones((2, 3))) is None
 
 

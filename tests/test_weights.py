@@ -28,7 +28,7 @@ def test_a_finished_run_writes_params_that_reproduce_its_test_loss(tmp_path):
   metrics = train_and_evaluate(config, train, test, tmp_path, log=lambda _: None)
   params, loaded = load_params(tmp_path / "params.msgpack")
   assert loaded == config
-  state = seeds.initial_state(loaded, steps_per_epoch=1)
+  state = create_train_state(jax.random.key(0), loaded, steps_per_epoch=1)
   loss = jax.jit(eval_step)(state.replace(params=params), state.task.examples(test))["loss"]
   assert float(loss) == pytest.approx(metrics["final"]["test_loss"], rel=1e-5)
 
@@ -36,7 +36,7 @@ def test_a_finished_run_writes_params_that_reproduce_its_test_loss(tmp_path):
 @pytest.mark.slow
 def test_several_seeds_are_stacked_and_load_one_by_one(tmp_path):
   config = Config(num_seeds=3, seed=5, features=(4, 8))
-  stacked = seeds.initial_state(config, steps_per_epoch=1).params
+  stacked = seeds.create_train_states(config, steps_per_epoch=1).params
   save_params(tmp_path / "p.msgpack", stacked, config)
   params, loaded = load_params(tmp_path / "p.msgpack")
   _trees_equal(params, stacked)
@@ -45,7 +45,7 @@ def test_several_seeds_are_stacked_and_load_one_by_one(tmp_path):
   _trees_equal(one, jax.tree.map(lambda x: x[2], stacked))
   assert one_config == config.replace(seed=7, num_seeds=1)
   # Replica 2 is seed 7's own initialization.
-  _trees_equal(one, seeds.initial_state(one_config, steps_per_epoch=1).params)
+  _trees_equal(one, create_train_state(jax.random.key(7), one_config, steps_per_epoch=1).params)
   with pytest.raises(ParamsFileError, match="replica=3 is not one of 0..2"):
     load_params(tmp_path / "p.msgpack", replica=3)
 
@@ -53,7 +53,7 @@ def test_several_seeds_are_stacked_and_load_one_by_one(tmp_path):
 @pytest.mark.slow
 def test_unusable_files_are_named_in_one_line(tmp_path):
   config = Config(features=(4, 8))
-  params = seeds.initial_state(config, steps_per_epoch=1).params
+  params = create_train_state(jax.random.key(0), config).params
   with pytest.raises(ParamsFileError, match="do not fit the config's model"):
     save_params(tmp_path / "p.msgpack", params, Config(features=(4, 16)))
   (tmp_path / "garbage.msgpack").write_bytes(b"\x00not msgpack")
@@ -146,7 +146,7 @@ def test_params_files_hold_json_configs(tmp_path):
   # The file names its config in JSON, readable without jaxae (msgpack + json).
   from flax import serialization  # pylint: disable=g-import-not-at-top
   config = Config(features=(4, 8), learning_rate=3e-4)
-  save_params(tmp_path / "p.msgpack", seeds.initial_state(config, steps_per_epoch=1).params, config)
+  save_params(tmp_path / "p.msgpack", create_train_state(jax.random.key(0), config).params, config)
   payload = serialization.msgpack_restore((tmp_path / "p.msgpack").read_bytes())
   assert json.loads(payload["config"])["learning_rate"] == 3e-4
   assert payload["format"] == "jaxae.params" and payload["version"] == 1

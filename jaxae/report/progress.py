@@ -28,7 +28,7 @@ class EpochProgress:
   def __init__(self, stream: TextIO, *, epoch: int, epochs: int, images: int,
                later_s: float | None = None, quiet_s: float = 3.0,
                log_every_s: float = 30.0, tty: bool | None = None, compiles: bool = True,
-               replicas: int = 0):
+               replicas: int = 1):
     """`images`: the epoch's (every replica's); `later_s`: the estimated seconds of the epochs
     after this one (for the run's ETA); `compiles`: whether the epoch's program may
     still need compiling (a process's first epoch); `replicas`: the run's count of seeds (the line
@@ -62,7 +62,7 @@ class EpochProgress:
     with self._lock:
       done, total, first, replica = self._done, self._total, self._first_tick, self._replica
     which = (f", replica {replica + 1}/{self._replicas}"
-             if replica is not None and self._replicas else "")
+             if replica is not None and self._replicas > 1 else "")
     head = f"epoch {self._epoch}/{self._epochs}{which}: "
     elapsed = now - self._start
     if first is None:

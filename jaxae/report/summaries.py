@@ -11,6 +11,8 @@ from jaxae.seeds import spread, spread_of
 
 def format_value(value: float | Sequence[float], digits: int = 6) -> str:
   """A loss as printed per epoch: itself, or for replicas their mean ± standard deviation."""
+  if isinstance(value, (list, tuple, np.ndarray)) and len(value) == 1:
+    value = value[0]
   if isinstance(value, (list, tuple, np.ndarray)):
     s = spread(value)
     return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
@@ -18,13 +20,14 @@ def format_value(value: float | Sequence[float], digits: int = 6) -> str:
 
 
 def epoch_line(epoch: int, epochs: int, train_loss, test_loss, seconds: float, images: int,
-               remaining_s: float, replicas: int = 0) -> str:
+               remaining_s: float, replicas: int = 1) -> str:
   """The epoch's console line; replicas' losses as their mean ± standard deviation.
 
   With replicas, the rate counts replica-images (each replica trains on every image), as
   benchmark.py does: per mean image it would read N times too slow.
   """
-  count, unit = (images * replicas, "replica-images/s") if replicas else (images, "images/s")
+  count, unit = ((images * replicas, "replica-images/s") if replicas > 1
+                 else (images, "images/s"))
   return (f"epoch {epoch:3d}/{epochs}  train_loss {format_value(train_loss)}  "
           f"test_loss {format_value(test_loss)}  "
           f"{count / max(seconds, 1e-9):8.0f} {unit}  {seconds:6.1f} s  "

@@ -44,7 +44,7 @@ def grid(rows: Sequence[tuple[str, np.ndarray]], pad: int = 2) -> np.ndarray:
 
 
 class TensorBoard:
-  """The event files of one run; `seeds` (a run of several) gives each replica its own."""
+  """The event files of one run; `seeds` (of a run of several) gives each replica its own."""
 
   def __init__(self, logdir: str | os.PathLike, every: int, seeds: Sequence[int] | None = None,
                purge_step: int | None = None):
@@ -54,7 +54,7 @@ class TensorBoard:
     if every <= 0:
       raise ValueError(f"every must be positive, got {every}.")
     self.every = every
-    names = [""] if seeds is None else [f"seed_{s}" for s in seeds]
+    names = [""] if seeds is None or len(seeds) == 1 else [f"seed_{s}" for s in seeds]
     self._writers = [SummaryWriter(str(pathlib.Path(logdir) / name), purge_step=purge_step,
                                    flush_secs=30) for name in names]
 

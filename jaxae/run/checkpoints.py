@@ -8,6 +8,8 @@ restoring tells apart:
   - a damaged step (unreadable, or its bytes or metadata no longer match their checksums): moved
     aside to workdir/damaged_checkpoints/ once an older step restores, with a one-line warning;
   - an incompatible step (written by a model of other parameters): an error; nothing is moved.
+A state whose every array has a leading axis of 1 (a run's one replica, jaxae/seeds.py) also
+restores from a step written without that axis (by a single-seed run before runs were stacked).
 In a multi-process run process 0 decides which step to resume from and every process follows.
 """
 
@@ -110,10 +112,14 @@ class Checkpointer:
     """
     steps = _from_primary(self.steps())
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _savable(like))
-    _, expected = fingerprint(abstract, with_checksum=False)
+    layouts = [(abstract, fingerprint(abstract, with_checksum=False)[1])]
+    if all(x.ndim and x.shape[0] == 1 for x in jax.tree.leaves(abstract)):
+      older = jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=x.sharding), abstract)
+      layouts.append((older, fingerprint(older, with_checksum=False)[1]))
     damaged: list[tuple[int, str]] = []
     for step in reversed(steps):
-      status, result = self._try_step(step, abstract, expected)
+      status, result = self._try_step(step, layouts)
       checksum = result[1] if status == _OK else ""
       statuses = _gather_status(status, checksum)
       if statuses[0][0] == _INCOMPATIBLE:
@@ -140,8 +146,12 @@ class Checkpointer:
           f"none of the checkpoints {steps} in {self.directory} can be restored ({reasons}).")
     return None
 
-  def _try_step(self, step: int, abstract, expected_structure):
-    """(_OK, (state, checksum, meta)) or (_DAMAGED | _INCOMPATIBLE, one-line reason)."""
+  def _try_step(self, step: int, layouts):
+    """(_OK, (state, checksum, meta)) or (_DAMAGED | _INCOMPATIBLE, one-line reason).
+
+    `layouts`: [(abstract state, its structure)], the state's own first; the state is returned in
+    the first's shapes."""
+    (abstract, expected_structure), *older = layouts
     where = self.directory / str(step)
     try:
       with _quiet_orbax():
@@ -156,7 +166,10 @@ class Checkpointer:
       return _DAMAGED, ("its history, structure or provenance does not match the checksum stored "
                         "with it")
     structure = meta.get("structure")
-    if structure is not None and structure != expected_structure:
+    add_replica_axis = bool(older) and structure == older[0][1]
+    if add_replica_axis:
+      abstract, expected_structure = older[0]
+    elif structure is not None and structure != expected_structure:
       return _INCOMPATIBLE, (
           f"checkpoint {where} holds a state of another structure than this model's "
           f"({_structure_difference(structure, expected_structure)}): it was written by other "
@@ -173,6 +186,8 @@ class Checkpointer:
       return _DAMAGED, "its arrays do not have the model's shapes"
     if meta.get("state_sha256") not in (None, checksum):  # None: written before checksums.
       return _DAMAGED, "its contents do not match the checksum stored with it"
+    if add_replica_axis:
+      state = jax.tree.map(lambda x: x[None], state)
     return _OK, (state, checksum, meta)
 
   def _move_aside(self, damaged: list[tuple[int, str]], good_step: int) -> list[str]:

@@ -238,7 +238,7 @@ def restore_newest(workdir: pathlib.Path, config: Config):
   checkpointer = Checkpointer(workdir / CHECKPOINT_DIR)
   try:
     # A template for the restore: its values are replaced, so any steps_per_epoch will do.
-    restored = checkpointer.restore_latest(seeds.initial_state(config, steps_per_epoch=1))
+    restored = checkpointer.restore_latest(seeds.create_train_states(config, steps_per_epoch=1))
   except (NoUsableCheckpointError, IncompatibleCheckpointError) as e:
     fail(str(e))
   finally:

@@ -129,14 +129,15 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   replace = workdir_lib.holds_other_run(workdir, settings, options.overwrite)  # Or raises.
   _clear(workdir, primary and replace)
 
-  replicas = seeds.replicas_of(config)
+  # The state of every run is stacked, of its num_seeds replicas (one seed: of one; seeds.py).
+  replicas = config.num_seeds
   epoch_steps = steps_per_epoch(len(train), config.batch_size, config.full_batch)
   if config.lr_schedule != "constant" and config.warmup_steps >= config.epochs * epoch_steps:
     raise RunError(f"--config.warmup_steps={config.warmup_steps} is not smaller than the run's "
                    f"{config.epochs * epoch_steps:,} optimizer steps ({config.epochs} "
                    f"epoch{'s' if config.epochs > 1 else ''} of {epoch_steps:,}): the schedule "
                    "would never decay; lower it.")
-  state = parallel.replicate(seeds.initial_state(config, steps_per_epoch=epoch_steps), mesh)
+  state = parallel.replicate(seeds.create_train_states(config, steps_per_epoch=epoch_steps), mesh)
   task = state.task
   train_examples, test_examples = parallel.replicate((task.examples(train), task.examples(test)),
                                                      mesh)
@@ -156,7 +157,7 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
     if primary:
       board = cleanup.enter_context(contextlib.closing(TensorBoard(
           workdir / TENSORBOARD_DIR, options.tensorboard_every,
-          seeds=seeds.seeds_of(config) if replicas else None,
+          seeds=seeds.seeds_of(config),
           # Steps after the restored one are trained again: earlier events of theirs are hidden.
           purge_step=int(np.max(state.step)) + 1 if restored is not None else None)))
   size = _announce(config, state, choice, train, test, mesh, replicas, log)
@@ -168,7 +169,7 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
     later = ((config.epochs - epoch) * float(np.median([h["seconds"] for h in history[-5:]]))
              if history else None)
     with (EpochProgress(options.progress, epoch=epoch, epochs=config.epochs, later_s=later,
-                        images=len(train) * max(replicas, 1), compiles=epoch == first_epoch,
+                        images=len(train) * replicas, compiles=epoch == first_epoch,
                         replicas=replicas)
           if options.progress and primary else contextlib.nullcontext()) as bar:
       if config.full_batch:
@@ -182,10 +183,11 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
                              progress=_progress_listener(options.progress, bar))
     if bad := seeds.first_non_finite(result.step_losses):
       step, k = bad
-      value = result.step_losses[step] if k is None else result.step_losses[k, step]
+      value = result.step_losses[k, step]
       last = f"epoch {len(history)}" if history else "none (no epoch completed)"
       raise RunError(
-          "Training diverged: " + ("" if k is None else f"replica {k} (seed {config.seed + k}): ")
+          "Training diverged: "
+          + (f"replica {k} (seed {config.seed + k}): " if replicas > 1 else "")
           + f"the loss became {value} at epoch {epoch}, step {step + 1} of "
           f"{result.step_losses.shape[-1]}. The last good checkpoint ({last}) is kept in "
           f"{checkpoint_dir}; lower --config.learning_rate and run again.", exit_code=1)
@@ -194,8 +196,8 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
     test_loss = evaluate(state, test_examples, batch_size=eval_batch_size,
                          with_predictions=False, mesh=mesh, replicas=replicas)["loss"]
     seconds = time.perf_counter() - start
-    history.append({"epoch": epoch, "train_loss": _plain(result.loss),
-                    "test_loss": _plain(test_loss), "seconds": seconds})
+    history.append({"epoch": epoch, "train_loss": _recorded(result.loss),
+                    "test_loss": _recorded(test_loss), "seconds": seconds})
     try:
       checkpointer.save(epoch, state, history, provenance=now)
     except CheckpointSaveError as e:
@@ -216,14 +218,14 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   finals, predictions = replica_final_metrics(state, test, eval_batch_size, replicas, mesh=mesh)
   if history:
     for k, final in enumerate(finals):
-      final["train_loss"] = history[-1]["train_loss"][k] if replicas else history[-1]["train_loss"]
+      final["train_loss"] = float(np.reshape(history[-1]["train_loss"], -1)[k])
   metrics = {"config": user_config.to_dict(), "platform_choices": dataclasses.asdict(choice),
              "train_limit": options.train_limit, "test_limit": options.test_limit,
              "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
              "num_devices": parallel.mesh_size(mesh), "num_processes": jax.process_count(),
              "optimizer_steps": int(np.max(state.step)), **size, "provenance": now,
              "history": history}
-  if replicas:
+  if replicas > 1:
     # "final": each number's spread across the replicas; each replica's own run under "replicas".
     metrics.update(seeds=seeds.seeds_of(config), final=seeds.spread_of(finals), replicas=[
         {"seed": seed, "history": seeds.replica_history(history, k), "final": finals[k]}
@@ -235,18 +237,18 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   if not primary:
     return metrics
   _write(lambda: write_json(workdir / METRICS_FILE, metrics), workdir / METRICS_FILE)
-  _write(lambda: save_params(workdir / PARAMS_FILE, state.params, user_config),
-         workdir / PARAMS_FILE)
+  _write(lambda: save_params(workdir / PARAMS_FILE, seeds.saved_params(state.params, replicas),
+                             user_config), workdir / PARAMS_FILE)
   if history:
     _write(lambda: figures.loss_curve(
         history, workdir / "loss_curve.png",
         title=("Full batch" if config.full_batch else f"Batch {config.batch_size}")
         + f", {config.optimizer} lr {config.learning_rate:g}"
-        + (f", {replicas} seeds (mean, min-max band)" if replicas else ""),
+        + (f", {replicas} seeds (mean, min-max band)" if replicas > 1 else ""),
         ylabel=task.loss_label),
         workdir / "loss_curve.png")
   figure = workdir / figures.RUN_FIGURES[task.name]
-  title = f"Seed {config.seed} (the first of {replicas} seeds)" if replicas else ""
+  title = f"Seed {config.seed} (the first of {replicas} seeds)" if replicas > 1 else ""
   _write(lambda: figures.draw(task, test, predictions, figure, title=title), figure)
   log(summaries.seeds_summary(finals, seeds.seeds_of(config), task.name))
   return metrics
@@ -274,9 +276,10 @@ def _progress_listener(progress, bar):
   return bar.steps_done if bar is not None else (lambda done, total, replica=None: None)
 
 
-def _plain(value):
-  """A float, or a list of floats for replicas (JSON for the history)."""
-  return value.tolist() if isinstance(value, np.ndarray) else value
+def _recorded(values_R: np.ndarray) -> float | list[float]:
+  """The replicas' values as the history records them: a list, or one seed's float (the form a
+  single run's metrics.json and checkpoints always had)."""
+  return values_R.tolist() if len(values_R) > 1 else float(values_R[0])
 
 
 def _clear(workdir: pathlib.Path, clear: bool) -> None:
@@ -298,24 +301,21 @@ def _write(write: Callable[[], None], path: pathlib.Path) -> None:
 def replica_final_metrics(state: TrainState, test: MixedSplit, eval_batch_size: int,
                           replicas: int, mesh: Mesh | None = None
                           ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-  """`final_metrics` of every replica of a stacked state (replicas=R), or of a plain one (0).
+  """`final_metrics` of every replica of a stacked state of `replicas` (one seed: 1).
 
   Returns ([final metrics of each replica], the predictions of the first, for figures).
   """
   ev = evaluate(state, state.task.examples(test), batch_size=eval_batch_size, mesh=mesh,
                 replicas=replicas)
   predictions = _per_replica(ev, replicas)
-  finals = [{"test_loss": float(ev["loss"][k]) if replicas else ev["loss"],
-             "num_test_images": len(test), **state.task.final_metrics(test, mine)}
-            for k, mine in enumerate(predictions)]
+  finals = [{"test_loss": float(ev["loss"][k]), "num_test_images": len(test),
+             **state.task.final_metrics(test, mine)} for k, mine in enumerate(predictions)]
   return finals, predictions[0]
 
 
 def _per_replica(evaluated: dict[str, Any], replicas: int) -> list[dict[str, np.ndarray]]:
-  """The task's predictions in `loop.evaluate`'s output, one dict per replica (one if none)."""
+  """The task's predictions in `loop.evaluate`'s stacked output, one dict per replica."""
   predictions = {k: v for k, v in evaluated.items() if k not in ("loss", "per_example_loss")}
-  if not replicas:
-    return [predictions]
   return [{k: v[r] for k, v in predictions.items()} for r in range(replicas)]
 
 
@@ -367,12 +367,13 @@ def _announce(config: Config, state: TrainState, choice: platforms.PlatformChoic
               train: MixedSplit, test: MixedSplit, mesh: Mesh, replicas: int,
               log) -> dict[str, Any]:
   """Logs what the run trains, where and how; returns the model's size for metrics.json."""
-  one = seeds.one_replica(state, replicas)
+  one = state.replace(params=jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
+                                          state.params))  # A replica's shapes: nothing computed.
   size = {"num_params": count_params(one.params), "forward_flops_per_image": forward_flops(one)}
   log(f"Task {config.task}" + (f" ({config.separation})" if config.task == "separate" else "")
       + f", model {config.model} {list(config.features)}: {size['num_params']:,} parameters, "
       f"{size['forward_flops_per_image'] / 1e6:,.1f} MFLOPs per image (forward).")
-  if replicas:
+  if replicas > 1:
     how = {"vmap": "as one vmapped program", "loop": "one after another each epoch"}[
         choice.replica_strategy]
     log(f"{replicas} replicas (seeds {config.seed}..{config.seed + replicas - 1}), each with its "
