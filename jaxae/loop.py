@@ -9,10 +9,10 @@ has the same shape.
 Every function also takes `replicas`: 0 for a TrainState of one seed (a library user's), or R >= 1
 for a stacked state of R replicas (jaxae/seeds.py; a run's, one seed being R = 1), whose replica k
 uses seed + k, each with its own shuffle, on shared examples. A stacked state gives stacked results
-(losses [R], step losses [R, S], predictions [R, N, ...]). One replica runs the single-seed
-program inside its own (the replica axis taken off and put back: the same numbers, bitwise).
-Several run as `replica_strategy` says: "vmap" (one program, vmapped over the replica axis) or
-"loop" (the single-seed program once per replica); the default is the platform's
+(losses [R], step losses [R, S], predictions [R, N, ...]). One replica is taken out and runs the
+single-seed program: the same program, so the same numbers to the last bit. Several run as
+`replica_strategy` says: "vmap" (one program, vmapped over the replica axis) or "loop" (the
+single-seed program once per replica, as one replica runs); the default is the platform's
 (`platforms.replica_strategy`).
 
 Every function takes a `mesh` (default: `parallel.data_mesh()`, all devices): the batch is split
@@ -68,29 +68,13 @@ EVAL_BATCH_SIZE = platforms.CPU_BATCH_SIZES["seed"][1]
 
 
 def _one_by_one(replicas: int, mesh: Mesh, strategy: str | None) -> bool:
-  """Whether the replicas run as single seeds, one after another."""
-  return replicas > 1 and platforms.replica_strategy(mesh, strategy) == "loop"
+  """Whether the replicas run as single seeds, one after another: one replica always does.
 
-
-def _over_replicas(fn: Callable, replicas: int, in_axes: tuple[int | None, ...]) -> Callable:
-  """`fn` of one replica's arguments -> the function of `replicas` stacked ones (0: `fn` itself).
-
-  The arguments with an in_axis of 0 and every output have a leading replica axis. One replica
-  takes it off and puts it back around `fn` (bitcasts), several are vmapped. Around an epoch's
-  scan, the one replica's program computes the single seed's numbers bitwise (tests/test_seeds.py);
-  around the full-batch step it does not (XLA fuses the Adam update with the output's bitcast,
-  an ulp apart), so that step takes the replica out instead (`full_batch_step`).
+  Why one replica does not run a program of its own with the axis taken off inside it: XLA then
+  fuses the full-batch step's Adam update with the output's reshape and computes it an ulp apart,
+  and every test and run that also trains a plain state would compile each program twice.
   """
-  if replicas == 0:
-    return fn
-  if replicas > 1:
-    return jax.vmap(fn, in_axes=in_axes)
-
-  def one(*args):
-    args = [a if axis is None else jax.tree.map(lambda x: x[0], a)
-            for a, axis in zip(args, in_axes)]
-    return jax.tree.map(lambda x: x[None], fn(*args))
-  return one
+  return replicas == 1 or (replicas > 1 and platforms.replica_strategy(mesh, strategy) == "loop")
 
 
 def _stacked_results(results: list["EpochResult"]) -> "EpochResult":
@@ -164,7 +148,7 @@ def report_every(steps: int) -> int:
   return max(1, steps // 100)
 
 
-def sharded_train_epoch(mesh: Mesh, microbatch_size: int | None = None, replicas: int = 0,
+def sharded_train_epoch(mesh: Mesh, microbatch_size: int | None = None, replicas: bool = False,
                         report_every: int = 0):
   """An epoch of minibatch steps as one `lax.scan`, jitted for `mesh`; the state is donated.
 
@@ -172,17 +156,17 @@ def sharded_train_epoch(mesh: Mesh, microbatch_size: int | None = None, replicas
   examples[indices_SW[s]] with weights mask_SW[s]. The examples and state are replicated; indices
   and mask are split by column, so each device gathers its own slice of every batch. One program
   per epoch: on CPU it ran 25-30% faster than one dispatch per step from Python.
-  With `replicas=R`, state, indices and mask have a leading replica axis [R, ...] (and the step
+  With `replicas`, state, indices and mask have a leading replica axis [R, ...] (vmapped; the step
   losses are [R, S]); the examples are shared.
   With `report_every=k > 0`, every k-th step tells the host how many steps are done (for
   progress; the numbers computed are the same).
   """
-  # One cache key per program: vmap's does not depend on R.
-  return _sharded_train_epoch(mesh, microbatch_size, min(int(replicas), 2), int(report_every))
+  # One cache key per program.
+  return _sharded_train_epoch(mesh, microbatch_size, bool(replicas), int(report_every))
 
 
 @functools.cache
-def _sharded_train_epoch(mesh: Mesh, microbatch_size: int | None, replicas: int,
+def _sharded_train_epoch(mesh: Mesh, microbatch_size: int | None, replicas: bool,
                          report_every: int = 0):
   replicated = parallel.replicated(mesh)
   by_column = parallel.batch_sharded(mesh, batch_dim=2 if replicas else 1)
@@ -205,8 +189,9 @@ def _sharded_train_epoch(mesh: Mesh, microbatch_size: int | None, replicas: int,
       return jax.lax.scan(step, state, xs)
     return _scan_reporting(step, state, xs, report_every)
 
-  epoch_fn = _over_replicas(epoch_fn, replicas, in_axes=(0, None, 0, 0))
-  in_shardings = (replicated, replicated, by_column, by_column)
+  in_axes, in_shardings = (0, None, 0, 0), (replicated, replicated, by_column, by_column)
+  if replicas:
+    epoch_fn = jax.vmap(epoch_fn, in_axes=in_axes)
   return jax.jit(epoch_fn, donate_argnums=0, in_shardings=in_shardings,
                  out_shardings=(replicated, replicated))
 
@@ -318,14 +303,14 @@ def _epoch_program(state: TrainState, examples, *, seed: int, epoch: int, batch_
   n = batch_size_of(examples)
   state, examples = parallel.replicate((state, examples), mesh)
   width = parallel.padded_batch_size(batch_size, mesh)
-  replica_seeds = range(seed, seed + max(replicas, 1))
+  replica_seeds = range(seed, seed + replicas) if replicas else [seed]
   batches = [epoch_batches(epoch_key(s, epoch), n, batch_size, width) for s in replica_seeds]
   indices, mask = tuple(jnp.stack(p) for p in zip(*batches)) if replicas else batches[0]
   # Each process places only the columns (batch slices) of its own devices.
   indices, mask = parallel.put((indices, mask),
                                parallel.batch_sharded(mesh, batch_dim=mask.ndim - 1))
   epoch_fn = sharded_train_epoch(mesh, microbatch_size(width, mesh, microbatch_per_device),
-                                 replicas, report_every(mask.shape[-2]) if progress else 0)
+                                 bool(replicas), report_every(mask.shape[-2]) if progress else 0)
   return epoch_fn, (state, examples, indices, mask)
 
 
@@ -381,7 +366,7 @@ def full_batch_step(state: TrainState, examples, chunk_size: int = 32,
   cache: on 2 CPU cores 32-image chunks ran 2x faster than 1000-image ones. With `replicas`, the
   state is stacked replicas (the full batch has no shuffle, so they differ by initialization).
   """
-  if replicas == 1:  # The single seed's program, bitwise (_over_replicas says why).
+  if replicas == 1:  # The single seed's program (_one_by_one says why).
     state, metrics = full_batch_step(seeds.replica(state, 0), examples, chunk_size, mesh)
     return seeds.stack([state]), jax.tree.map(lambda x: x[None], metrics)
   mesh = mesh or parallel.data_mesh()
@@ -403,7 +388,7 @@ def train_full_batch_epoch(state: TrainState, examples, mesh: Mesh | None = None
 
 
 @functools.cache
-def _eval_batch(mesh: Mesh, batch_size: int, with_predictions: bool, replicas: int = 0):
+def _eval_batch(mesh: Mesh, batch_size: int, with_predictions: bool, replicas: bool = False):
   def eval_fn(state, examples, start):
     batch, _ = _rows(mesh, examples, start, batch_size)  # evaluate() drops the padding.
     out = eval_step(state, batch)
@@ -412,7 +397,8 @@ def _eval_batch(mesh: Mesh, batch_size: int, with_predictions: bool, replicas: i
       return {"per_example_loss": out["per_example_loss"]}
     return out
 
-  eval_fn = _over_replicas(eval_fn, replicas, in_axes=(0, None, None))
+  if replicas:
+    eval_fn = jax.vmap(eval_fn, in_axes=(0, None, None))
   # Replicated outputs: every process can read the whole batch's results.
   replicated = parallel.replicated(mesh)
   return jax.jit(eval_fn, in_shardings=replicated, out_shardings=replicated)
@@ -437,7 +423,7 @@ def evaluate(state: TrainState, examples, *, batch_size: int = EVAL_BATCH_SIZE,
   batch_size = parallel.padded_batch_size(batch_size, mesh)
   n = batch_size_of(examples)
   state, examples = parallel.replicate((state, examples), mesh)
-  eval_fn = _eval_batch(mesh, batch_size, with_predictions, min(replicas, 2))
+  eval_fn = _eval_batch(mesh, batch_size, with_predictions, bool(replicas))
   outputs, in_flight = [], _InFlight()
   for start in range(0, n, batch_size):
     outputs.append(eval_fn(state, examples, np.int32(start)))

@@ -8,9 +8,9 @@ state this way for any N, one seed being N = 1: one representation, so the run's
 second case; only the files a run of one seed writes (metrics.json, params.msgpack) keep the
 single seed's form they always had. The loop (jaxae/loop.py, `replicas=N`) trains the replicas on
 the data mesh as a single seed trains: each replica's batch is split over the devices. One replica
-runs the single-seed program; several, on accelerators, one program vmapped over the replica axis;
-on CPU, where batching replicas was slower than running them in turn (jaxae/platforms.py says
-why), the single-seed program once per replica.
+is taken out and runs the single-seed program; several, on accelerators, one program vmapped over
+the replica axis; on CPU, where batching replicas was slower than running them in turn
+(jaxae/platforms.py says why), the single-seed program once per replica.
 
 Why the replica axis is not a mesh axis of its own: the models are small (84,000 parameters for
 the seed model) and the data axis already splits every batch over the devices; keeping all
@@ -61,11 +61,23 @@ def stacked_params(params: Any, num_seeds: int) -> Any:
 
 def stack(states: Sequence[TrainState]) -> TrainState:
   """States of one model and optimizer -> one state with a leading replica axis."""
-  return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *states)
+  return _stack(list(states))
 
 
 def replica(state: TrainState, k: int) -> TrainState:
   """Replica k of a stacked state, as a single-seed TrainState."""
+  return _replica(state, k)
+
+
+# Each a program for the whole state: op by op, every array shape would compile its own (and the
+# loop takes a run's replicas out and stacks them back every epoch).
+@jax.jit
+def _stack(states: list[TrainState]) -> TrainState:
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+@jax.jit
+def _replica(state: TrainState, k) -> TrainState:
   return jax.tree.map(lambda x: x[k], state)
 
 
