@@ -120,3 +120,15 @@ def first_non_finite(step_losses_RS: np.ndarray) -> tuple[int, int] | None:
     return None
   step = int(np.argmax(bad.any(axis=0)))
   return step, int(np.argmax(bad[:, step]))
+
+
+# What a run used before every run's state was stacked (one seed as a stack of one).
+_REMOVED = {"initial_state": "create_train_states(config) (one seed: a stack of one replica)",
+            "replicas_of": "config.num_seeds (the loop takes replicas=N >= 1 for a stacked state)",
+            "one_replica": "replica(state, 0)"}
+
+
+def __getattr__(name: str):
+  if name in _REMOVED:
+    raise AttributeError(f"jaxae.seeds.{name} was removed; use {_REMOVED[name]}.")
+  raise AttributeError(f"module 'jaxae.seeds' has no attribute {name!r}")

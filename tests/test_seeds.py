@@ -130,6 +130,15 @@ def test_diverging_replica_is_named_with_its_epoch_and_step(tmp_path):
   assert seeds.first_non_finite(np.ones((2, 3))) is None
 
 
+def test_the_removed_helpers_name_their_replacements():
+  with pytest.raises(AttributeError, match="initial_state was removed; use create_train_states"):
+    seeds.initial_state  # pylint: disable=pointless-statement
+  with pytest.raises(AttributeError, match="replicas_of was removed; use config.num_seeds"):
+    seeds.replicas_of  # pylint: disable=pointless-statement
+  with pytest.raises(AttributeError, match="has no attribute 'nonexistent'"):
+    seeds.nonexistent  # pylint: disable=pointless-statement
+
+
 def test_num_seeds_must_be_positive_and_fit_the_seed_range():
   for bad in (0, -1, 2.0, True):
     with pytest.raises(ValueError, match="num_seeds must be a positive integer"):
