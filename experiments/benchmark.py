@@ -76,7 +76,8 @@ def time_training(examples, batch_size, epochs, config, choice, lines):
     # Compile time: the epoch program alone, before anything is cached.
     start = time.perf_counter()
     compile_train_epoch(state, examples, batch_size=batch_size, mesh=mesh,
-                        microbatch_per_device=micro, replicas=replicas, progress=FLAGS.progress)
+                        microbatch_per_device=micro, replicas=replicas,
+                        replica_strategy=strategy, progress=FLAGS.progress)
     emit(lines, metric="compile_s", value=round(time.perf_counter() - start, 3),
          batch_size=batch_size, num_seeds=config.num_seeds)
   run = dict(batch_size=batch_size, microbatch_per_device=micro, replicas=replicas,

@@ -317,12 +317,16 @@ def _epoch_program(state: TrainState, examples, *, seed: int, epoch: int, batch_
 def compile_train_epoch(state: TrainState, examples, *, batch_size: int,
                         mesh: Mesh | None = None,
                         microbatch_per_device: int | None = MICROBATCH_PER_DEVICE,
-                        replicas: int = 0, progress: bool = False) -> None:
+                        replicas: int = 0, replica_strategy: str | None = None,
+                        progress: bool = False) -> None:
   """Compiles, without running it, the program `train_epoch` runs for these arguments (one seed,
-  or `replicas` stacked ones in one program), so that its compile time can be measured alone
+  or `replicas` stacked ones), so that its compile time can be measured alone
   (experiments/benchmark.py, experiments/time_to_quality.py). Nothing is donated."""
+  mesh = mesh or parallel.data_mesh()
+  if _one_by_one(replicas, mesh, replica_strategy):  # The single-seed program, as train_epoch.
+    state, replicas = seeds.replica(state, 0), 0
   epoch_fn, args = _epoch_program(
-      state, examples, seed=0, epoch=0, batch_size=batch_size, mesh=mesh or parallel.data_mesh(),
+      state, examples, seed=0, epoch=0, batch_size=batch_size, mesh=mesh,
       microbatch_per_device=microbatch_per_device, replicas=replicas, progress=progress)
   epoch_fn.lower(*args).compile()
 
