@@ -8,7 +8,7 @@ import pytest
 
 from conftest import tiny_splits
 from jaxae import Config, seeds
-from jaxae.loop import evaluate, train_epoch, train_full_batch_epoch
+from jaxae.loop import compile_train_epoch, evaluate, train_epoch, train_full_batch_epoch
 from jaxae.run.errors import RunError
 from jaxae.run.train_and_evaluate import train_and_evaluate
 from jaxae.steps import create_train_state
@@ -128,6 +128,29 @@ def test_diverging_replica_is_named_with_its_epoch_and_step(tmp_path):
   assert seeds.first_non_finite(losses) == (1, 1)
   assert seeds.first_non_finite(np.array([[1.0, np.nan]])) == (1, 0)
   assert seeds.first_non_finite(np.ones((2, 3))) is None
+
+
+@pytest.mark.slow
+def test_compile_train_epoch_compiles_the_program_train_epoch_runs():
+  """For a run's stacked state of one replica: the single-seed program (benchmark.py times it)."""
+  compiles = []
+
+  def listen(event, duration, **_):  # pylint: disable=unused-argument
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(event)
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    train, _ = tiny_splits(40, 12)
+    config = Config(**SMALL)
+    state = seeds.create_train_states(config, steps_per_epoch=3)
+    examples = state.task.examples(train)
+    train_epoch(seeds.create_train_states(config, steps_per_epoch=3), examples, seed=0, epoch=1,
+                batch_size=16, replicas=1)
+    compiles.clear()
+    compile_train_epoch(state, examples, batch_size=16, replicas=1)
+    assert not compiles  # Found in the cache that train_epoch filled.
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
 
 
 def test_the_removed_helpers_name_their_replacements():
