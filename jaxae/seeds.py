@@ -41,10 +41,8 @@ def create_train_states(config: Config, *, steps_per_epoch: int | None = None) -
 
   Each replica is initialized exactly as `create_train_state(jax.random.key(seed + k), config)`.
   """
-  states = [create_train_state(jax.random.key(seed), config, steps_per_epoch=steps_per_epoch)
-            for seed in seeds_of(config)]
-  # Stacked on the host: op by op, stacking would compile a program per array shape.
-  return jax.tree.map(lambda *xs: jax.device_put(np.stack([np.asarray(x) for x in xs])), *states)
+  return stack([create_train_state(jax.random.key(seed), config, steps_per_epoch=steps_per_epoch)
+                for seed in seeds_of(config)])
 
 
 def saved_params(params_R: Any, num_seeds: int) -> Any:
