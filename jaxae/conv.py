@@ -19,8 +19,8 @@ two channel axes swapped: convT(x; K) = S^T(x; K^T) where K^T = K.transpose(0, 1
   a batch-32 training step takes about half the time (docs/speed.md).
 
 The "gemm" path needs the large side to be exactly `stride` times the small one (k - 2p == s and,
-for Conv, sides divisible by s: true for the autoencoder's k=4, s=2, p=1 on 32x32 images); other
-shapes use the reference formulation.
+for Conv, sides divisible by s) and k a multiple of s: true for the autoencoder's k=4, s=2, p=1
+on 32x32 images; other shapes use the reference formulation.
 """
 
 from __future__ import annotations
@@ -71,41 +71,49 @@ def conv_transpose_reference(x_BHWC, kernel_HWIO, stride: int, padding: int):
 
 
 def _gemm_applies(k: int, stride: int, padding: int) -> bool:
-  return k - 2 * padding == stride
+  return k - 2 * padding == stride and k % stride == 0
+
+
+# im2col and overlap-add below move data in blocks of `stride` pixels (a tap a = stride*d + r is
+# block shift d, phase r), with a few large slices rather than one per tap: the training step
+# then compiles in half the time (k*k = 16 single-tap slices per layer were XLA's most numerous
+# ops) and computes the same bits, the same numbers summed in the same order.
 
 
 def _im2col(x_BHWC, k: int, stride: int, padding: int):
-  """[B, H, W, C] -> [B, H/s, W/s, k*k*C]: the k x k input taps of every output pixel of S."""
-  _, h, w, _ = x_BHWC.shape
-  ho, wo = h // stride, w // stride
-  xp = jnp.pad(x_BHWC, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  taps = [xp[:, a:a + stride * (ho - 1) + 1:stride, b:b + stride * (wo - 1) + 1:stride, :]
-          for a in range(k) for b in range(k)]
-  return jnp.concatenate(taps, axis=-1)
+  """[B, H, W, C] -> [B, H/s, W/s, k*k*C]: the k x k input taps of every output pixel of S.
+
+  Tap (a, b) of output pixel (m, l) is padded pixel (s*m + a, s*l + b); the columns are ordered
+  (a, b, C). Gathered one axis at a time: along W by k/s shifts of whole blocks of s columns,
+  then along H by k strided row slices.
+  """
+  n, h, w, c = x_BHWC.shape
+  ho, wo, shifts = h // stride, w // stride, k // stride
+  xp_BHWC = jnp.pad(x_BHWC, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  blocks = xp_BHWC.reshape(n, h + 2 * padding, wo + shifts - 1, stride * c)
+  rows = jnp.concatenate([blocks[:, :, d:d + wo] for d in range(shifts)], axis=-1)  # (b, C)
+  return jnp.concatenate([rows[:, a:a + stride * (ho - 1) + 1:stride] for a in range(k)], axis=-1)
 
 
 def _overlap_add(z_BHWKKC, stride: int, padding: int):
   """[B, h, w, k, k, C] -> [B, s*h, s*w, C]: out[s*i - p + a, s*j - p + b] += z[i, j, a, b].
 
-  Output phase r (rows s*m + r) receives tap a from input row i = m + (r + p - a) / s whenever
-  that is an integer, so each phase is a sum of shifted slices and the phases are interleaved.
+  In padded coordinates tap (s*d + r, s*e + q) of input pixel (i, j) lands in phase (r, q) of
+  block (i + d, j + e): a sum of (k/s)^2 block-shifted copies of z, one per (d, e), whose phases
+  are interleaved once at the end. Every output pixel sums its taps in (a, b) order.
   """
   n, h, w, k, _, c = z_BHWKKC.shape
-  taps = {r: [(a, (r + padding - a) // stride) for a in range(k)
-              if (r + padding - a) % stride == 0] for r in range(stride)}
-
-  def shifted(z_BHWC, di, dj):  # out[m, l] = z[m + di, l + dj], zero outside.
-    z_BHWC = z_BHWC[:, max(di, 0):h + min(di, 0), max(dj, 0):w + min(dj, 0)]
-    return jnp.pad(z_BHWC, ((0, 0), (max(-di, 0), max(di, 0)), (max(-dj, 0), max(dj, 0)), (0, 0)))
-
-  rows = []
-  for r in range(stride):
-    cols = []
-    for q in range(stride):
-      cols.append(sum(shifted(z_BHWKKC[:, :, :, a, b, :], di, dj)
-                      for a, di in taps[r] for b, dj in taps[q]))
-    rows.append(jnp.stack(cols, axis=3))  # [B, h, w, s(q), C]
-  return jnp.stack(rows, axis=2).reshape(n, h * stride, w * stride, c)  # [B, h, s(r), w, s(q), C]
+  shifts = k // stride
+  z = z_BHWKKC.reshape(n, h, w, shifts, stride, shifts, stride, c)
+  blocks = None  # [B, h + shifts - 1, w + shifts - 1, s(r), s(q), C]
+  for d in range(shifts):
+    for e in range(shifts):
+      shifted = jnp.pad(z[:, :, :, d, :, e], ((0, 0), (d, shifts - 1 - d), (e, shifts - 1 - e),
+                                              (0, 0), (0, 0), (0, 0)))
+      blocks = shifted if blocks is None else blocks + shifted
+  side_h, side_w = (h + shifts - 1) * stride, (w + shifts - 1) * stride
+  padded = blocks.transpose(0, 1, 3, 2, 4, 5).reshape(n, side_h, side_w, c)
+  return padded[:, padding:padding + stride * h, padding:padding + stride * w]
 
 
 def _s_forward(x_BHWC, kernel_HWIO, stride, padding):

@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.extend
 import jax.numpy as jnp
@@ -71,6 +73,30 @@ def test_conv_computes_pytorch_conv2d(impl, n, c, o, h, w):
   b = rng.normal(size=(o,))
   got = apply_nchw(TorchConv(o, impl=impl), w_torch.transpose(2, 3, 1, 0), b, x)
   np.testing.assert_allclose(got, numpy_conv(x, w_torch, b, 2, 1), atol=1e-4)
+
+
+@pytest.mark.parametrize("k,stride,padding", [(4, 2, 1), (6, 2, 2), (3, 1, 1), (1, 1, 0)])
+def test_im2col_and_overlap_add_move_every_tap_and_add_in_tap_order(k, stride, padding):
+  """The GEMM layers' data movement against its definition, one tap at a time, bit for bit:
+  a misplaced tap, or taps added in another order (other rounding), fails."""
+  from jaxae.conv import _im2col, _overlap_add  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(k)
+  h, w, c = 4, 3, 5
+  x = rng.normal(size=(2, stride * h, stride * w, c)).astype(np.float32)
+  xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  columns = np.concatenate([xp[:, a:a + stride * h:stride, b:b + stride * w:stride]
+                            for a in range(k) for b in range(k)], axis=-1)
+  z = rng.normal(size=(2, h, w, k, k, c)).astype(np.float32)
+  out = np.zeros((2, stride * (h - 1) + k, stride * (w - 1) + k, c), np.float32)
+  for a in range(k):  # Each output pixel receives its taps in (a, b) order.
+    for b in range(k):
+      out[:, a:a + stride * h:stride, b:b + stride * w:stride] += z[:, :, :, a, b]
+  out = out[:, padding:padding + stride * h, padding:padding + stride * w]
+  im2col = functools.partial(_im2col, k=k, stride=stride, padding=padding)
+  overlap_add = functools.partial(_overlap_add, stride=stride, padding=padding)
+  for run in (lambda f, a: f(a), lambda f, a: jax.jit(f)(a)):  # Op by op, and compiled.
+    np.testing.assert_array_equal(run(im2col, jnp.asarray(x)), columns)
+    np.testing.assert_array_equal(run(overlap_add, jnp.asarray(z)), out)
 
 
 @pytest.mark.parametrize("layer", ["conv", "conv_transpose"])
