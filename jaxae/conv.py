@@ -74,10 +74,10 @@ def _gemm_applies(k: int, stride: int, padding: int) -> bool:
   return k - 2 * padding == stride and k % stride == 0
 
 
-# im2col and overlap-add below move data in blocks of `stride` pixels (a tap a = stride*d + r is
-# block shift d, phase r), with a few large slices rather than one per tap: the training step
-# then compiles in half the time (k*k = 16 single-tap slices per layer were XLA's most numerous
-# ops) and computes the same bits, the same numbers summed in the same order.
+# im2col gathers with a few large slices, a block of `stride` columns at a time, rather than one
+# slice per tap: its k*k = 16 single-tap slices per layer were XLA's most numerous ops, and the
+# training step now compiles in a third less time, runs as fast, and computes the same bits. (The
+# same blocks for the overlap-add compiled faster still but trained up to 10% slower.)
 
 
 def _im2col(x_BHWC, k: int, stride: int, padding: int):
@@ -98,22 +98,25 @@ def _im2col(x_BHWC, k: int, stride: int, padding: int):
 def _overlap_add(z_BHWKKC, stride: int, padding: int):
   """[B, h, w, k, k, C] -> [B, s*h, s*w, C]: out[s*i - p + a, s*j - p + b] += z[i, j, a, b].
 
-  In padded coordinates tap (s*d + r, s*e + q) of input pixel (i, j) lands in phase (r, q) of
-  block (i + d, j + e): a sum of (k/s)^2 block-shifted copies of z, one per (d, e), whose phases
-  are interleaved once at the end. Every output pixel sums its taps in (a, b) order.
+  Output phase r (rows s*m + r) receives tap a from input row i = m + (r + p - a) / s whenever
+  that is an integer, so each phase is a sum of shifted slices and the phases are interleaved.
   """
   n, h, w, k, _, c = z_BHWKKC.shape
-  shifts = k // stride
-  z = z_BHWKKC.reshape(n, h, w, shifts, stride, shifts, stride, c)
-  blocks = None  # [B, h + shifts - 1, w + shifts - 1, s(r), s(q), C]
-  for d in range(shifts):
-    for e in range(shifts):
-      shifted = jnp.pad(z[:, :, :, d, :, e], ((0, 0), (d, shifts - 1 - d), (e, shifts - 1 - e),
-                                              (0, 0), (0, 0), (0, 0)))
-      blocks = shifted if blocks is None else blocks + shifted
-  side_h, side_w = (h + shifts - 1) * stride, (w + shifts - 1) * stride
-  padded = blocks.transpose(0, 1, 3, 2, 4, 5).reshape(n, side_h, side_w, c)
-  return padded[:, padding:padding + stride * h, padding:padding + stride * w]
+  taps = {r: [(a, (r + padding - a) // stride) for a in range(k)
+              if (r + padding - a) % stride == 0] for r in range(stride)}
+
+  def shifted(z_BHWC, di, dj):  # out[m, l] = z[m + di, l + dj], zero outside.
+    z_BHWC = z_BHWC[:, max(di, 0):h + min(di, 0), max(dj, 0):w + min(dj, 0)]
+    return jnp.pad(z_BHWC, ((0, 0), (max(-di, 0), max(di, 0)), (max(-dj, 0), max(dj, 0)), (0, 0)))
+
+  rows = []
+  for r in range(stride):
+    cols = []
+    for q in range(stride):
+      cols.append(sum(shifted(z_BHWKKC[:, :, :, a, b, :], di, dj)
+                      for a, di in taps[r] for b, dj in taps[q]))
+    rows.append(jnp.stack(cols, axis=3))  # [B, h, w, s(q), C]
+  return jnp.stack(rows, axis=2).reshape(n, h * stride, w * stride, c)  # [B, h, s(r), w, s(q), C]
 
 
 def _s_forward(x_BHWC, kernel_HWIO, stride, padding):
