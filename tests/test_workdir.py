@@ -100,13 +100,15 @@ def test_fewer_epochs_than_completed_is_refused_and_metrics_stay_true(tmp_path):
 
 def test_overwrite_removes_only_what_jaxae_wrote(tmp_path):
   train, test = tiny_splits()
-  train_and_evaluate(tiny(epochs=1, batch_size=16), train, test, tmp_path, log=QUIET)
+  first = train_and_evaluate(tiny(epochs=1, batch_size=16), train, test, tmp_path, log=QUIET)
   (tmp_path / "checkpoints" / "notes.txt").write_text("mine")
   (tmp_path / "checkpoints" / "my_folder").mkdir()
   (tmp_path / "plan.md").write_text("mine too")
-  out = train_and_evaluate(tiny(epochs=1, batch_size=8), train, test, tmp_path,
+  # Another seed: other settings (refused without overwrite) and the same compiled programs.
+  out = train_and_evaluate(tiny(epochs=1, batch_size=16, seed=1), train, test, tmp_path,
                            overwrite=True, log=QUIET)
-  assert out["config"]["batch_size"] == 8 and out["optimizer_steps"] == 5
+  assert out["config"]["seed"] == 1 and out["optimizer_steps"] == 3  # Trained anew.
+  assert out["history"][0]["train_loss"] != first["history"][0]["train_loss"]
   assert (tmp_path / "checkpoints" / "notes.txt").read_text() == "mine"
   assert (tmp_path / "checkpoints" / "my_folder").is_dir()
   assert (tmp_path / "plan.md").read_text() == "mine too"
