@@ -11,8 +11,6 @@ from jaxae.seeds import spread, spread_of
 
 def format_value(value: float | Sequence[float], digits: int = 6) -> str:
   """A loss as printed per epoch: itself, or for replicas their mean ± standard deviation."""
-  if isinstance(value, (list, tuple, np.ndarray)) and len(value) == 1:
-    value = value[0]
   if isinstance(value, (list, tuple, np.ndarray)):
     s = spread(value)
     return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"

@@ -211,8 +211,8 @@ def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
                     train_loss=result.loss, test_loss=test_loss, seconds=seconds,
                     previews=previews, subset_metrics=watched_metrics)
     remaining = (config.epochs - epoch) * float(np.median([h["seconds"] for h in history[-5:]]))
-    log(summaries.epoch_line(epoch, config.epochs, result.loss, test_loss, seconds, len(train),
-                             remaining, replicas))
+    log(summaries.epoch_line(epoch, config.epochs, history[-1]["train_loss"],
+                             history[-1]["test_loss"], seconds, len(train), remaining, replicas))
   checkpointer.close()
 
   finals, predictions = replica_final_metrics(state, test, eval_batch_size, replicas, mesh=mesh)
