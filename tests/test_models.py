@@ -6,7 +6,7 @@ import pytest
 
 from conftest import random_params
 from jaxae import Autoencoder, create_train_state
-from jaxae.conv import CONV_IMPLS
+from jaxae.conv import CONV_IMPLS, _im2col, _overlap_add  # pylint: disable=protected-access
 from jaxae.models import MODELS, TorchConv, TorchConvTranspose, UNet
 
 
@@ -77,7 +77,6 @@ def test_conv_computes_pytorch_conv2d(impl, n, c, o, h, w):
 def test_im2col_and_overlap_add_move_every_tap_and_add_in_tap_order(k, stride, padding):
   """The GEMM layers' data movement against its definition, one tap at a time, bit for bit:
   a misplaced tap, or taps added in another order (other rounding), fails."""
-  from jaxae.conv import _im2col, _overlap_add  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(k)
   h, w, c = 4, 3, 5
   x = rng.normal(size=(2, stride * h, stride * w, c)).astype(np.float32)
