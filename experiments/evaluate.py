@@ -78,7 +78,7 @@ def evaluate(workdir: pathlib.Path, state, config, epoch: int | None) -> None:
   """Writes eval.json and the figure of `state` (a checkpoint's of `epoch`, or --params's)."""
   figure = figures.EVAL_FIGURES[state.task.name]
   workdir_lib.refuse_foreign_files(workdir, ("eval.json", figure))
-  _, test = scripts.load_data(FLAGS.data_dir, config, 0, FLAGS.test_limit)
+  test = scripts.load_data(FLAGS.data_dir, config, 0, FLAGS.test_limit, splits=("test",))["test"]
   start = time.perf_counter()
   replicas = config.num_seeds
   finals, predictions = replica_final_metrics(

@@ -100,8 +100,8 @@ def main(argv):
       workdir_lib.holds_other_run(pathlib.Path(FLAGS.workdir),
                                   run_settings(config, FLAGS.train_limit, FLAGS.test_limit),
                                   FLAGS.overwrite)
-    train, test = scripts.load_data(FLAGS.data_dir, config, FLAGS.train_limit, FLAGS.test_limit,
-                                    log=log)
+    data = scripts.load_data(FLAGS.data_dir, config, FLAGS.train_limit, FLAGS.test_limit, log=log)
+    train, test = data["train"], data["test"]
     if not config.full_batch and config.batch_size > len(train):
       scripts.fail(f"--batch_size={config.batch_size} is larger than the training set "
                    f"({len(train):,} pairs).")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Sequence
 
 import jax
 import numpy as np
 
 from jaxae.config import CIFAR_NORMALIZATION, MNIST_NORMALIZATION, Normalization
 from jaxae.preprocess import mean_images_of
-from jaxae.sources import load_splits
+from jaxae.sources import SPLITS, load_splits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,15 +62,33 @@ def _mix_all(pairs, mnist_normalization: Normalization,
 
 
 def load_mixed(data_dir: str | os.PathLike | None = None, *,
+               splits: Sequence[str] = SPLITS, train_limit: int = 0, test_limit: int = 0,
                mnist_normalization: Normalization = MNIST_NORMALIZATION,
                cifar_normalization: Normalization = CIFAR_NORMALIZATION,
                cache: bool = True) -> dict[str, MixedSplit]:
-  """Loads both datasets' train and test splits and returns {"train": ..., "test": ...}.
+  """Loads the datasets' `splits` (default both) as {"train": MixedSplit, "test": MixedSplit}.
 
-  Both splits go through one preprocessing call, so it compiles once.
+  `train_limit` and `test_limit` keep the first N pairs of their split (0: all of them). Only the
+  pairs kept are preprocessed: a small run does not pay for 60,000 mean images (a second, and
+  700 MB, on the 2-core CPU). All splits go through one preprocessing call, so it compiles once.
+
+  Raises:
+    ValueError: an unknown split, or a limit that is negative or larger than its split.
   """
-  (m_tr, m_te, c_tr, c_te) = load_splits(
-      [("mnist", "train"), ("mnist", "test"), ("cifar10", "train"), ("cifar10", "test")],
-      data_dir, cache=cache, write_behind=True)
-  train, test = _mix_all([(m_tr, c_tr), (m_te, c_te)], mnist_normalization, cifar_normalization)
-  return {"train": train, "test": test}
+  limits = {"train": train_limit, "test": test_limit}
+  if not splits or len(set(splits)) < len(splits) or any(s not in SPLITS for s in splits):
+    raise ValueError(f"splits must name some of {SPLITS}, got {tuple(splits)}.")
+  if any(limit < 0 for limit in limits.values()):
+    raise ValueError(f"train_limit={train_limit} and test_limit={test_limit} must be 0 (all) "
+                     "or positive.")
+  sources = load_splits([(name, split) for split in splits for name in ("mnist", "cifar10")],
+                        data_dir, cache=cache, write_behind=True)
+  pairs = []
+  for split, (mnist, cifar) in zip(splits, zip(sources[::2], sources[1::2])):
+    size = min(len(mnist[0]), len(cifar[0]))
+    if limits[split] > size:
+      raise ValueError(f"{split}_limit={limits[split]} is larger than the {split} split "
+                       f"({size:,} pairs).")
+    keep = limits[split] or size
+    pairs.append(((mnist[0][:keep], mnist[1][:keep]), (cifar[0][:keep], cifar[1][:keep])))
+  return dict(zip(splits, _mix_all(pairs, mnist_normalization, cifar_normalization)))

@@ -44,6 +44,8 @@ def _one_line(run, exit_code, message):
     (["--config=faithful", GOOD_DATA],
      "--config=faithful is not a file; did you mean --config=experiments/configs/faithful.py?"),
     (["--log_every_steps=-1", GOOD_DATA], "--log_every_steps must be 0"),
+    (["--train_limit=50001", GOOD_DATA],
+     "--train_limit=50001 is larger than the train split (50,000 pairs)."),
     (["--config.mnist_normalization.std=(0.2,0,0.2)", GOOD_DATA],
      "--config.mnist_normalization: Normalization stds must be positive"),
 ])

@@ -7,7 +7,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from conftest import shared_data_dir
-from jaxae import DatasetNotFoundError, load_split
+from jaxae import DatasetNotFoundError, load_mixed, load_split, mix
 from jaxae import sources as sources_lib
 from jaxae.preprocess import mnist_to_rgb32
 
@@ -19,6 +19,27 @@ def test_load_split_through_mock_data(name, shape, tmp_path):
   assert images.shape == (11, *shape)
   assert images.dtype == np.uint8
   assert labels.shape == (11,) and np.issubdtype(labels.dtype, np.integer)
+
+
+def test_load_mixed_preprocesses_only_the_splits_and_pairs_asked_for(tmp_path):
+  with tfds.testing.mock_data(num_examples=11):
+    limited = load_mixed(tmp_path, train_limit=4)
+    test_only = load_mixed(tmp_path, splits=("test",), test_limit=3)
+    whole = {split: mix(load_split("mnist", split, tmp_path), load_split("cifar10", split, tmp_path))
+             for split in ("train", "test")}
+    for limits, message in (({"train_limit": 12}, r"train_limit=12 is larger than the train "
+                             r"split \(11 pairs\)"), ({"test_limit": -1}, "must be 0")):
+      with pytest.raises(ValueError, match=message):
+        load_mixed(tmp_path, **limits)
+  with pytest.raises(ValueError, match="splits must name some of"):
+    load_mixed(tmp_path, splits=("validation",))
+  assert sorted(limited) == ["test", "train"] and list(test_only) == ["test"]
+  assert (len(limited["train"]), len(limited["test"]), len(test_only["test"])) == (4, 11, 3)
+  for got, split, n in ((limited["train"], "train", 4), (limited["test"], "test", 11),
+                        (test_only["test"], "test", 3)):
+    np.testing.assert_array_equal(got.images, whole[split].images[:n])
+    np.testing.assert_array_equal(got.cifar_labels, whole[split].cifar_labels[:n])
+    np.testing.assert_array_equal(got.mnist_images, whole[split].mnist_images[:n])
 
 
 def test_missing_dataset_error_names_dataset_directory_and_command(tmp_path):

@@ -203,21 +203,24 @@ def unwritable(folder: pathlib.Path) -> str | None:
 
 
 def load_data(data_dir: str | None, config: Config, train_limit: int, test_limit: int,
-              log=print) -> tuple[MixedSplit, MixedSplit]:
-  """Loads, preprocesses and limits both splits; checks the limits against the real sizes."""
+              log=print, splits: Sequence[str] = ("train", "test")) -> dict[str, MixedSplit]:
+  """`splits` of the data, preprocessed by the config and limited (--train_limit, --test_limit)."""
   start = time.perf_counter()
   try:
-    splits = load_mixed(data_dir, mnist_normalization=config.mnist_normalization,
+    loaded = load_mixed(data_dir, splits=splits, train_limit=train_limit, test_limit=test_limit,
+                        mnist_normalization=config.mnist_normalization,
                         cifar_normalization=config.cifar_normalization)
   except DataError as e:
     fail(str(e))
-  splits["train"].images.block_until_ready()
-  log(f"Loaded and preprocessed {len(splits['train']):,} train and {len(splits['test']):,} test "
+  except ValueError as e:
+    if not str(e).startswith(("train_limit=", "test_limit=")):
+      raise
+    fail(f"--{e}")  # The library's message names the keyword; the user gave the flag.
+  for split in loaded.values():
+    split.images.block_until_ready()
+  log(f"Loaded and preprocessed {' and '.join(f'{len(s):,} {n}' for n, s in loaded.items())} "
       f"mean images in {time.perf_counter() - start:.1f} s.")
-  for name, limit in (("train", train_limit), ("test", test_limit)):
-    if limit > len(splits[name]):
-      fail(f"--{name}_limit={limit} is larger than the {name} split ({len(splits[name]):,} pairs).")
-  return splits["train"].take(train_limit), splits["test"].take(test_limit)
+  return loaded
 
 
 def run_config(workdir: pathlib.Path) -> Config:
