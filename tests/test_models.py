@@ -45,7 +45,8 @@ def apply_nchw(layer, kernel_HWIO, bias, x_nchw):
   """The Flax layer with these weights on an NCHW input, returning NCHW like PyTorch."""
   params = {"params": {"kernel": jnp.asarray(kernel_HWIO, jnp.float32),
                        "bias": jnp.asarray(bias, jnp.float32)}}
-  out = layer.apply(params, jnp.asarray(x_nchw.transpose(0, 2, 3, 1), jnp.float32))
+  # Compiled: one program per layer, rather than one per operation run eagerly.
+  out = jax.jit(layer.apply)(params, jnp.asarray(x_nchw.transpose(0, 2, 3, 1), jnp.float32))
   return np.asarray(out).transpose(0, 3, 1, 2)
 
 
@@ -257,12 +258,13 @@ def test_stride_one_gemm_layers_have_the_reference_gradients_and_tangents(layer,
     fn = CONV_IMPLS[impl][index]
     return lambda x, w: jnp.mean((jnp.sin(fn(x, w, 1, p)) - target) ** 2)
 
-  ref = jax.grad(loss("reference"), argnums=(0, 1))(x, kernel)
+  ref = jax.jit(jax.grad(loss("reference"), argnums=(0, 1)))(x, kernel)
   for impl in ("gemm", "gemm_vjp"):
     for r, f in zip(ref, jax.jit(jax.grad(loss(impl), argnums=(0, 1)))(x, kernel)):
       np.testing.assert_allclose(f, r, rtol=1e-4, atol=1e-6, err_msg=impl)
-  tangents = {impl: jax.jvp(lambda x, w, fn=CONV_IMPLS[impl][index]: fn(x, w, 1, p),
-                            (x, kernel), (dx, dk)) for impl in ("gemm", "reference")}
+  tangents = {impl: jax.jit(lambda x, w, dx, dk, fn=CONV_IMPLS[impl][index]: jax.jvp(
+      lambda x, w: fn(x, w, 1, p), (x, w), (dx, dk)))(x, kernel, dx, dk)
+              for impl in ("gemm", "reference")}
   for got, want in zip(tangents["gemm"], tangents["reference"]):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 

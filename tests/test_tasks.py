@@ -136,13 +136,13 @@ def _three_steps_lower_the_separation_loss(state):
   """Trains `state` (a separation state) 3 steps on 8 pairs; returns (state, their split)."""
   train, _ = tiny_splits(8, 1)
   batch = state.task.examples(train)
-  before = eval_step(state, batch)
+  step, evaluate = jax.jit(train_step), jax.jit(eval_step)
+  before = evaluate(state, batch)
   assert before["digit"].shape == (8, 32, 32, 1) and before["photo"].shape == (8, 32, 32, 3)
-  step = jax.jit(train_step)
   for _ in range(3):
     state, _ = step(state, batch)
   assert int(state.step) == 3
-  assert float(eval_step(state, batch)["loss"]) < float(before["loss"])
+  assert float(evaluate(state, batch)["loss"]) < float(before["loss"])
   return state, train
 
 

@@ -224,7 +224,7 @@ def test_evaluate_averages_over_every_example():
   images = _images(23)
   state = create_train_state(jax.random.key(0), STEP)
   out = loop.evaluate(state, images, batch_size=10)
-  direct = eval_step(state, images)
+  direct = jax.jit(eval_step)(state, images)
   np.testing.assert_allclose(out["loss"], float(direct["loss"]), rtol=1e-5)
   assert out["reconstructions"].shape == (23, 32, 32, 3)
 

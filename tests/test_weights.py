@@ -126,7 +126,7 @@ def test_a_torch_state_dict_computes_what_pytorch_computes(conv_impl):
   config = Config(conv_impl=conv_impl)
   params = from_torch_state_dict(state_dict, config)
   x_NHWC = jnp.asarray(x_NCHW.transpose(0, 2, 3, 1))
-  got = model_from_config(config).apply({"params": params}, x_NHWC)
+  got = jax.jit(model_from_config(config).apply)({"params": params}, x_NHWC)
   np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2), expected, rtol=1e-4, atol=1e-4)
 
 
