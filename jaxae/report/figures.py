@@ -53,26 +53,49 @@ def loss_curve(history: Sequence[dict[str, Any]], path: str | os.PathLike, title
 
 def image_grid(rows: Sequence[tuple[str, np.ndarray]], path: str | os.PathLike,
                title: str = "") -> None:
-  """One labelled row per (label, images [K, H, W, C] in [0, 1]); columns are examples."""
+  """One labelled row per (label, images [K, H, W, C] in [0, 1]); columns are examples.
+
+  The images are drawn as one picture (`mosaic`): a grid of one axes per image took 0.4 s to
+  draw for 5 rows of 8, most of a small run's figures; one image takes a tenth of that.
+  """
   plt = _pyplot()
   k = len(rows[0][1])
-  fig, axes = plt.subplots(len(rows), k, figsize=(1.1 * k + 1.2, 1.15 * len(rows) + 0.4), dpi=100,
-                           squeeze=False)
-  for r, (label, images) in enumerate(rows):
-    for c in range(k):
-      ax = axes[r, c]
-      image = np.clip(np.asarray(images[c], np.float32), 0, 1)
-      ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1,
-                interpolation="nearest")
-      ax.set_xticks([])
-      ax.set_yticks([])
-      if c == 0:
-        ax.set_ylabel(label, fontsize=8)
+  picture, centers = mosaic([images for _, images in rows])
+  fig, ax = plt.subplots(figsize=(1.1 * k + 1.2, 1.15 * len(rows) + 0.4), dpi=100)
+  ax.imshow(picture, interpolation="nearest")
+  ax.set_xticks([])
+  ax.set_yticks(centers, [label for label, _ in rows], fontsize=8)
+  ax.tick_params(length=0)
+  for spine in ax.spines.values():
+    spine.set_visible(False)
   if title:
-    fig.suptitle(title, fontsize=9)
+    ax.set_title(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(path, metadata=PNG_METADATA)
   plt.close(fig)
+
+
+def mosaic(rows: Sequence[np.ndarray], gap: int = 4) -> tuple[np.ndarray, list[float]]:
+  """Rows of images [K, H, W, C] in [0, 1] (C 1 or 3; H, W may differ between rows) laid out
+  on white, each centred in a cell of the largest size, cells `gap` pixels apart.
+
+  Returns the RGB picture [rows * (h + gap) - gap, K * (w + gap) - gap, 3] and each row's
+  vertical centre (where its label goes).
+  """
+  k = len(rows[0])
+  if any(len(images) != k for images in rows):
+    raise ValueError(f"every row needs {k} images, got {[len(images) for images in rows]}.")
+  cell_h = max(images.shape[1] for images in rows)
+  cell_w = max(images.shape[2] for images in rows)
+  picture = np.ones((len(rows) * (cell_h + gap) - gap, k * (cell_w + gap) - gap, 3), np.float32)
+  for r, images in enumerate(rows):
+    images = np.clip(np.asarray(images, np.float32), 0, 1)
+    _, h, w, _ = images.shape
+    top = r * (cell_h + gap) + (cell_h - h) // 2
+    for c, image in enumerate(images):
+      left = c * (cell_w + gap) + (cell_w - w) // 2
+      picture[top:top + h, left:left + w] = image  # A grey image fills all three channels.
+  return picture, [r * (cell_h + gap) + (cell_h - 1) / 2 for r in range(len(rows))]
 
 
 def display(images_BHWC, mnist_normalization: Normalization = MNIST_NORMALIZATION,
