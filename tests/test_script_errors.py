@@ -142,9 +142,12 @@ def test_evaluate_checks_a_read_only_workdir_before_evaluating(tmp_path, trained
 @pytest.mark.slow
 def test_ctrl_c_is_one_line_and_keeps_the_checkpoints(tmp_path):
   data_dir = shared_data_dir()
-  # Epochs of 64 images take tens of milliseconds: enough of them that the run is still going.
+  # Epochs of 64 images take milliseconds: enough of them that the run is still going. The
+  # shapes and model of test_experiment.py's script run, whose programs the compilation cache
+  # holds when both run in one session.
   args = [f"--data_dir={data_dir}", "--train_limit=64", "--test_limit=16",
-          "--config.batch_size=32", "--config.epochs=5000", f"--workdir={tmp_path / 'w'}"]
+          "--config.batch_size=32", "--config.features=(4,)", "--config.epochs=5000",
+          f"--workdir={tmp_path / 'w'}"]
   proc = subprocess.Popen([sys.executable, str(REPO / "experiments" / "train.py"), *args],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                           env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1"))
