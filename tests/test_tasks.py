@@ -29,7 +29,7 @@ def test_estimates_are_consistent_with_the_mean_image(separation, side):
   rng = np.random.default_rng(0)
   mixture = jnp.asarray(rng.uniform(-2, 2, (3, side, side, 3)), jnp.float32)
   outputs = jnp.asarray(rng.normal(size=(3, side, side, task.out_channels)), jnp.float32)
-  digit, photo = task.estimate(outputs, mixture)
+  digit, photo = jax.jit(task.estimate)(outputs, mixture)
   assert digit.shape == (3, side, side, 1) and photo.shape == (3, side, side, 3)
   mean = 0.5 * (_normalized(digit, MNIST_NORMALIZATION) + _normalized(photo, CIFAR_NORMALIZATION))
   np.testing.assert_allclose(mean, mixture, atol=2e-6)
@@ -43,7 +43,7 @@ def test_true_sources_are_a_fixed_point_of_both_formulations():
   for task, outputs in ((Separate("digit"), digit),
                         (Separate("project"), jnp.concatenate([digit, photo], axis=-1)),
                         (Separate("digit28"), digit)):
-    got_digit, got_photo = task.estimate(outputs, train.images)
+    got_digit, got_photo = jax.jit(task.estimate)(outputs, train.images)
     np.testing.assert_allclose(got_digit, digit, atol=1e-5)
     np.testing.assert_allclose(got_photo, photo, atol=1e-5)
 
@@ -72,7 +72,7 @@ def test_digit28_gradients_pass_the_clip():
   """A pixel clipped at 0 whose true value is higher still gets a gradient towards it."""
   target = jnp.full((1, 32, 32, 1), 0.5)
   outputs = jnp.full((1, 32, 32, 1), -1.0)  # Every X clipped to 0.
-  grad = jax.grad(lambda o: jnp.sum((resized_digit(o) - target) ** 2))(outputs)
+  grad = jax.jit(jax.grad(lambda o: jnp.sum((resized_digit(o) - target) ** 2)))(outputs)
   assert float(jnp.min(grad)) < 0  # Descent raises every output.
 
 
