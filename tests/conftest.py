@@ -1,3 +1,4 @@
+import json
 import os
 import pathlib
 import shutil
@@ -30,6 +31,9 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 
 def pytest_unconfigure(config):  # pylint: disable=unused-argument
+  if _server is not None:
+    _server.stdin.close()  # It exits at the end of its input.
+    _server.wait(timeout=60)
   if _OWNS_SCRATCH:
     shutil.rmtree(_SCRATCH, ignore_errors=True)
 
@@ -65,8 +69,45 @@ def random_params(model, x, seed=0):
   return jax.tree.map(lambda s: jnp.asarray(rng.uniform(-0.3, 0.3, s.shape), s.dtype), shapes)
 
 
-def run_script(script: str, *args: str, timeout: int = 600, env: dict | None = None):
-  """Runs experiments/<script> as a user would; returns the CompletedProcess (text output)."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **(env or {}))
-  return subprocess.run([sys.executable, str(REPO / "experiments" / script), *args],
-                        capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+def _script_env(extra: dict | None = None) -> dict:
+  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **(extra or {}))
+
+
+_server: subprocess.Popen | None = None  # This process's tests/script_server.py, once started.
+
+
+def run_script(script: str, *args: str, timeout: int = 600, env: dict | None = None,
+               fresh: bool = False):
+  """Runs experiments/<script> as a user would; returns the CompletedProcess (text output).
+
+  The run is a child of tests/script_server.py, which has the scripts' imports done (a second
+  saved per run), unless `fresh` or `env` changes a setting JAX or XLA read as they start: then
+  it is a process of its own.
+  """
+  global _server
+  env = _script_env(env)
+  argv = [str(REPO / "experiments" / script), *args]
+  if fresh:
+    return subprocess.run([sys.executable, *argv], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
+  if _server is None or _server.poll() is not None:
+    _server = subprocess.Popen([sys.executable, str(REPO / "tests" / "script_server.py")],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                               env=_script_env(), cwd=REPO)
+  with tempfile.TemporaryDirectory() as tmp:
+    out, err = pathlib.Path(tmp) / "stdout", pathlib.Path(tmp) / "stderr"
+    _server.stdin.write(json.dumps({"script": argv[0], "args": argv[1:], "cwd": str(REPO),
+                                    "env": env, "stdout": str(out), "stderr": str(err),
+                                    "timeout": timeout}) + "\n")
+    _server.stdin.flush()
+    line = _server.stdout.readline()
+    if not line:
+      raise RuntimeError(f"tests/script_server.py exited ({_server.wait()}) running {argv}")
+    answer = json.loads(line)
+    if "timeout" in answer:
+      raise subprocess.TimeoutExpired([sys.executable, *argv], timeout)
+    if "returncode" in answer:
+      return subprocess.CompletedProcess([sys.executable, *argv], answer["returncode"],
+                                         out.read_text(), err.read_text())
+  return subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout,
+                        env=env, cwd=REPO)

@@ -60,6 +60,20 @@ def test_help_exits_0():
   assert run.returncode == 0 and "--workdir" in run.stdout
 
 
+@pytest.mark.slow
+def test_a_script_run_through_the_script_server_is_the_fresh_process_s_run(tmp_path):
+  """conftest.run_script forks its runs from tests/script_server.py: the same exit code, output
+  and files as `python <script>` in a process of its own."""
+  cases = [("train.py", ["--help"]),
+           ("train.py", [f"--workdir={tmp_path / 'w'}", "--config.num_seeds=0", GOOD_DATA]),
+           ("results_table.py", [f"--workdirs={tmp_path / 'none'}"])]
+  for script, args in cases:
+    served, fresh = run_script(script, *args), run_script(script, *args, fresh=True)
+    assert (served.returncode, served.stdout, served.stderr) == (
+        fresh.returncode, fresh.stdout, fresh.stderr), (script, args)
+  assert [run_script(s, *a).returncode for s, a in cases] == [0, 2, 2]
+
+
 def test_train_refuses_a_workdir_another_process_holds(tmp_path):
   with workdir.hold(tmp_path / "w"):
     run = run_script("train.py", f"--workdir={tmp_path / 'w'}", GOOD_DATA, "--overwrite")
