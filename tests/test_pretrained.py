@@ -92,7 +92,7 @@ def test_a_published_file_reproduces_its_recorded_metrics_exactly(test_split):
 
 @pytest.fixture(scope="module")
 def test_split():
-  return load_mixed(shared_data_dir())["test"]
+  return load_mixed(shared_data_dir(), splits=("test",))["test"]
 
 
 @pytest.mark.slow
