@@ -58,6 +58,28 @@ def tiny_splits(n_train: int = 40, n_test: int = 12):
   return split(n_train), split(n_test)
 
 
+def flip_a_stored_bit(step_dir: pathlib.Path) -> None:
+  """Rewrites checkpoint step `step_dir`'s state with one bit of its largest array flipped: the
+  step reads without complaint, and only the checksum jaxae stored beside it can tell.
+
+  The files themselves are not edited: orbax compresses the arrays and keeps its index beside
+  them, in an order that varies between runs, so a bit flipped in the middle of a file made the
+  step unreadable in one run of some 20 instead of wrong.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  rewritten = step_dir.parent / f"{step_dir.name}.rewritten"
+  with ocp.StandardCheckpointer() as checkpointer:
+    leaves, treedef = jax.tree.flatten(checkpointer.restore(step_dir / "state"))
+    largest = max(range(len(leaves)), key=lambda i: np.size(leaves[i]))
+    array = np.array(leaves[largest])
+    array.reshape(-1).view(np.uint8)[array.nbytes // 2] ^= 0x10
+    leaves[largest] = array
+    checkpointer.save(rewritten, jax.tree.unflatten(treedef, leaves))
+  shutil.rmtree(step_dir / "state")
+  (rewritten).rename(step_dir / "state")
+
+
 def random_params(model, x, seed=0):
   """Parameters of `model`'s shapes and dtypes for input `x`, drawn by NumPy: what a test that
   compares formulations or checks dtypes needs, without flax's initialization (run op by op it

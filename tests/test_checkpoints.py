@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, flip_a_stored_bit
 from jaxae import Config, create_train_state, train_step
 from jaxae.run.checkpoints import (CheckpointSaveError, Checkpointer, IncompatibleCheckpointError,
                                NoUsableCheckpointError)
@@ -66,18 +66,18 @@ def test_restore_returns_the_saved_state_history_and_provenance(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["bit_flip", "overwrite_1kb"])
 def test_checkpoint_damaged_in_place_is_detected_by_its_checksum(tmp_path, damage):
-  """Orbax reads these files without complaint; the stored SHA-256 of the state does not match.
-  The original model: the middle of its largest file is array data (a small model's files are
-  mostly metadata, where a flipped bit can land in bytes nothing reads)."""
+  """A bit flipped in a stored array: orbax reads the step without complaint, and only the stored
+  SHA-256 of the state tells. A kilobyte overwritten in the original model's largest file (array
+  data, or orbax's index beside it): damaged either way."""
   directory = tmp_path / "checkpoints"
   _saved_run(directory, config=Config())
-  data = _largest_state_file(directory / "3")
-  raw = bytearray(data.read_bytes())
   if damage == "bit_flip":
-    raw[len(raw) // 2] ^= 0x10
+    flip_a_stored_bit(directory / "3")
   else:
+    data = _largest_state_file(directory / "3")
+    raw = bytearray(data.read_bytes())
     raw[len(raw) // 3:len(raw) // 3 + 1024] = np.random.default_rng(0).bytes(1024)
-  data.write_bytes(bytes(raw))
+    data.write_bytes(bytes(raw))
   restored = _restore(directory, Config())
   assert restored.epoch == 2 and len(restored.history) == 2
   assert len(restored.damaged) == 1

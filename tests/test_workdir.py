@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, run_script, shared_data_dir, tiny_splits
+from conftest import REPO, flip_a_stored_bit, run_script, shared_data_dir, tiny_splits
 from jaxae import Config
 from jaxae.run import workdir
 from jaxae.run.checkpoints import CheckpointSaveError, Checkpointer
@@ -30,14 +30,6 @@ def tiny(**fields) -> Config:
 
 def _history(metrics):
   return [(h["epoch"], h["train_loss"], h["test_loss"]) for h in metrics["history"]]
-
-
-def _flip_a_bit(step_dir):
-  data = max((f for f in (step_dir / "state").rglob("*") if f.is_file()),
-             key=lambda f: f.stat().st_size)
-  raw = bytearray(data.read_bytes())
-  raw[len(raw) // 2] ^= 0x01
-  data.write_bytes(bytes(raw))
 
 
 @pytest.mark.slow
@@ -128,11 +120,10 @@ def test_bit_flip_in_the_newest_checkpoint_is_caught_and_the_run_heals(tmp_path)
   """The damaged step is moved aside, the run resumes from the step before, the epoch is
   trained and saved again, and the history is the uninterrupted one."""
   train, test = tiny_splits()
-  # The default model: its largest state file is array data (the tiny model's can be a manifest).
-  config = Config(epochs=3, batch_size=16)
+  config = tiny(epochs=3, batch_size=16)
   straight = train_and_evaluate(config, train, test, tmp_path / "straight", log=QUIET)
   train_and_evaluate(config.replace(epochs=2), train, test, tmp_path / "w", log=QUIET)
-  _flip_a_bit(tmp_path / "w" / "checkpoints" / "2")
+  flip_a_stored_bit(tmp_path / "w" / "checkpoints" / "2")
   warnings = []
   healed = train_and_evaluate(config, train, test, tmp_path / "w", log=QUIET,
                               warn=warnings.append)
