@@ -77,7 +77,7 @@ def flip_a_stored_bit(step_dir: pathlib.Path) -> None:
     leaves[largest] = array
     checkpointer.save(rewritten, jax.tree.unflatten(treedef, leaves))
   shutil.rmtree(step_dir / "state")
-  (rewritten).rename(step_dir / "state")
+  rewritten.rename(step_dir / "state")
 
 
 def random_params(model, x, seed=0):
@@ -106,19 +106,24 @@ def run_script(script: str, *args: str, timeout: int = 600, env: dict | None = N
   saved per run), unless `fresh` or `env` changes a setting JAX or XLA read as they start: then
   it is a process of its own.
   """
-  global _server
   env = _script_env(env)
-  argv = [str(REPO / "experiments" / script), *args]
-  if fresh:
-    return subprocess.run([sys.executable, *argv], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=REPO)
+  argv = [sys.executable, str(REPO / "experiments" / script), *args]
+  served = None if fresh else _served(argv, env, timeout)
+  return served or subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                                  env=env, cwd=REPO)
+
+
+def _served(argv: list[str], env: dict, timeout: int) -> subprocess.CompletedProcess | None:
+  """`argv` run by this process's script server (started on first use); None if the server
+  answers that the run needs a process of its own."""
+  global _server
   if _server is None or _server.poll() is not None:
     _server = subprocess.Popen([sys.executable, str(REPO / "tests" / "script_server.py")],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                env=_script_env(), cwd=REPO)
   with tempfile.TemporaryDirectory() as tmp:
     out, err = pathlib.Path(tmp) / "stdout", pathlib.Path(tmp) / "stderr"
-    _server.stdin.write(json.dumps({"script": argv[0], "args": argv[1:], "cwd": str(REPO),
+    _server.stdin.write(json.dumps({"script": argv[1], "args": argv[2:], "cwd": str(REPO),
                                     "env": env, "stdout": str(out), "stderr": str(err),
                                     "timeout": timeout}) + "\n")
     _server.stdin.flush()
@@ -127,9 +132,8 @@ def run_script(script: str, *args: str, timeout: int = 600, env: dict | None = N
       raise RuntimeError(f"tests/script_server.py exited ({_server.wait()}) running {argv}")
     answer = json.loads(line)
     if "timeout" in answer:
-      raise subprocess.TimeoutExpired([sys.executable, *argv], timeout)
-    if "returncode" in answer:
-      return subprocess.CompletedProcess([sys.executable, *argv], answer["returncode"],
-                                         out.read_text(), err.read_text())
-  return subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout,
-                        env=env, cwd=REPO)
+      raise subprocess.TimeoutExpired(argv, timeout)
+    if "returncode" not in answer:
+      return None
+    return subprocess.CompletedProcess(argv, answer["returncode"], out.read_text(),
+                                       err.read_text())

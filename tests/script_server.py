@@ -20,6 +20,7 @@ import os
 import runpy
 import sys
 import threading
+import time
 import traceback
 
 # What the scripts import at their top; importing a script itself would define its flags here, so
@@ -53,7 +54,6 @@ def serve(requests, responses) -> None:
 
 
 def _wait(pid: int, timeout: float) -> dict:
-  import time  # pylint: disable=import-outside-toplevel
   deadline = time.monotonic() + timeout
   while True:
     done, status = os.waitpid(pid, os.WNOHANG)
