@@ -67,10 +67,10 @@ def test_restore_returns_the_saved_state_history_and_provenance(tmp_path):
 @pytest.mark.parametrize("damage", ["bit_flip", "overwrite_1kb"])
 def test_checkpoint_damaged_in_place_is_detected_by_its_checksum(tmp_path, damage):
   """A bit flipped in a stored array: orbax reads the step without complaint, and only the stored
-  SHA-256 of the state tells. A kilobyte overwritten in the original model's largest file (array
-  data, or orbax's index beside it): damaged either way."""
+  SHA-256 of the state tells. A kilobyte overwritten a third into the largest file of the state
+  (10 KB: array data, or orbax's index beside it): damaged either way."""
   directory = tmp_path / "checkpoints"
-  _saved_run(directory, config=Config())
+  _saved_run(directory)
   if damage == "bit_flip":
     flip_a_stored_bit(directory / "3")
   else:
@@ -78,7 +78,7 @@ def test_checkpoint_damaged_in_place_is_detected_by_its_checksum(tmp_path, damag
     raw = bytearray(data.read_bytes())
     raw[len(raw) // 3:len(raw) // 3 + 1024] = np.random.default_rng(0).bytes(1024)
     data.write_bytes(bytes(raw))
-  restored = _restore(directory, Config())
+  restored = _restore(directory)
   assert restored.epoch == 2 and len(restored.history) == 2
   assert len(restored.damaged) == 1
   if damage == "bit_flip":  # Readable, so only the checksum can tell.
