@@ -96,7 +96,7 @@ def test_split():
 
 
 @pytest.mark.slow
-def test_an_epoch_trains_exactly_as_the_published_corrected_run_did():
+def test_an_epoch_trains_exactly_as_the_published_corrected_run_did(test_split):
   """The corrected recipe's first epoch on the real data ends at the losses its published run
   recorded, to the last bit: the epoch program's floating-point order is part of reproducing
   RESULTS.md. (A select guarding train_step against all-padding batches, inside the epoch's step,
@@ -104,11 +104,11 @@ def test_an_epoch_trains_exactly_as_the_published_corrected_run_did():
   from jaxae.loop import evaluate, steps_per_epoch, train_epoch  # pylint: disable=g-import-not-at-top
   recorded = json.loads((REPO / "results/rerun_gemm/corrected/metrics.json").read_text())
   config = _recorded("results/rerun_gemm/corrected/params.msgpack")
-  splits = load_mixed(shared_data_dir())
+  train = load_mixed(shared_data_dir(), splits=("train",))["train"]
   state = create_train_state(jax.random.key(config.seed), config.replace(conv_impl="gemm_vjp"),
-                             steps_per_epoch=steps_per_epoch(len(splits["train"]), 32))
-  result = train_epoch(state, splits["train"].images, seed=config.seed, epoch=1,
+                             steps_per_epoch=steps_per_epoch(len(train), 32))
+  result = train_epoch(state, train.images, seed=config.seed, epoch=1,
                        batch_size=config.batch_size)
-  test_loss = evaluate(result.state, splits["test"].images, with_predictions=False)["loss"]
+  test_loss = evaluate(result.state, test_split.images, with_predictions=False)["loss"]
   assert (result.loss, test_loss) == (recorded["history"][0]["train_loss"],
                                       recorded["history"][0]["test_loss"])
