@@ -33,8 +33,8 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 def pytest_collection_modifyitems(items):
   # The slow tests first (each keeps its place among them): pytest-xdist hands out tests in
-  # this order, so the run ends on tests of a second or less and both workers finish together,
-  # rather than one waiting while the other runs a 20-second test.
+  # this order, so the run ends on the fast tier's tests (5 s at most) and both workers finish
+  # close together, rather than one waiting while the other runs a 20-second test.
   items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 

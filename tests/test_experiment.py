@@ -213,7 +213,6 @@ def test_evaluate_without_checkpoint_is_one_line(tmp_path):
   assert "Traceback" not in run.stderr
 
 
-# Small models: the scripts' records are under test, not the models' speed.
 # The benchmark's lines per task are under test, not the model: the one-level seed model for both
 # (the separate run takes 4.1 s with it, 6.5 s with a U-Net of (4, 8); the U-Net's runs are
 # tested in test_seeds.py, test_tasks.py and on four devices).

@@ -33,8 +33,8 @@ def test_the_notebook_runs_on_a_small_slice(monkeypatch):
   monkeypatch.setenv("JAXAE_WALKTHROUGH_TINY", "1")
   # The notebook's code is under test here, not its numbers (but for a bound on the published
   # weights' PSNR), so its kernel compiles with most of XLA's optimizations off, as
-  # tests/test_docs.py runs docs/library.md: the original model's programs compile in a third of
-  # the time and run a few steps each.
+  # tests/test_docs.py runs docs/library.md: the original model's programs compile in about half
+  # the CPU time and run a few steps each.
   monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
   monkeypatch.setenv("JAXAE_DATA_DIR", str(shared_data_dir()))
   nb = nbformat.read(NOTEBOOK, as_version=4)
