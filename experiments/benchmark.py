@@ -18,6 +18,7 @@ over that of the single-seed epoch measured just before it.
 """
 
 import dataclasses
+import functools
 import json
 import pathlib
 import time
@@ -26,10 +27,9 @@ from absl import flags
 import jax
 import numpy as np
 
-from jaxae import parallel, seeds
-from jaxae import platforms
+from jaxae import parallel, platforms, seeds, step_reports
 from jaxae.dataset import load_mixed, mix
-from jaxae.loop import compile_train_epoch, evaluate, steps_per_epoch, train_epoch
+from jaxae.loop import evaluate, steps_per_epoch, train_epoch
 from jaxae.run import scripts
 from jaxae.run.provenance import host
 from jaxae.steps import batch_size_of
@@ -45,7 +45,7 @@ flags.DEFINE_string("data_dir", None, "If set, also time loading + preprocessing
 flags.DEFINE_integer("microbatch", 0, "Training microbatch per device (0: the platform's for "
                      "the model, jaxae/platforms.py); batches no larger than it run whole.")
 flags.DEFINE_integer("eval_batch_size", 0, "Evaluation batch (0: the platform's for the model).")
-flags.DEFINE_enum("replica_strategy", None, list(platforms.REPLICA_STRATEGIES),
+flags.DEFINE_enum("replica_strategy", None, ["vmap", "loop"],
                   "With --config.num_seeds: 'vmap' (one batched program) or 'loop' (the "
                   "single-seed program per replica); default: the platform's.")
 flags.DEFINE_bool("progress", False, "Time epochs that report their steps to the host (as "
@@ -62,36 +62,43 @@ def emit(lines, **record):
   lines.append(line)
 
 
+def compile_seconds(fn, *args, **kwargs) -> float:
+  """Seconds to compile `fn(*args, **kwargs)` (jaxae.loop's one-seed functions) as one program."""
+  start = time.perf_counter()
+  jax.jit(functools.partial(fn, **kwargs)).lower(*args).compile()
+  return time.perf_counter() - start
+
+
 def time_training(examples, batch_size, epochs, config, choice, lines):
-  """Times one seed's epochs (and returns the trained state), or N replicas' (config.num_seeds)."""
+  """Times the epochs of config.num_seeds replicas (one seed: a stack of one, as a run holds it);
+  returns the trained state and the median epoch's seconds."""
   mesh = parallel.data_mesh()
-  replicas = config.num_seeds  # A run's stacked state, of one replica for one seed (seeds.py).
-  strategy = platforms.replica_strategy(mesh, FLAGS.replica_strategy) if replicas > 1 else None
+  replicas = config.num_seeds
+  strategy = FLAGS.replica_strategy or platforms.replica_strategy(platforms.platform_of(mesh),
+                                                                   replicas)
   state = parallel.replicate(seeds.create_train_states(
       config, steps_per_epoch=steps_per_epoch(batch_size_of(examples), batch_size)), mesh)
   examples = parallel.replicate(examples, mesh)
   n = batch_size_of(examples)
   micro = FLAGS.microbatch or choice.microbatch_per_device
-  if strategy != "loop":  # "loop" runs the single-seed program, compiled already.
-    # Compile time: the epoch program alone, before anything is cached.
-    start = time.perf_counter()
-    compile_train_epoch(state, examples, batch_size=batch_size, mesh=mesh,
-                        microbatch_per_device=micro, replicas=replicas,
-                        replica_strategy=strategy, progress=FLAGS.progress)
-    emit(lines, metric="compile_s", value=round(time.perf_counter() - start, 3),
-         batch_size=batch_size, num_seeds=config.num_seeds)
-  run = dict(batch_size=batch_size, microbatch_per_device=micro, replicas=replicas,
-             replica_strategy=strategy,
-             # What train.py's progress line costs: the epoch program reporting its steps.
-             progress=(lambda done, total, replica=None: None) if FLAGS.progress else None)
-  state = train_epoch(state, examples, seed=0, epoch=0, **run).state  # Warm-up.
+  # What train.py's progress line costs: the epoch program reporting its steps.
+  scan = (step_reports.every(step_reports.interval(steps_per_epoch(n, batch_size))).scan
+          if FLAGS.progress else jax.lax.scan)
+  run = dict(batch_size=batch_size, microbatch_per_device=micro, mesh=mesh, scan=scan)
+  if replicas == 1:  # The epoch program alone, before anything is cached.
+    emit(lines, metric="compile_s", batch_size=batch_size,
+         value=round(compile_seconds(train_epoch, seeds.replica(state, 0), examples, 0, seed=0,
+                                     **run), 3))
+
+  def epoch(state, number):
+    return seeds.over_replicas(train_epoch, state, examples, number, seed=0, strategy=strategy,
+                               **run)[0]
+  state = jax.block_until_ready(epoch(state, 0))  # Warm-up.
   seconds = []
-  for epoch in range(1, epochs + 1):
+  for number in range(1, epochs + 1):
     start = time.perf_counter()
-    result = train_epoch(state, examples, seed=0, epoch=epoch, **run)
-    jax.block_until_ready(result.state.params)
+    state = jax.block_until_ready(epoch(state, number))
     seconds.append(time.perf_counter() - start)
-    state = result.state
   per_epoch = float(np.median(seconds))
   emit(lines, metric="replica_images_per_s" if replicas > 1 else "train_images_per_s",
        value=round(config.num_seeds * n / per_epoch, 1), batch_size=batch_size,
@@ -151,13 +158,13 @@ def main(argv):
   test = split.take(min(FLAGS.num_images, 10_000))
   test_examples = state.task.examples(test)
   eval_batch = FLAGS.eval_batch_size or choice.eval_batch_size
-  # The one seed's stacked state, evaluated as a run evaluates it.
-  evaluate(state, test_examples, batch_size=eval_batch, replicas=1)  # Compile (as timed below).
+  one = seeds.replica(state, 0)
+  jax.block_until_ready(evaluate(one, test_examples, batch_size=eval_batch))  # Compile.
   start = time.perf_counter()
-  out = evaluate(state, test_examples, batch_size=eval_batch, replicas=1)
+  out = jax.block_until_ready(evaluate(one, test_examples, batch_size=eval_batch))
   emit(lines, metric="eval_images_per_s", value=round(len(test) / (time.perf_counter() - start), 1),
        batch_size=eval_batch)
-  predictions = {k: v[0] for k, v in out.items() if k not in ("loss", "per_example_loss")}
+  predictions = {k: np.asarray(v) for k, v in out.items() if k != "per_example_loss"}
   state.task.final_metrics(test, predictions)  # Compile.
   start = time.perf_counter()
   state.task.final_metrics(test, predictions)

@@ -15,6 +15,7 @@ the first epoch and its compilation reported beside them (`compile_s`), as is lo
 figures only within one sitting on one machine (each line names the CPU).
 """
 
+import functools
 import json
 import pathlib
 import time
@@ -26,7 +27,7 @@ import numpy as np
 
 from jaxae import parallel, platforms
 from jaxae.dataset import load_mixed
-from jaxae.loop import compile_train_epoch, evaluate, steps_per_epoch, train_epoch
+from jaxae.loop import evaluate, steps_per_epoch, train_epoch
 from jaxae.metrics import psnr
 from jaxae.report import figures
 from jaxae.run import scripts
@@ -60,20 +61,17 @@ def measure_seed(config, train, test, lines) -> dict:
   state = parallel.replicate(create_train_state(jax.random.key(config.seed), config,
                                                 steps_per_epoch=steps), mesh)
   examples = parallel.replicate(train.images, mesh)
+  run = dict(batch_size=config.batch_size, mesh=mesh,
+             microbatch_per_device=choice.microbatch_per_device)
   start = time.perf_counter()
-  compile_train_epoch(state, examples, batch_size=config.batch_size, mesh=mesh,
-                      microbatch_per_device=choice.microbatch_per_device)
+  jax.jit(functools.partial(train_epoch, **run)).lower(state, examples, 1, seed=0).compile()
   compile_s = time.perf_counter() - start
   train_s, curve, reached = 0.0, [], None
   for epoch in range(1, config.epochs + 1):
     start = time.perf_counter()
-    result = train_epoch(state, examples, seed=config.seed, epoch=epoch,
-                         batch_size=config.batch_size, mesh=mesh,
-                         microbatch_per_device=choice.microbatch_per_device)
-    jax.block_until_ready(result.state.params)
+    state, _ = jax.block_until_ready(train_epoch(state, examples, epoch, seed=config.seed, **run))
     epoch_s = time.perf_counter() - start
     train_s += epoch_s
-    state = result.state
     predictions = evaluate(state, test.images, batch_size=choice.eval_batch_size, mesh=mesh)
     value = float(jnp.mean(psnr(test.images, predictions["reconstructions"], "standard")))
     curve.append((round(train_s, 2), round(value, 3)))

@@ -84,6 +84,8 @@ def put(tree: Any, sharding: NamedSharding) -> Any:
   values (as they do: same seed, same data); each one places only what its own devices hold.
   """
   def put_leaf(x):
+    if isinstance(x, jax.core.Tracer):  # Traced (a lifted program): its jit places it.
+      return x
     # Equal, not merely equivalent: the jitted steps' cache keys include the input shardings.
     if isinstance(x, jax.Array) and x.sharding == sharding:
       return x

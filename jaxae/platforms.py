@@ -62,10 +62,8 @@ CPU_FULL_BATCH_CHUNK = 32
 # small enough for any GPU's memory (the U-Net's activations are ~10x the seed model's).
 ACCELERATOR_BATCH_SIZES = {"seed": (2048, 2000), "unet": (256, 500)}
 
-# Replicas on CPU run one after another: the batch-32 step keeps its activations in cache and
-# runs 1.8-1.9x as fast on the 2 cores as on one; vmapping 8 replicas pushed them out of cache
-# (11.8x the time of one replica, against 8.3x one after another; docs/seeds.md).
-REPLICA_STRATEGIES = ("vmap", "loop")
+# Replicas on CPU run one after another: vmapping them pushed the step's activations out of
+# cache (docs/seeds.md).
 
 
 def check_conv_impl_choice(conv_impl: str) -> None:
@@ -97,22 +95,16 @@ def resolve_conv_impl(conv_impl: str, platform: str, *, forward_mode: bool = Tru
 def choices(config: Config, platform: str, *, forward_mode: bool = False) -> PlatformChoices:
   """How `config`'s model runs on `platform`; a training run needs no forward mode."""
   conv_impl = resolve_conv_impl(config.conv_impl, platform, forward_mode=forward_mode)
+  strategy = replica_strategy(platform, config.num_seeds)
   if platform == "cpu":
     micro, eval_batch = CPU_BATCH_SIZES[config.model]
     return PlatformChoices(platform, conv_impl, micro, min(CPU_FULL_BATCH_CHUNK, micro),
-                           eval_batch, _replica_strategy(platform))
+                           eval_batch, strategy)
   chunk, eval_batch = ACCELERATOR_BATCH_SIZES[config.model]
-  return PlatformChoices(platform, conv_impl, None, chunk, eval_batch, _replica_strategy(platform))
+  return PlatformChoices(platform, conv_impl, None, chunk, eval_batch, strategy)
 
 
-def _replica_strategy(platform: str) -> str:
-  return "loop" if platform == "cpu" else "vmap"
-
-
-def replica_strategy(mesh: Mesh, strategy: str | None = None) -> str:
-  """`strategy` if given (checked), else the mesh's platform's."""
-  if strategy is None:
-    return _replica_strategy(platform_of(mesh))
-  if strategy not in REPLICA_STRATEGIES:
-    raise ValueError(f"Unknown replica_strategy {strategy!r}; use one of {REPLICA_STRATEGIES}.")
-  return strategy
+def replica_strategy(platform: str, replicas: int) -> str:
+  """How `replicas` seeds run on `platform` (jaxae.seeds.over_replicas): one replica runs the
+  single-seed program itself, so a run of one seed computes bitwise what a plain state does."""
+  return "loop" if platform == "cpu" or replicas == 1 else "vmap"

@@ -1,25 +1,23 @@
-"""Many seeds in one program: N independent replicas of a run as one stacked TrainState.
+"""Many seeds as one lifting: any one-seed function of jaxae/loop.py over a stacked TrainState.
 
 Replica k of a run with `Config.num_seeds = N` is the run with seed `config.seed + k`: its own
-initialization and its own shuffle order, and it computes what that single-seed run computes
-(tests/test_seeds.py). Its TrainState is one seed's with a leading axis of N on every array (step,
-params, optimizer state); `apply_fn`, `tx` and `task` are static and shared. A run holds its
-state this way for any N, one seed being N = 1: one representation, so the run's code has no
-second case; only the files a run of one seed writes (metrics.json, params.msgpack) keep the
-single seed's form they always had. The loop (jaxae/loop.py, `replicas=N`) trains the replicas on
-the data mesh as a single seed trains: each replica's batch is split over the devices. One replica
-is taken out and runs the single-seed program; several, on accelerators, one program vmapped over
-the replica axis; on CPU, where batching replicas was slower than running them in turn
-(jaxae/platforms.py says why), the single-seed program once per replica.
+initialization and its own shuffle, and it computes what that single-seed run computes
+(tests/test_seeds.py). Its state is one seed's with a leading axis of N on every array; `apply_fn`,
+`tx` and `task` are static and shared. A run holds its state this way for any N, one seed being
+N = 1; only the files of a one-seed run (metrics.json, params.msgpack) keep the single seed's form.
 
-Why the replica axis is not a mesh axis of its own: the models are small (84,000 parameters for
-the seed model) and the data axis already splits every batch over the devices; keeping all
-replicas on every device needs no device count that N divides.
+    state_R, losses_RS = over_replicas(train_epoch, state_R, examples, epoch, seed=0,
+                                       strategy="vmap", batch_size=32)
+
+`over_replicas` runs the replicas as one vmapped program ("vmap") or the one-seed program once per
+replica ("loop"); jaxae/platforms.py chooses. The replica axis is not a mesh axis: the models are
+small, and keeping every replica on every device needs no device count that N divides.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import functools
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +55,34 @@ def stacked_params(params: Any, num_seeds: int) -> Any:
       lambda x: jax.device_put(np.asarray(x)[None]), params)
 
 
+def over_replicas(fn: Callable[..., Any], state_R: TrainState, *args: Any, strategy: str,
+                  seed: int | None = None, **static: Any) -> Any:
+  """`fn(state, *args, **static)` for each replica of the stacked `state_R`, its outputs stacked.
+
+  `fn` is one of jaxae.loop's one-seed functions (any traceable function of one TrainState).
+  With `seed`, replica k also gets `seed=seed + k` (its own shuffle). `strategy` "vmap": one
+  program, `fn` vmapped over the replica axis (`static` must be hashable: it keys the program's
+  cache); "loop": `fn` itself on each replica in turn, so one replica computes bitwise what a
+  single seed does.
+  """
+  replicas = int(state_R.step.shape[0])
+  if strategy == "loop":
+    return _stack([fn(_replica(state_R, k), *args, **static,
+                      **({} if seed is None else {"seed": seed + k})) for k in range(replicas)])
+  if strategy != "vmap":
+    raise ValueError(f"strategy must be 'vmap' or 'loop', got {strategy!r}.")
+  seeds = None if seed is None else jnp.uint32(seed) + jnp.arange(replicas, dtype=jnp.uint32)
+  program = _vmapped(fn, seed is not None, len(args), tuple(sorted(static.items())))
+  return program(state_R, seeds, *args)
+
+
+@functools.cache
+def _vmapped(fn, with_seed: bool, num_args: int, static: tuple):
+  def one(state, seed, *args):
+    return fn(state, *args, **dict(static), **({"seed": seed} if with_seed else {}))
+  return jax.jit(jax.vmap(one, in_axes=(0, 0 if with_seed else None) + (None,) * num_args))
+
+
 def stack(states: Sequence[TrainState]) -> TrainState:
   """States of one model and optimizer -> one state with a leading replica axis."""
   return _stack(list(states))
@@ -67,11 +93,10 @@ def replica(state: TrainState, k: int) -> TrainState:
   return _replica(state, k)
 
 
-# Each a program for the whole state: op by op, every array shape would compile its own (and the
-# loop takes a run's replicas out and stacks them back every epoch).
+# Each one program for the whole tree: op by op, every array shape would compile its own.
 @jax.jit
-def _stack(states: list[TrainState]) -> TrainState:
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+def _stack(trees: list[Any]) -> Any:
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
 @jax.jit
@@ -118,15 +143,3 @@ def first_non_finite(step_losses_RS: np.ndarray) -> tuple[int, int] | None:
     return None
   step = int(np.argmax(bad.any(axis=0)))
   return step, int(np.argmax(bad[:, step]))
-
-
-# What a run used before every run's state was stacked (one seed as a stack of one).
-_REMOVED = {"initial_state": "create_train_states(config) (one seed: a stack of one replica)",
-            "replicas_of": "config.num_seeds (the loop takes replicas=N >= 1 for a stacked state)",
-            "one_replica": "replica(state, 0)"}
-
-
-def __getattr__(name: str):
-  if name in _REMOVED:
-    raise AttributeError(f"jaxae.seeds.{name} was removed; use {_REMOVED[name]}.")
-  raise AttributeError(f"module 'jaxae.seeds' has no attribute {name!r}")

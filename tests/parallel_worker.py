@@ -10,6 +10,7 @@
         one process of a multi-process run (jax.distributed over gloo).
 """
 
+import functools
 import json
 import pathlib
 import sys
@@ -64,22 +65,17 @@ def _runs(workdir, meshes, out):
   # A long epoch (200 steps): an unbounded queue of per-step programs once deadlocked XLA:CPU's
   # collectives; the epoch is one program now, with 200 all-reduces inside its loop.
   long = jax.numpy.tile(train.images, (20, 1, 1, 1))
-  result = loop.train_epoch(create_train_state(jax.random.key(0), config()), long, seed=0,
-                            epoch=1, batch_size=4, mesh=parallel.data_mesh())
-  out["long_epoch_losses"] = result.step_losses.tolist()
+  _, step_losses = loop.train_epoch(create_train_state(jax.random.key(0), config()), long, 1,
+                                    seed=0, batch_size=4, mesh=parallel.data_mesh())
+  out["long_epoch_losses"] = np.asarray(step_losses).tolist()
 
-  # Where the four-device training step puts the batch: the indices as train_epoch places them,
-  # and the per-device shape of the gathered images in the compiled step.
+  # Where the four-device epoch puts each batch: the gathered images' per-device shape in the
+  # compiled program.
   mesh = parallel.data_mesh()
   state = parallel.replicate(create_train_state(jax.random.key(0), config()), mesh)
   images = parallel.replicate(train.images, mesh)
-  indices, mask = loop.epoch_batches(loop.epoch_key(0, 1), TRAIN, BATCH, BATCH)
-  indices, mask = parallel.put((indices, mask), parallel.batch_sharded(mesh, batch_dim=1))
-  out["indices_spec"] = str(indices.sharding.spec)
-  out["indices_shards"] = sorted((s.device.id, list(s.data.shape), np.asarray(s.data).tolist())
-                                 for s in indices.addressable_shards)
-  out["indices"] = np.asarray(indices).tolist()
-  hlo = loop.sharded_train_epoch(mesh).lower(state, images, indices, mask).compile().as_text()
+  epoch = functools.partial(loop.train_epoch, seed=0, batch_size=BATCH, mesh=mesh)
+  hlo = jax.jit(epoch).lower(state, images, 1).compile().as_text()
   out["gathers"] = [line.split("=")[1].split("gather(")[0].strip()
                     for line in hlo.splitlines() if " gather(" in line]
   out["has_all_reduce"] = "all-reduce(" in hlo
@@ -108,9 +104,9 @@ def _variants(workdir, meshes, out):
     out[f"seeds_{name}"] = [[h["train_loss"], h["test_loss"]] for r in run["replicas"]
                             for h in r["history"]]
     # Batch 6, which four devices do not divide: padded to 8 with masked examples.
-    result = loop.train_epoch(create_train_state(jax.random.key(0), config()), train.images,
-                              seed=0, epoch=1, batch_size=6, mesh=mesh)
-    out[f"batch6_{name}"] = result.step_losses.tolist()
+    _, step_losses = loop.train_epoch(create_train_state(jax.random.key(0), config()),
+                                      train.images, 1, seed=0, batch_size=6, mesh=mesh)
+    out[f"batch6_{name}"] = np.asarray(step_losses).tolist()
 
 
 def process(workdir, coordinator, num_processes, process_id, epochs="2", unlucky=""):

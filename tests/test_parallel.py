@@ -85,19 +85,10 @@ def test_four_devices_train_like_one_and_split_every_batch(tmp_path):
   # Same per-epoch train and test losses, and the same final SSIM, as on one device.
   np.testing.assert_allclose(out["history_four"], out["history_one"], rtol=1e-5)
   np.testing.assert_allclose(out["ssim_four"], out["ssim_one"], rtol=1e-5)
-  # 200 steps queued from Python (the worker aborts if the collectives deadlock).
+  # 200 steps with collectives in one program (the worker aborts if they deadlock).
   assert len(out["long_epoch_losses"]) == 200 and np.all(np.isfinite(out["long_epoch_losses"]))
 
-  # Every device holds 2 of each batch's 8 indices, different devices different columns...
-  assert out["indices_spec"] == "P(None, 'data')"
-  indices = np.array(out["indices"])
-  shards = out["indices_shards"]
-  assert sorted(s[0] for s in shards) == [0, 1, 2, 3]
-  for device_id, shape, values in shards:
-    assert shape == [indices.shape[0], 2]
-    column = [i for i in range(4) if shards[i][0] == device_id][0]
-    np.testing.assert_array_equal(values, indices[:, 2 * column:2 * column + 2])
-  # ...and the compiled step gathers only those 2 images per device, then all-reduces.
+  # The compiled epoch gathers only 2 of each batch's 8 images per device, then all-reduces.
   assert out["gathers"] and all(g.startswith("f32[2,") for g in out["gathers"]), out["gathers"]
   assert out["has_all_reduce"]
   assert out["params_spec"] == "P()"

@@ -25,8 +25,7 @@ def test_batch_sizes_and_strategy_per_platform_and_model():
   unet = platforms.choices(Config(model="unet"), "cpu")
   assert (unet.microbatch_per_device, unet.full_batch_chunk, unet.eval_batch_size) == (8, 8, 8)
   gpu = platforms.choices(Config(), "gpu")
-  assert (gpu.conv_impl, gpu.microbatch_per_device, gpu.replica_strategy) == (
-      "gemm_vjp", None, "vmap")
+  assert (gpu.conv_impl, gpu.microbatch_per_device) == ("gemm_vjp", None)
   assert gpu.full_batch_chunk > cpu.full_batch_chunk and gpu.eval_batch_size > cpu.eval_batch_size
   # An explicit formulation is kept on every platform.
   assert platforms.choices(Config(conv_impl="reference"), "gpu").conv_impl == "reference"
@@ -34,14 +33,12 @@ def test_batch_sizes_and_strategy_per_platform_and_model():
   assert platforms.choices(Config(), "tpu").conv_impl == "reference"
 
 
-def test_replica_strategy_is_the_platforms_unless_given():
-  mesh = parallel.data_mesh()
-  assert platforms.replica_strategy(mesh) == "loop"
-  gpu = type("GpuMesh", (), {"devices": np.array([type("D", (), {"platform": "gpu"})()])})()
-  assert platforms.replica_strategy(gpu) == "vmap"
-  assert platforms.replica_strategy(mesh, "vmap") == "vmap"
-  with pytest.raises(ValueError, match="Unknown replica_strategy"):
-    platforms.replica_strategy(mesh, "threads")
+def test_replicas_loop_on_cpu_and_one_replica_runs_the_single_seed_program_everywhere():
+  assert platforms.replica_strategy("cpu", 8) == "loop"
+  assert platforms.replica_strategy("gpu", 8) == "vmap"
+  assert platforms.replica_strategy("gpu", 1) == "loop"
+  assert platforms.choices(Config(num_seeds=4), "gpu").replica_strategy == "vmap"
+  assert platforms.choices(Config(), "gpu").replica_strategy == "loop"
 
 
 @pytest.mark.slow

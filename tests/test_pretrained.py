@@ -101,14 +101,18 @@ def test_an_epoch_trains_exactly_as_the_published_corrected_run_did(test_split):
   recorded, to the last bit: the epoch program's floating-point order is part of reproducing
   RESULTS.md. (A select guarding train_step against all-padding batches, inside the epoch's step,
   once moved the epoch-1 train loss from 0.04916527893722057 to 0.049177850205302236.)"""
-  from jaxae.loop import evaluate, steps_per_epoch, train_epoch  # pylint: disable=g-import-not-at-top
+  from jaxae import loop, platforms  # pylint: disable=g-import-not-at-top
   recorded = json.loads((REPO / "results/rerun_gemm/corrected/metrics.json").read_text())
   config = _recorded("results/rerun_gemm/corrected/params.msgpack")
   train = load_mixed(shared_data_dir(), splits=("train",))["train"]
   state = create_train_state(jax.random.key(config.seed), config.replace(conv_impl="gemm_vjp"),
-                             steps_per_epoch=steps_per_epoch(len(train), 32))
-  result = train_epoch(state, train.images, seed=config.seed, epoch=1,
-                       batch_size=config.batch_size)
-  test_loss = evaluate(result.state, test_split.images, with_predictions=False)["loss"]
-  assert (result.loss, test_loss) == (recorded["history"][0]["train_loss"],
-                                      recorded["history"][0]["test_loss"])
+                             steps_per_epoch=loop.steps_per_epoch(len(train), 32))
+  micro, eval_batch = platforms.CPU_BATCH_SIZES["seed"]  # As the run trained and evaluated.
+  state, step_losses = loop.train_epoch(state, train.images, 1, seed=config.seed,
+                                        batch_size=config.batch_size,
+                                        microbatch_per_device=micro)
+  train_loss = loop.epoch_loss(step_losses, len(train), config.batch_size)
+  test_loss = loop.mean_loss(loop.evaluate(state, test_split.images, batch_size=eval_batch,
+                                           with_predictions=False)["per_example_loss"])
+  assert (train_loss, test_loss) == (recorded["history"][0]["train_loss"],
+                                     recorded["history"][0]["test_loss"])

@@ -1,14 +1,8 @@
-"""Progress inside an epoch (jaxae/report/progress.py, loop.train_epoch's `progress`)."""
+"""The progress line of an epoch (jaxae/report/progress.py)."""
 
 import io
 import time
 
-import jax
-import numpy as np
-
-from conftest import tiny_splits
-from jaxae import Config, create_train_state, seeds
-from jaxae.loop import train_epoch
 from jaxae.report.progress import EpochProgress
 
 
@@ -64,43 +58,3 @@ def test_a_short_epoch_draws_nothing_and_a_log_waits_its_interval():
       bar.steps_done(5, 10)
       time.sleep(0.7)
     assert stream.getvalue() == ""
-
-
-def test_an_epoch_with_progress_computes_the_same_numbers_and_reports_every_step_count():
-  config = Config(features=(4,))
-  train, _ = tiny_splits(64, 8)
-  heard = []
-  results = [train_epoch(create_train_state(jax.random.key(0), config), train.images, seed=0,
-                         epoch=1, batch_size=8, progress=progress)
-             for progress in (None, lambda done, total: heard.append((done, total)))]
-  plain, reported = results
-  np.testing.assert_array_equal(plain.step_losses, reported.step_losses)
-  for a, b in zip(jax.tree.leaves(plain.state.params), jax.tree.leaves(reported.state.params)):
-    np.testing.assert_array_equal(a, b)
-  # 8 steps, fewer than 100: every step reports, each before train_epoch returns.
-  assert sorted(heard) == [(s, 8) for s in range(1, 9)]
-
-
-def test_replicas_run_one_after_another_say_which_one_runs():
-  config = Config(features=(4,), num_seeds=2)
-  train, _ = tiny_splits(32, 8)
-  heard = []
-  train_epoch(seeds.create_train_states(config), train.images, seed=0, epoch=1, batch_size=8,
-              replicas=2, replica_strategy="loop",
-              progress=lambda done, total, replica=None: heard.append((done, total, replica)))
-  # 4 steps per replica: replica 0's steps 1..4, then replica 1's counted on from them.
-  assert sorted(heard) == [(s, 8, 0) for s in range(1, 5)] + [(s, 8, 1) for s in range(5, 9)]
-
-
-def test_vmapped_replicas_report_their_shared_steps_and_train_as_without():
-  config = Config(features=(4,), num_seeds=2)
-  train, _ = tiny_splits(32, 8)
-  heard = []
-  run = dict(seed=0, epoch=1, batch_size=8, replicas=2, replica_strategy="vmap")
-  reported = train_epoch(seeds.create_train_states(config), train.images, **run,
-                         progress=lambda done, total, replica=None: heard.append(
-                             (done, total, replica)))
-  plain = train_epoch(seeds.create_train_states(config), train.images, **run)
-  np.testing.assert_array_equal(reported.step_losses, plain.step_losses)
-  # One program steps both replicas: each step is reported (once per replica), none names one.
-  assert set(heard) == {(s, 4, None) for s in range(1, 5)}

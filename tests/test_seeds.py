@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_splits
-from jaxae import Config, seeds
-from jaxae.loop import compile_train_epoch, evaluate, train_epoch, train_full_batch_epoch
+from jaxae import Config, loop, parallel, platforms, seeds, step_reports
 from jaxae.run.errors import RunError
 from jaxae.run.train_and_evaluate import train_and_evaluate
 from jaxae.steps import create_train_state
@@ -46,37 +45,42 @@ def test_three_replicas_equal_three_single_seed_runs(tmp_path):
   assert (tmp_path / "many" / "loss_curve.png").stat().st_size > 1000
 
 
+def _epoch(state, examples, config, strategy=None, **kwargs):
+  """One epoch of a plain state, or with `strategy` of a stacked one: (state, step losses)."""
+  if config.full_batch:
+    fn, args, kwargs = loop.full_batch_step, (examples,), {"chunk_size": 16, **kwargs}
+  else:
+    fn, args = loop.train_epoch, (examples, 1)
+    kwargs = {"seed": config.seed, "batch_size": config.batch_size, **kwargs}
+  if strategy is None:
+    return fn(state, *args, **kwargs)
+  return seeds.over_replicas(fn, state, *args, strategy=strategy, **kwargs)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("full_batch", [False, True])
 def test_one_replica_computes_the_single_seeds_numbers_bitwise(full_batch):
   """A run holds one seed as a stacked state of one replica: its epochs (with and without
   progress reports) and its evaluation are the single seed's to the last bit, which is what
-  reproduces the published single-seed runs. (Around the full-batch step, taking the axis off
-  inside the program once moved an Adam update by an ulp.)"""
+  reproduces the published single-seed runs."""
   train, test = tiny_splits(40, 12)
   config = Config(**SMALL, seed=3, full_batch=full_batch, conv_impl="gemm_vjp")
   plain = create_train_state(jax.random.key(3), config, steps_per_epoch=3)
   stacked = seeds.create_train_states(config, steps_per_epoch=3)
+  strategy = platforms.replica_strategy("gpu", 1)  # One replica: the single seed's program.
   examples = plain.task.examples(train)
   for epoch in (1, 2):
-    if full_batch:
-      one = train_full_batch_epoch(plain, examples)
-      many = train_full_batch_epoch(stacked, examples, replicas=1)
-    else:
-      progress = (lambda *_, **__: None) if epoch == 2 else None
-      run = dict(seed=3, epoch=epoch, batch_size=config.batch_size, progress=progress)
-      one = train_epoch(plain, examples, **run)
-      many = train_epoch(stacked, examples, replicas=1, **run)
-    plain, stacked = one.state, many.state
-    assert many.loss.tolist() == [one.loss]
-    np.testing.assert_array_equal(many.step_losses, one.step_losses[None])
+    reports = {} if full_batch or epoch == 1 else {"scan": step_reports.every(1).scan}
+    plain, one = _epoch(plain, examples, config, **reports)
+    stacked, many = _epoch(stacked, examples, config, strategy, **reports)
+    np.testing.assert_array_equal(np.asarray(many), np.asarray(one)[None])
   for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(stacked)):
     np.testing.assert_array_equal(np.asarray(b), np.asarray(a)[None])
-  alone = evaluate(plain, plain.task.examples(test), batch_size=8)
-  evaluated = evaluate(stacked, plain.task.examples(test), batch_size=8, replicas=1)
-  assert evaluated["loss"].tolist() == [alone["loss"]]
+  alone = loop.evaluate(plain, plain.task.examples(test), batch_size=8)
+  evaluated = seeds.over_replicas(loop.evaluate, stacked, plain.task.examples(test),
+                                  strategy=strategy, batch_size=8)
   for key in ("per_example_loss", "reconstructions"):
-    np.testing.assert_array_equal(evaluated[key], alone[key][None])
+    np.testing.assert_array_equal(np.asarray(evaluated[key]), np.asarray(alone[key])[None])
 
 
 # "loop" with minibatches is what every CPU run of several seeds does (the tests above).
@@ -85,7 +89,7 @@ def test_one_replica_computes_the_single_seeds_numbers_bitwise(full_batch):
                                            ("full_batch", "loop"), ("separate_unet", "vmap")])
 def test_replicas_train_and_evaluate_like_single_seeds(mode, strategy):
   """Both ways of running replicas (one vmapped program, or the single-seed one per replica),
-  for both procedures, tasks and models."""
+  for both procedures, tasks and models: replica k is the single seed seed + k."""
   train, test = tiny_splits(24, 8)
   config = Config(**SMALL, seed=3, num_seeds=2, full_batch=mode == "full_batch")
   if mode.startswith("separate"):
@@ -93,26 +97,47 @@ def test_replicas_train_and_evaluate_like_single_seeds(mode, strategy):
   stacked = seeds.create_train_states(config, steps_per_epoch=3)
   singles = [create_train_state(jax.random.key(s), config, steps_per_epoch=3) for s in (3, 4)]
   examples = stacked.task.examples(train)
-
-  def epoch(state, seed, replicas=0):
-    if config.full_batch:
-      return train_full_batch_epoch(state, examples, replicas=replicas,
-                                    replica_strategy=strategy)
-    return train_epoch(state, examples, seed=seed, epoch=1, batch_size=config.batch_size,
-                       replicas=replicas, microbatch_per_device=4, replica_strategy=strategy)
-
-  many = epoch(stacked, 3, replicas=2)
-  ones = [epoch(state, seed) for state, seed in zip(singles, (3, 4))]
-  np.testing.assert_allclose(many.step_losses, [o.step_losses for o in ones], rtol=1e-5)
-  np.testing.assert_allclose(many.loss, [o.loss for o in ones], rtol=1e-5)
-  evaluated = evaluate(many.state, stacked.task.examples(test), batch_size=3, replicas=2,
-                       replica_strategy=strategy)
-  for k, one in enumerate(ones):
-    alone = evaluate(one.state, stacked.task.examples(test), batch_size=3)
-    assert evaluated["loss"][k] == pytest.approx(alone["loss"], rel=1e-5)
+  micro = {} if config.full_batch else {"microbatch_per_device": 4}
+  many, many_losses = _epoch(stacked, examples, config, strategy, **micro)
+  ones = [_epoch(state, examples, config.replace(seed=seed), **micro)
+          for state, seed in zip(singles, (3, 4))]
+  np.testing.assert_allclose(many_losses, [losses for _, losses in ones], rtol=1e-5)
+  evaluated = seeds.over_replicas(loop.evaluate, many, stacked.task.examples(test),
+                                  strategy=strategy, batch_size=3)
+  for k, (one, _) in enumerate(ones):
+    alone = loop.evaluate(one, stacked.task.examples(test), batch_size=3)
     for key, value in alone.items():
-      if key != "loss":
-        np.testing.assert_allclose(evaluated[key][k], value, rtol=1e-4, atol=1e-6)
+      np.testing.assert_allclose(evaluated[key][k], value, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_vmapped_replicas_compile_once_for_every_epoch():
+  """The lifted program takes the epoch as an argument: epoch 2 compiles nothing."""
+  train, _ = tiny_splits(24, 8)
+  config = Config(**SMALL, num_seeds=2)
+  # Placed as the run places it (and as the program returns it): a new placement would compile.
+  state = parallel.replicate(seeds.create_train_states(config, steps_per_epoch=2),
+                             parallel.data_mesh())
+  compiles = []
+
+  def listen(event, duration, **_):  # pylint: disable=unused-argument
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(event)
+  run = dict(seed=0, strategy="vmap", batch_size=16)
+  state, _ = seeds.over_replicas(loop.train_epoch, state, train.images, 1, **run)
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    jax.block_until_ready(seeds.over_replicas(loop.train_epoch, state, train.images, 2, **run))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+  assert not compiles
+
+
+def test_over_replicas_refuses_an_unknown_strategy():
+  state = seeds.create_train_states(Config(**SMALL), steps_per_epoch=1)
+  with pytest.raises(ValueError, match="strategy must be 'vmap' or 'loop', got 'threads'"):
+    seeds.over_replicas(loop.evaluate, state, np.zeros((1, 32, 32, 3), np.float32),
+                        strategy="threads", batch_size=1)
 
 
 @pytest.mark.slow
@@ -128,38 +153,6 @@ def test_diverging_replica_is_named_with_its_epoch_and_step(tmp_path):
   assert seeds.first_non_finite(losses) == (1, 1)
   assert seeds.first_non_finite(np.array([[1.0, np.nan]])) == (1, 0)
   assert seeds.first_non_finite(np.ones((2, 3))) is None
-
-
-@pytest.mark.slow
-def test_compile_train_epoch_compiles_the_program_train_epoch_runs():
-  """For a run's stacked state of one replica: the single-seed program (benchmark.py times it)."""
-  compiles = []
-
-  def listen(event, duration, **_):  # pylint: disable=unused-argument
-    if event == "/jax/core/compile/backend_compile_duration":
-      compiles.append(event)
-  jax.monitoring.register_event_duration_secs_listener(listen)
-  try:
-    train, _ = tiny_splits(40, 12)
-    config = Config(**SMALL)
-    state = seeds.create_train_states(config, steps_per_epoch=3)
-    examples = state.task.examples(train)
-    train_epoch(seeds.create_train_states(config, steps_per_epoch=3), examples, seed=0, epoch=1,
-                batch_size=16, replicas=1)
-    compiles.clear()
-    compile_train_epoch(state, examples, batch_size=16, replicas=1)
-    assert not compiles  # Found in the cache that train_epoch filled.
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listen)
-
-
-def test_the_removed_helpers_name_their_replacements():
-  with pytest.raises(AttributeError, match="initial_state was removed; use create_train_states"):
-    seeds.initial_state  # pylint: disable=pointless-statement
-  with pytest.raises(AttributeError, match="replicas_of was removed; use config.num_seeds"):
-    seeds.replicas_of  # pylint: disable=pointless-statement
-  with pytest.raises(AttributeError, match="has no attribute 'nonexistent'"):
-    seeds.nonexistent  # pylint: disable=pointless-statement
 
 
 def test_num_seeds_must_be_positive_and_fit_the_seed_range():

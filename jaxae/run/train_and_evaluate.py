@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import numbers
 import os
 import pathlib
 import time
@@ -21,10 +20,9 @@ import jax
 from jax.sharding import Mesh
 import numpy as np
 
-from jaxae import parallel, platforms, seeds
+from jaxae import loop, parallel, platforms, seeds, step_reports
 from jaxae.config import Config
 from jaxae.dataset import MixedSplit
-from jaxae.loop import evaluate, steps_per_epoch, train_epoch, train_full_batch_epoch
 from jaxae.models import forward_flops
 from jaxae.report import figures, summaries
 from jaxae.report.progress import EpochProgress
@@ -33,6 +31,7 @@ from jaxae.run import workdir as workdir_lib
 from jaxae.run.checkpoints import (CheckpointSaveError, Checkpointer, IncompatibleCheckpointError,
                                    InconsistentCheckpointError, NoUsableCheckpointError)
 from jaxae.run.errors import RunError
+from jaxae.run.interruptible import fetch
 from jaxae.run.provenance import host_change, provenance, version_changes
 from jaxae.run.workdir import (CHECKPOINT_DIR, METRICS_FILE, PARAMS_FILE, SETTINGS_FILE,
                                TENSORBOARD_DIR, run_settings, write_json)
@@ -82,9 +81,8 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   `options` (default RunOptions()), with any of its fields given as keywords instead
   (`train_and_evaluate(config, train, test, workdir, log=print, tensorboard_every=100)`).
   Data-parallel over the options' mesh. In a multi-process run every process calls this with the
-  same arguments; process 0 alone logs and writes files, and all of them take part in the
-  checkpoints. A refused run writes nothing. `config.conv_impl="auto"`, the microbatch and the
-  full-batch chunks are the platform's (jaxae/platforms.py); the run logs them.
+  same arguments; process 0 alone logs and writes files. A refused run writes nothing. How the
+  model computes on this platform (jaxae/platforms.py) is logged and recorded.
 
   Returns the contents of metrics.json.
 
@@ -93,187 +91,280 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
       diverging run (exit code 1).
   """
   options = dataclasses.replace(options or RunOptions(), **option_fields)
+  train, test = _checked(config, train, test, options)
+  workdir = pathlib.Path(workdir)
+  options = dataclasses.replace(options, warn=options.warn or options.log,
+                                mesh=options.mesh or parallel.data_mesh())
+  with workdir_lib.hold(workdir) if options.lock else contextlib.nullcontext(), \
+      contextlib.ExitStack() as cleanup:
+    run = _prepare(config, train, test, workdir, options, cleanup)
+    for epoch in range(len(run.history) + 1, run.config.epochs + 1):
+      start = time.perf_counter()
+      run.state, step_losses_RS, train_loss_R = _train(run, epoch)
+      test_loss_R = loop.mean_loss(fetch(_evaluate(run, run.test_examples, False))[
+          "per_example_loss"])
+      run.history.append({"epoch": epoch, "train_loss": _recorded(train_loss_R),
+                          "test_loss": _recorded(test_loss_R),
+                          "seconds": time.perf_counter() - start})
+      _save(run, epoch)
+      _report(run, step_losses_RS)
+    run.checkpointer.close()
+    return _finish(run)
+
+
+@dataclasses.dataclass
+class _Run:
+  """A run in progress: what its epochs read, and the state and history they update."""
+
+  config: Config  # The run's, with this platform's formulation (choice.conv_impl).
+  user_config: Config  # As given, recorded in metrics.json.
+  options: RunOptions
+  workdir: pathlib.Path
+  train: MixedSplit
+  test: MixedSplit
+  choice: platforms.PlatformChoices
+  eval_batch_size: int
+  state: TrainState  # Stacked: config.num_seeds replicas (seeds.py).
+  history: list[dict[str, Any]]
+  checkpointer: Checkpointer
+  train_examples: Any
+  test_examples: Any
+  size: dict[str, Any]
+  provenance: dict[str, Any]
+  board: TensorBoard | None = None
+  watched: MixedSplit | None = None  # The test pairs TensorBoard shows each epoch.
+  first_epoch: int = 1
+
+  @property
+  def log(self) -> Callable[[str], None]:
+    return self.options.log if parallel.is_primary() else (lambda _: None)
+
+  @property
+  def replicas(self) -> int:
+    return self.config.num_seeds
+
+
+def _checked(config: Config, train: MixedSplit, test: MixedSplit,
+             options: RunOptions) -> tuple[MixedSplit, MixedSplit]:
+  """The config checked and the limits applied, or RunError: a refused run writes nothing."""
   try:
     check_config(config)
   except ValueError as e:
     raise RunError(f"invalid config: {e}") from None
   for name, limit, split in (("train", options.train_limit, train),
                              ("test", options.test_limit, test)):
-    if (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 0
+    if (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
         or limit > len(split)):
       raise RunError(f"{name}_limit={limit!r} must be 0 (all) or a count of at most the "
                      f"{name} split's {len(split):,} pairs.")
   # The limits are the run's settings (a resumed run must use the same): applied here, so that
-  # they are never recorded without being used. Taking the first N again is a no-op.
+  # they are never recorded without being used.
   train, test = train.take(options.train_limit), test.take(options.test_limit)
-  workdir = pathlib.Path(workdir)
-  options = dataclasses.replace(options, warn=options.warn or options.log,
-                                mesh=options.mesh or parallel.data_mesh())
-  with workdir_lib.hold(workdir) if options.lock else contextlib.nullcontext(), \
-      contextlib.ExitStack() as cleanup:
-    return _train_and_evaluate(config, train, test, workdir, options, cleanup)
+  steps = loop.steps_per_epoch(len(train), config.batch_size, config.full_batch)
+  if config.lr_schedule != "constant" and config.warmup_steps >= config.epochs * steps:
+    raise RunError(f"--config.warmup_steps={config.warmup_steps} is not smaller than the run's "
+                   f"{config.epochs * steps:,} optimizer steps ({config.epochs} "
+                   f"epoch{'s' if config.epochs > 1 else ''} of {steps:,}): the schedule "
+                   "would never decay; lower it.")
+  return train, test
 
 
-def _train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
-                        workdir: pathlib.Path, options: RunOptions,
-                        cleanup: contextlib.ExitStack) -> dict[str, Any]:
-  primary = parallel.is_primary()
-  log = options.log if primary else (lambda _: None)
-  warn = options.warn if primary else (lambda _: None)
-  mesh = options.mesh
+def _prepare(config: Config, train: MixedSplit, test: MixedSplit, workdir: pathlib.Path,
+             options: RunOptions, cleanup: contextlib.ExitStack) -> _Run:
+  """Claims the workdir, builds or restores the state, opens TensorBoard, logs the setup."""
+  primary, mesh = parallel.is_primary(), options.mesh
   settings = run_settings(config, options.train_limit, options.test_limit)
   choice = platforms.choices(config, platforms.platform_of(mesh))
-  eval_batch_size = options.eval_batch_size or choice.eval_batch_size
-  user_config, config = config, config.replace(conv_impl=choice.conv_impl)
   parallel.sync("jaxae:workdir_held")  # Every process reads the workdir before anyone clears it.
-  replace = workdir_lib.holds_other_run(workdir, settings, options.overwrite)  # Or raises.
-  _clear(workdir, primary and replace)
-
-  # The state of every run is stacked, of its num_seeds replicas (one seed: of one; seeds.py).
-  replicas = config.num_seeds
-  epoch_steps = steps_per_epoch(len(train), config.batch_size, config.full_batch)
-  if config.lr_schedule != "constant" and config.warmup_steps >= config.epochs * epoch_steps:
-    raise RunError(f"--config.warmup_steps={config.warmup_steps} is not smaller than the run's "
-                   f"{config.epochs * epoch_steps:,} optimizer steps ({config.epochs} "
-                   f"epoch{'s' if config.epochs > 1 else ''} of {epoch_steps:,}): the schedule "
-                   "would never decay; lower it.")
-  state = parallel.replicate(seeds.create_train_states(config, steps_per_epoch=epoch_steps), mesh)
-  task = state.task
-  train_examples, test_examples = parallel.replicate((task.examples(train), task.examples(test)),
-                                                     mesh)
-  checkpoint_dir = workdir / CHECKPOINT_DIR
+  _clear(workdir, primary and workdir_lib.holds_other_run(workdir, settings, options.overwrite))
+  run_config = config.replace(conv_impl=choice.conv_impl)
+  epoch_steps = loop.steps_per_epoch(len(train), config.batch_size, config.full_batch)
+  state = parallel.replicate(
+      seeds.create_train_states(run_config, steps_per_epoch=epoch_steps), mesh)
+  examples = parallel.replicate((state.task.examples(train), state.task.examples(test)), mesh)
   now = provenance()
-  checkpointer, restored = _restore(state, config, workdir, options, now, log, warn, primary)
-  state, history = (restored.state, restored.history) if restored else (state, [])
+  checkpointer, restored = _restore(state, run_config, workdir, options, now, primary)
   if primary:
     _write(lambda: write_json(workdir / SETTINGS_FILE, settings), workdir / SETTINGS_FILE)
   parallel.sync("jaxae:workdir_ready")
-  board = None
+  run = _Run(run_config, config, options, workdir, train, test, choice,
+             options.eval_batch_size or choice.eval_batch_size,
+             restored.state if restored else state, restored.history if restored else [],
+             checkpointer, *examples, size={}, provenance=now)
+  run.first_epoch = len(run.history) + 1
   if options.tensorboard_every:
-    # Every epoch, the task's metrics and pictures on the first test pairs. Every process
-    # computes them (a program over the whole mesh); process 0 writes.
-    watched = test.take(min(TENSORBOARD_METRICS_PAIRS, len(test)))
-    watched_examples = parallel.replicate(task.examples(watched), mesh)
+    run.watched = test.take(min(TENSORBOARD_METRICS_PAIRS, len(test)))
     if primary:
-      board = cleanup.enter_context(contextlib.closing(TensorBoard(
-          workdir / TENSORBOARD_DIR, options.tensorboard_every,
-          seeds=seeds.seeds_of(config),
+      run.board = cleanup.enter_context(contextlib.closing(TensorBoard(
+          workdir / TENSORBOARD_DIR, options.tensorboard_every, seeds=seeds.seeds_of(config),
           # Steps after the restored one are trained again: earlier events of theirs are hidden.
-          purge_step=int(np.max(state.step)) + 1 if restored is not None else None)))
-  size = _announce(config, state, choice, train, test, mesh, replicas, log)
+          purge_step=int(np.max(run.state.step)) + 1 if restored is not None else None)))
+  run.size = _announce(run)
+  return run
 
-  steps_done = int(np.max(state.step))  # Counted on the host: each epoch takes the state.
-  first_epoch = len(history) + 1
-  for epoch in range(first_epoch, config.epochs + 1):
-    start = time.perf_counter()
-    later = ((config.epochs - epoch) * float(np.median([h["seconds"] for h in history[-5:]]))
-             if history else None)
-    with (EpochProgress(options.progress, epoch=epoch, epochs=config.epochs, later_s=later,
-                        images=len(train) * replicas, compiles=epoch == first_epoch,
-                        replicas=replicas)
-          if options.progress and primary else contextlib.nullcontext()) as bar:
-      if config.full_batch:
-        result = train_full_batch_epoch(state, train_examples, mesh=mesh,
-                                        chunk_size=choice.full_batch_chunk, replicas=replicas)
-      else:
-        result = train_epoch(state, train_examples, seed=config.seed, epoch=epoch,
-                             batch_size=config.batch_size, mesh=mesh,
-                             microbatch_per_device=choice.microbatch_per_device,
-                             replicas=replicas,
-                             progress=_progress_listener(options.progress, bar))
-    if bad := seeds.first_non_finite(result.step_losses):
-      step, k = bad
-      value = result.step_losses[k, step]
-      last = f"epoch {len(history)}" if history else "none (no epoch completed)"
-      raise RunError(
-          "Training diverged: "
-          + (f"replica {k} (seed {config.seed + k}): " if replicas > 1 else "")
-          + f"the loss became {value} at epoch {epoch}, step {step + 1} of "
-          f"{result.step_losses.shape[-1]}. The last good checkpoint ({last}) is kept in "
-          f"{checkpoint_dir}; lower --config.learning_rate and run again.", exit_code=1)
-    state = result.state
-    first_step, steps_done = steps_done, steps_done + result.step_losses.shape[-1]
-    test_loss = evaluate(state, test_examples, batch_size=eval_batch_size,
-                         with_predictions=False, mesh=mesh, replicas=replicas)["loss"]
-    seconds = time.perf_counter() - start
-    history.append({"epoch": epoch, "train_loss": _recorded(result.loss),
-                    "test_loss": _recorded(test_loss), "seconds": seconds})
-    try:
-      checkpointer.save(epoch, state, history, provenance=now)
-    except CheckpointSaveError as e:
-      raise RunError(f"{e}. The checkpoints of earlier epochs are intact: fix that (free disk "
-                     "space) and run the same command again to resume.") from None
-    if options.tensorboard_every:
-      watched_metrics, previews = _watch(state, task, watched, watched_examples, eval_batch_size,
-                                         mesh, replicas)
-      if board is not None:
-        board.epoch(first_step=first_step, step_losses=result.step_losses,
-                    train_loss=result.loss, test_loss=test_loss, seconds=seconds,
-                    previews=previews, subset_metrics=watched_metrics)
-    remaining = (config.epochs - epoch) * float(np.median([h["seconds"] for h in history[-5:]]))
-    log(summaries.epoch_line(epoch, config.epochs, history[-1]["train_loss"],
-                             history[-1]["test_loss"], seconds, len(train), remaining, replicas))
-  checkpointer.close()
 
-  finals, predictions = replica_final_metrics(state, test, eval_batch_size, replicas, mesh=mesh)
-  if history:
-    for k, final in enumerate(finals):
-      final["train_loss"] = float(np.reshape(history[-1]["train_loss"], -1)[k])
-  metrics = {"config": user_config.to_dict(), "platform_choices": dataclasses.asdict(choice),
-             "train_limit": options.train_limit, "test_limit": options.test_limit,
-             "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
-             "num_devices": parallel.mesh_size(mesh), "num_processes": jax.process_count(),
-             "optimizer_steps": int(np.max(state.step)), **size, "provenance": now,
-             "history": history}
-  if replicas > 1:
-    # "final": each number's spread across the replicas; each replica's own run under "replicas".
-    metrics.update(seeds=seeds.seeds_of(config), final=seeds.spread_of(finals), replicas=[
-        {"seed": seed, "history": seeds.replica_history(history, k), "final": finals[k]}
-        for k, seed in enumerate(seeds.seeds_of(config))])
-  else:
-    metrics["final"] = finals[0]
-  if board is not None:
-    board.final(metrics["optimizer_steps"], finals)
-  if not primary:
+def _train(run: _Run, epoch: int) -> tuple[TrainState, np.ndarray, np.ndarray]:
+  """One epoch of every replica, with its progress shown: (state, step losses [R, S], the
+  epoch's mean training loss [R])."""
+  config, mesh = run.config, run.options.mesh
+  if config.full_batch:
+    state, loss_R = seeds.over_replicas(
+        loop.full_batch_step, run.state, run.train_examples, strategy=run.choice.replica_strategy,
+        chunk_size=run.choice.full_batch_chunk, mesh=mesh)
+    loss_R = fetch(loss_R).astype(np.float64)
+    _check_finite(run, epoch, loss_R[:, None])
+    return state, loss_R[:, None], loss_R
+  steps = loop.steps_per_epoch(len(run.train), config.batch_size)
+  later = _remaining_s(run.history, config.epochs - epoch)
+  bar = (EpochProgress(run.options.progress, epoch=epoch, epochs=config.epochs, later_s=later,
+                       images=len(run.train) * run.replicas, compiles=epoch == run.first_epoch,
+                       replicas=run.replicas)
+         if run.options.progress and parallel.is_primary() else None)
+  # Every process reports alike, so that all of them run the same program.
+  reports = step_reports.every(step_reports.interval(steps)) if run.options.progress else None
+  with bar or contextlib.nullcontext(), \
+      reports.to(_listener(bar, steps, run)) if reports else contextlib.nullcontext():
+    state, losses_RS = seeds.over_replicas(
+        loop.train_epoch, run.state, run.train_examples, epoch, seed=config.seed,
+        strategy=run.choice.replica_strategy, batch_size=config.batch_size, mesh=mesh,
+        microbatch_per_device=run.choice.microbatch_per_device,
+        scan=reports.scan if reports else jax.lax.scan)
+    losses_RS = fetch(losses_RS).astype(np.float64)
+  _check_finite(run, epoch, losses_RS)
+  return state, losses_RS, loop.epoch_loss(losses_RS, len(run.train), config.batch_size)
+
+
+def _listener(bar: EpochProgress | None, steps: int, run: _Run) -> Callable[[int], None]:
+  """What hears an epoch's reported steps: the bar, told which replica runs when they run one
+  after another (each replica's count starts again)."""
+  if bar is None:
+    return lambda done: None
+  if run.choice.replica_strategy == "vmap" or run.replicas == 1:
+    return lambda done: bar.steps_done(done, steps)
+  heard = {"replica": 0, "last": 0}
+
+  def replica_steps(done: int) -> None:
+    if done <= heard["last"]:
+      heard["replica"] += 1
+    heard["last"] = done
+    k = heard["replica"]
+    bar.steps_done(k * steps + done, run.replicas * steps, replica=k)
+  return replica_steps
+
+
+def _check_finite(run: _Run, epoch: int, step_losses_RS: np.ndarray) -> None:
+  """RunError (exit 1) naming the step and replica where the loss stopped being finite."""
+  if (bad := seeds.first_non_finite(step_losses_RS)) is None:
+    return
+  step, k = bad
+  last = f"epoch {len(run.history)}" if run.history else "none (no epoch completed)"
+  raise RunError(
+      "Training diverged: "
+      + (f"replica {k} (seed {run.config.seed + k}): " if run.replicas > 1 else "")
+      + f"the loss became {step_losses_RS[k, step]} at epoch {epoch}, step {step + 1} of "
+      f"{step_losses_RS.shape[-1]}. The last good checkpoint ({last}) is kept in "
+      f"{run.workdir / CHECKPOINT_DIR}; lower --config.learning_rate and run again.",
+      exit_code=1)
+
+
+def _evaluate(run: _Run, examples, with_predictions: bool) -> dict[str, Any]:
+  """Every replica's evaluation of `examples` (device arrays with a leading replica axis)."""
+  return seeds.over_replicas(
+      loop.evaluate, run.state, examples, strategy=run.choice.replica_strategy,
+      batch_size=min(run.eval_batch_size, loop.batch_size_of(examples)),
+      with_predictions=with_predictions, mesh=run.options.mesh)
+
+
+def _save(run: _Run, epoch: int) -> None:
+  try:
+    run.checkpointer.save(epoch, run.state, run.history, provenance=run.provenance)
+  except CheckpointSaveError as e:
+    raise RunError(f"{e}. The checkpoints of earlier epochs are intact: fix that (free disk "
+                   "space) and run the same command again to resume.") from None
+
+
+def _report(run: _Run, step_losses_RS: np.ndarray) -> None:
+  """The epoch's console line and, with TensorBoard on, its events."""
+  record = run.history[-1]
+  if run.watched is not None:
+    # Every process computes them (a program over the whole mesh); process 0 writes.
+    examples = parallel.replicate(run.state.task.examples(run.watched), run.options.mesh)
+    mine = _per_replica(fetch(_evaluate(run, examples, True)), run.replicas)
+    if run.board is not None:
+      steps_before = int(np.max(run.state.step)) - step_losses_RS.shape[-1]
+      run.board.epoch(
+          first_step=steps_before, step_losses=step_losses_RS,
+          train_loss=np.reshape(record["train_loss"], -1),
+          test_loss=np.reshape(record["test_loss"], -1), seconds=record["seconds"],
+          previews=[figures.preview_rows(run.state.task, run.watched, m) for m in mine],
+          subset_metrics=[{"num_test_images": len(run.watched),
+                           **run.state.task.final_metrics(run.watched, m)} for m in mine])
+  run.log(summaries.epoch_line(record["epoch"], run.config.epochs, record["train_loss"],
+                               record["test_loss"], record["seconds"], len(run.train),
+                               _remaining_s(run.history, run.config.epochs - record["epoch"]),
+                               run.replicas))
+
+
+def _remaining_s(history: list[dict[str, Any]], epochs_left: int) -> float | None:
+  """The seconds `epochs_left` more epochs take, by the median of the last five; None before
+  the first."""
+  if not history:
+    return None
+  return epochs_left * float(np.median([h["seconds"] for h in history[-5:]]))
+
+
+def _finish(run: _Run) -> dict[str, Any]:
+  """The final evaluation of every replica, metrics.json, params.msgpack and the figures."""
+  finals, predictions = replica_final_metrics(run.state, run.test, run.eval_batch_size,
+                                              run.config.num_seeds, mesh=run.options.mesh)
+  for k, final in enumerate(finals):
+    if run.history:
+      final["train_loss"] = float(np.reshape(run.history[-1]["train_loss"], -1)[k])
+  metrics = _metrics(run, finals)
+  if run.board is not None:
+    run.board.final(metrics["optimizer_steps"], finals)
+  if not parallel.is_primary():
     return metrics
+  workdir, config = run.workdir, run.config
   _write(lambda: write_json(workdir / METRICS_FILE, metrics), workdir / METRICS_FILE)
-  _write(lambda: save_params(workdir / PARAMS_FILE, seeds.saved_params(state.params, replicas),
-                             user_config), workdir / PARAMS_FILE)
-  if history:
-    _write(lambda: figures.loss_curve(
-        history, workdir / "loss_curve.png",
-        title=("Full batch" if config.full_batch else f"Batch {config.batch_size}")
-        + f", {config.optimizer} lr {config.learning_rate:g}"
-        + (f", {replicas} seeds (mean, min-max band)" if replicas > 1 else ""),
-        ylabel=task.loss_label),
-        workdir / "loss_curve.png")
-  figure = workdir / figures.RUN_FIGURES[task.name]
-  title = f"Seed {config.seed} (the first of {replicas} seeds)" if replicas > 1 else ""
-  _write(lambda: figures.draw(task, test, predictions, figure, title=title), figure)
-  log(summaries.seeds_summary(finals, seeds.seeds_of(config), task.name))
+  _write(lambda: save_params(workdir / PARAMS_FILE,
+                             seeds.saved_params(run.state.params, run.replicas),
+                             run.user_config), workdir / PARAMS_FILE)
+  if run.history:
+    title = (("Full batch" if config.full_batch else f"Batch {config.batch_size}")
+             + f", {config.optimizer} lr {config.learning_rate:g}"
+             + (f", {run.replicas} seeds (mean, min-max band)" if run.replicas > 1 else ""))
+    _write(lambda: figures.loss_curve(run.history, workdir / "loss_curve.png", title=title,
+                                      ylabel=run.state.task.loss_label),
+           workdir / "loss_curve.png")
+  figure = workdir / figures.RUN_FIGURES[config.task]
+  title = f"Seed {config.seed} (the first of {run.replicas} seeds)" if run.replicas > 1 else ""
+  _write(lambda: figures.draw(run.state.task, run.test, predictions, figure, title=title), figure)
+  run.log(summaries.seeds_summary(finals, seeds.seeds_of(config), config.task))
   return metrics
+
+
+def _metrics(run: _Run, finals: list[dict[str, Any]]) -> dict[str, Any]:
+  """metrics.json: the run's settings, where it ran, its history and final numbers."""
+  metrics = {"config": run.user_config.to_dict(),
+             "platform_choices": dataclasses.asdict(run.choice),
+             "train_limit": run.options.train_limit, "test_limit": run.options.test_limit,
+             "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
+             "num_devices": parallel.mesh_size(run.options.mesh),
+             "num_processes": jax.process_count(),
+             "optimizer_steps": int(np.max(run.state.step)), **run.size,
+             "provenance": run.provenance, "history": run.history}
+  if run.replicas == 1:
+    return {**metrics, "final": finals[0]}
+  # "final": each number's spread across the replicas; each replica's own run under "replicas".
+  return {**metrics, "seeds": seeds.seeds_of(run.config), "final": seeds.spread_of(finals),
+          "replicas": [{"seed": seed, "history": seeds.replica_history(run.history, k),
+                        "final": finals[k]} for k, seed in enumerate(seeds.seeds_of(run.config))]}
 
 
 # TensorBoard's per-epoch SSIM/PSNR are over this many test pairs (0.22 s an epoch on the 2-core
 # CPU; all 10,000 would take about ten times that); the final metrics are over all of them.
 TENSORBOARD_METRICS_PAIRS = 1000
-
-
-def _watch(state, task, split: MixedSplit, examples, eval_batch_size: int, mesh: Mesh,
-           replicas: int) -> tuple[list[dict[str, Any]], list[list]]:
-  """Each replica's task metrics on `split` (the first test pairs), and its `preview_rows`."""
-  mine = _per_replica(evaluate(state, examples, batch_size=min(eval_batch_size, len(split)),
-                               mesh=mesh, replicas=replicas), replicas)
-  return ([{"num_test_images": len(split), **task.final_metrics(split, m)} for m in mine],
-          [figures.preview_rows(task, split, m) for m in mine])
-
-
-def _progress_listener(progress, bar):
-  """What hears an epoch's steps: the primary process's bar; the others listen to nothing, but
-  listen, so that every process runs the same program (a multi-process run's must match)."""
-  if not progress:
-    return None
-  return bar.steps_done if bar is not None else (lambda done, total, replica=None: None)
 
 
 def _recorded(values_R: np.ndarray) -> float | list[float]:
@@ -305,18 +396,22 @@ def replica_final_metrics(state: TrainState, test: MixedSplit, eval_batch_size: 
 
   Returns ([final metrics of each replica], the predictions of the first, for figures).
   """
-  ev = evaluate(state, state.task.examples(test), batch_size=eval_batch_size, mesh=mesh,
-                replicas=replicas)
-  predictions = _per_replica(ev, replicas)
-  finals = [{"test_loss": float(ev["loss"][k]), "num_test_images": len(test),
+  mesh = mesh or parallel.data_mesh()
+  evaluated = fetch(seeds.over_replicas(
+      loop.evaluate, state, parallel.replicate(state.task.examples(test), mesh),
+      strategy=platforms.replica_strategy(platforms.platform_of(mesh), replicas),
+      batch_size=min(eval_batch_size, len(test)), mesh=mesh))
+  test_loss_R = loop.mean_loss(evaluated["per_example_loss"])
+  predictions = _per_replica(evaluated, replicas)
+  finals = [{"test_loss": float(test_loss_R[k]), "num_test_images": len(test),
              **state.task.final_metrics(test, mine)} for k, mine in enumerate(predictions)]
   return finals, predictions[0]
 
 
 def _per_replica(evaluated: dict[str, Any], replicas: int) -> list[dict[str, np.ndarray]]:
-  """The task's predictions in `loop.evaluate`'s stacked output, one dict per replica."""
-  predictions = {k: v for k, v in evaluated.items() if k not in ("loss", "per_example_loss")}
-  return [{k: v[r] for k, v in predictions.items()} for r in range(replicas)]
+  """The task's predictions in an evaluation of stacked replicas, one dict per replica."""
+  return [{k: v[r] for k, v in evaluated.items() if k != "per_example_loss"}
+          for r in range(replicas)]
 
 
 def _devices(mesh: Mesh) -> str:
@@ -328,8 +423,10 @@ def _devices(mesh: Mesh) -> str:
 
 
 def _restore(state: TrainState, config: Config, workdir: pathlib.Path, options: RunOptions,
-             now: dict[str, Any], log, warn, primary: bool):
+             now: dict[str, Any], primary: bool):
   """(the run's Checkpointer, its newest good checkpoint or None); each problem a RunError."""
+  log = options.log if primary else (lambda _: None)
+  warn = options.warn if primary else (lambda _: None)
   checkpoint_dir = workdir / CHECKPOINT_DIR
   try:
     checkpointer = Checkpointer(checkpoint_dir, max_to_keep=options.keep_checkpoints)
@@ -363,23 +460,23 @@ def _restore(state: TrainState, config: Config, workdir: pathlib.Path, options: 
   return checkpointer, restored
 
 
-def _announce(config: Config, state: TrainState, choice: platforms.PlatformChoices,
-              train: MixedSplit, test: MixedSplit, mesh: Mesh, replicas: int,
-              log) -> dict[str, Any]:
+def _announce(run: _Run) -> dict[str, Any]:
   """Logs what the run trains, where and how; returns the model's size for metrics.json."""
-  one = state.replace(params=jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
-                                          state.params))  # A replica's shapes: nothing computed.
+  config, mesh, log = run.config, run.options.mesh, run.log
+  one = run.state.replace(params=jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), run.state.params))  # No compute.
   size = {"num_params": count_params(one.params), "forward_flops_per_image": forward_flops(one)}
   log(f"Task {config.task}" + (f" ({config.separation})" if config.task == "separate" else "")
       + f", model {config.model} {list(config.features)}: {size['num_params']:,} parameters, "
       f"{size['forward_flops_per_image'] / 1e6:,.1f} MFLOPs per image (forward).")
-  if replicas > 1:
+  if run.replicas > 1:
     how = {"vmap": "as one vmapped program", "loop": "one after another each epoch"}[
-        choice.replica_strategy]
-    log(f"{replicas} replicas (seeds {config.seed}..{config.seed + replicas - 1}), each with its "
-        f"own initialization and shuffle, trained {how}.")
-  log(f"On {choice.describe()} (jaxae/platforms.py).")
-  log(f"Training on {len(train):,} mean images (test {len(test):,}) on {_devices(mesh)}, "
+        run.choice.replica_strategy]
+    log(f"{run.replicas} replicas (seeds {config.seed}..{config.seed + run.replicas - 1}), each "
+        f"with its own initialization and shuffle, trained {how}.")
+  log(f"On {run.choice.describe()} (jaxae/platforms.py).")
+  log(f"Training on {len(run.train):,} mean images (test {len(run.test):,}) on "
+      f"{_devices(mesh)}, "
       + ("full batch (one step per epoch)" if config.full_batch else f"batch {config.batch_size}")
       + f", {config.epochs} epochs.")
   padded = parallel.padded_batch_size(config.batch_size, mesh)

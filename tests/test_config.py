@@ -112,3 +112,22 @@ def test_config_dicts_round_trip_and_name_unknown_fields():
   cfg.epochz = 3
   with pytest.raises(ValueError, match="^epochz is not a Config field"):
     from_config_dict(cfg)
+
+
+def test_config_validation_names_the_bad_field():
+  for bad, message in [(dict(seed=2 ** 32), "seed must be an integer in 0..4294967295"),
+                       (dict(seed=-1), "seed must be"), (dict(batch_size=0), "batch_size"),
+                       (dict(features=(16, "a")), "features"),
+                       (dict(full_batch="yes"), "full_batch"),
+                       (dict(learning_rate=float("inf")), "learning_rate must be a positive "
+                                                           "finite number, got inf"),
+                       (dict(negative_slope=float("nan")), "negative_slope must be a finite"),
+                       (dict(grad_clip_norm=float("inf")), "grad_clip_norm")]:
+    with pytest.raises(ValueError, match=message):
+      Config(**bad).validate()
+  settings = Config().to_dict()
+  settings.update(learning_rate="fast")
+  with pytest.raises(ValueError,
+                     match="learning_rate must be a positive finite number, got 'fast'"):
+    Config.from_dict(settings)
+  assert Config.from_dict(Config(seed=2 ** 32 - 1).to_dict()).seed == 2 ** 32 - 1

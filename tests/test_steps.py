@@ -1,17 +1,16 @@
-import signal
+"""The pure steps (jaxae/steps.py): train_step, eval_step, create_train_state."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxae import Config, create_train_state, eval_step, train_step
-from jaxae import loop, models, parallel
+from jaxae import Config, create_train_state, eval_step, models, train_step
 
 
-# The model of the tests of the steps' mechanics (masks, microbatches, the epoch loop, jit and
-# scan): one Conv and one ConvTranspose level, which compiles in a fifth of the original model's
-# time. The original architecture itself is tested in test_models.py and test_pretrained.py.
+# The model of the tests of the steps' mechanics (masks, microbatches, jit and scan): one Conv
+# and one ConvTranspose level, which compiles in a fifth of the original model's time. The
+# original architecture itself is tested in test_models.py and test_pretrained.py.
 STEP = Config(features=(4,))
 
 
@@ -127,21 +126,6 @@ def test_microbatched_step_is_the_same_step():
 
 
 @pytest.mark.slow
-def test_large_batches_train_in_microbatches_with_the_same_result():
-  images = _images(96)
-  mesh = parallel.data_mesh()
-  assert loop.microbatch_size(32, mesh) is None
-  assert loop.microbatch_size(96, mesh) == loop.MICROBATCH_PER_DEVICE * parallel.mesh_size(mesh)
-  state = create_train_state(jax.random.key(0), STEP)
-  got = loop.train_epoch(state, images, seed=0, epoch=1, batch_size=96)
-  first_batch = loop.epoch_batches(loop.epoch_key(0, 1), 96, 96)[0][0]
-  expected, metrics = jax.jit(train_step)(create_train_state(jax.random.key(0), STEP),
-                                          images[first_batch])
-  np.testing.assert_allclose(got.step_losses, [metrics["loss"]], rtol=1e-6)
-  _tree_close(got.state.opt_state, expected.opt_state, rtol=1e-4, atol=1e-9)
-
-
-@pytest.mark.slow
 def test_eval_step_with_state_or_params():
   images = _images(4)
   state = create_train_state(jax.random.key(0))
@@ -164,69 +148,6 @@ def test_masked_padding_contributes_nothing():
   np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-6)
   # Adam divides by sqrt(v): float noise of 1e-7 in a near-zero gradient shows up at that scale.
   _tree_close(a.params, b.params, rtol=1e-5, atol=1e-6)
-
-
-def test_epoch_batches_cover_every_example_once_and_shuffle_by_epoch():
-  idx, mask = loop.epoch_batches(loop.epoch_key(0, 1), 70, 32)
-  assert idx.shape == (3, 32) and mask.shape == (3, 32)
-  assert sorted(np.asarray(idx)[np.asarray(mask) == 1].tolist()) == list(range(70))
-  assert float(mask.sum()) == 70
-  again, _ = loop.epoch_batches(loop.epoch_key(0, 1), 70, 32)
-  other, _ = loop.epoch_batches(loop.epoch_key(0, 2), 70, 32)
-  assert np.array_equal(idx, again) and not np.array_equal(idx, other)
-
-
-@pytest.mark.slow
-def test_no_recompilation_across_epochs_with_a_partial_last_batch():
-  images = _images(40)  # 40 = 32 + a partial batch of 8.
-  state = create_train_state(jax.random.key(0), STEP)
-  state = loop.train_epoch(state, images, seed=0, epoch=1, batch_size=32).state
-  epoch_fn = loop.sharded_train_epoch(parallel.data_mesh(), None)
-  compiled = epoch_fn._cache_size()  # Other tests' shapes may be in this cache too.
-  assert compiled >= 1
-  for epoch in (2, 3, 4):
-    result = loop.train_epoch(state, images, seed=0, epoch=epoch, batch_size=32)
-    state = result.state
-  assert epoch_fn._cache_size() == compiled
-  assert int(state.step) == 4 * 2 and result.step_losses.shape == (2,)
-
-
-@pytest.mark.slow
-def test_training_is_deterministic_for_a_seed():
-  images = _images(40)
-
-  def run(seed):
-    state = create_train_state(jax.random.key(seed), STEP)
-    losses = []
-    for epoch in (1, 2):
-      result = loop.train_epoch(state, images, seed=seed, epoch=epoch, batch_size=16)
-      state = result.state
-      losses.append(result.loss)
-    return losses
-
-  assert run(3) == run(3)
-  assert run(3) != run(4)
-
-
-@pytest.mark.slow
-def test_full_batch_step_is_one_step_on_the_whole_set():
-  images = _images(50)
-  state = create_train_state(jax.random.key(0), STEP)
-  expected, m_expected = jax.jit(train_step)(state, images)
-  got, m_got = loop.full_batch_step(create_train_state(jax.random.key(0), STEP), images, chunk_size=16)
-  np.testing.assert_allclose(m_got["loss"], m_expected["loss"], rtol=1e-5)
-  _tree_close(got.params, expected.params, rtol=1e-4, atol=1e-7)
-  assert int(got.step) == 1
-
-
-@pytest.mark.slow
-def test_evaluate_averages_over_every_example():
-  images = _images(23)
-  state = create_train_state(jax.random.key(0), STEP)
-  out = loop.evaluate(state, images, batch_size=10)
-  direct = jax.jit(eval_step)(state, images)
-  np.testing.assert_allclose(out["loss"], float(direct["loss"]), rtol=1e-5)
-  assert out["reconstructions"].shape == (23, 32, 32, 3)
 
 
 @pytest.mark.slow
@@ -282,45 +203,3 @@ def test_eval_step_refuses_another_models_bare_params_and_takes_its_apply_fn():
   default = create_train_state(jax.random.key(0))
   np.testing.assert_allclose(evaluate(default.params, images)["loss"],
                              evaluate(default, images)["loss"])
-
-
-def test_config_validation_names_the_bad_field():
-  for bad, message in [(dict(seed=2 ** 32), "seed must be an integer in 0..4294967295"),
-                       (dict(seed=-1), "seed must be"), (dict(batch_size=0), "batch_size"),
-                       (dict(features=(16, "a")), "features"),
-                       (dict(full_batch="yes"), "full_batch"),
-                       (dict(learning_rate=float("inf")), "learning_rate must be a positive "
-                                                           "finite number, got inf"),
-                       (dict(negative_slope=float("nan")), "negative_slope must be a finite"),
-                       (dict(grad_clip_norm=float("inf")), "grad_clip_norm")]:
-    with pytest.raises(ValueError, match=message):
-      Config(**bad).validate()
-  settings = Config().to_dict()
-  settings.update(learning_rate="fast")
-  with pytest.raises(ValueError,
-                     match="learning_rate must be a positive finite number, got 'fast'"):
-    Config.from_dict(settings)
-  assert Config.from_dict(Config(seed=2 ** 32 - 1).to_dict()).seed == 2 ** 32 - 1
-
-
-@pytest.mark.slow
-def test_waiting_for_an_epoch_lets_a_signal_handler_run_before_it_ends():
-  """The host waits for an epoch's results in short sleeps, not inside XLA, so Ctrl-C's handler
-  runs while the program still computes (here a timer's signal, 20 ms into a ~1 s program)."""
-  @jax.jit
-  def slow(x):
-    return jax.lax.fori_loop(0, 200, lambda i, a: jnp.tanh(a @ a), x).sum()
-
-  x = jnp.ones((512, 512)) / 512
-  slow(x).block_until_ready()  # Compiled before the timing starts.
-  result = slow(x)
-  ready_when_handled = []
-  previous = signal.signal(signal.SIGALRM, lambda *_: ready_when_handled.append(result.is_ready()))
-  try:
-    signal.setitimer(signal.ITIMER_REAL, 0.02)
-    value = loop.to_host(result)
-  finally:
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.signal(signal.SIGALRM, previous)
-  assert ready_when_handled == [False]
-  assert value == np.asarray(result, np.float64)
