@@ -2,7 +2,7 @@
 
     python experiments/evaluate.py --data_dir=../shared/tensorflow_datasets --workdir=runs/original
     python experiments/evaluate.py --data_dir=../shared/tensorflow_datasets \
-        --params=results/corrected/params.msgpack --workdir=runs/corrected_eval
+        --params=results/rerun_gemm/corrected/params.msgpack --workdir=runs/corrected_eval
 
 Writes eval.json (test loss, image count, versions and the task's metrics: for reconstruct SSIM
 and PSNR in both conventions, for separate per source beside the trivial estimate; mean and std)

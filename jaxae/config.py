@@ -35,15 +35,16 @@ class Config:
   Two runs with equal configs (and equal data) produce equal histories.
   """
 
-  # What is learned (jaxae/tasks.py): "reconstruct" (the original experiment) or "separate"
+  # What is learned (jaxae/tasks/): "reconstruct" (the original experiment) or "separate"
   # (estimate the digit and the photo of each mean image).
   task: str = "reconstruct"
   # How "separate" makes its estimate consistent with the mean image: "digit" (predict the grey
   # digit; photo = what the mean leaves), "project" (predict both, project) or "digit28" (as
-  # "digit", the digit made a resized 28x28 digit in [0, 1], as every true one). jaxae/tasks.py.
+  # "digit", the digit made a resized 28x28 digit in [0, 1], as every true one);
+  # jaxae/tasks/separate.py.
   separation: str = "digit"
   # The per-example loss of "separate": "log_mse" (log10 of digit MSE + photo MSE: the mean PSNR's
-  # own weighting) or "mse". jaxae/tasks.py says why.
+  # own weighting) or "mse". jaxae/tasks/separate.py says why.
   separation_loss: str = "log_mse"
   # Model (jaxae/models/): "seed" (the original autoencoder) or "unet" (with skip connections).
   model: str = "seed"

@@ -75,9 +75,9 @@ def _gemm_applies(k: int, stride: int, padding: int) -> bool:
 
 
 # im2col gathers with a few large slices, a block of `stride` columns at a time, rather than one
-# slice per tap: its k*k = 16 single-tap slices per layer were XLA's most numerous ops, and the
-# training step now compiles in a third less time, runs as fast, and computes the same bits. (The
-# same blocks for the overlap-add compiled faster still but trained up to 10% slower.)
+# slice per tap: one slice per tap made them XLA's most numerous ops and the step slow to compile
+# (same bits either way; the overlap-add keeps one slice per tap, which trains faster:
+# docs/speed.md).
 
 
 def _im2col(x_BHWC, k: int, stride: int, padding: int):
@@ -149,8 +149,8 @@ def _s_kernel_grad(cols_BHWK, dy_BHWC, k):
 # Both GEMM layers are `jax.custom_jvp` functions, so forward mode (jax.jvp, jacfwd) works as well
 # as reverse mode. Their tangents are linear maps that JAX transposes for reverse mode; each one is
 # written as the `linear_transpose` of the backward map we want, so that the transpose JAX derives
-# is that fast backward map again (JAX's own transposes of im2col and overlap-add are 6x slower
-# on CPU). Symbolic zero tangents (the input images, frozen weights) cost nothing.
+# is that fast backward map again (JAX's own transposes of im2col and overlap-add are slow on
+# CPU). Symbolic zero tangents (the input images, frozen weights) cost nothing.
 
 
 def _transposed(linear_fn, like):
@@ -225,8 +225,8 @@ _conv_transpose_gemm.defjvp(_conv_transpose_gemm_jvp, symbolic_zeros=True)
 
 
 # The same layers with reverse-mode-only derivatives (`jax.custom_vjp`): no forward mode, but
-# the fastest training on CPU (the custom_jvp layers above train about 10% slower, measured with
-# benchmark.py at batch 32 and 256). The experiment scripts, which only take gradients, use these.
+# the fastest training on CPU (docs/speed.md). The experiment scripts, which only take gradients,
+# use these.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_gemm_vjp(x_BHWC, kernel_HWIO, stride, padding):
   return _s_forward(x_BHWC, kernel_HWIO, stride, padding)

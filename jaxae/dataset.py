@@ -69,8 +69,8 @@ def load_mixed(data_dir: str | os.PathLike | None = None, *,
   """Loads the datasets' `splits` (default both) as {"train": MixedSplit, "test": MixedSplit}.
 
   `train_limit` and `test_limit` keep the first N pairs of their split (0: all of them). Only the
-  pairs kept are preprocessed: a small run does not pay for 60,000 mean images (0.6 s and
-  700 MB on the 2-core CPU). All splits go through one preprocessing call, so it compiles once.
+  pairs kept are preprocessed, so a small run does not pay for 60,000 mean images. All splits go
+  through one preprocessing call, so it compiles once.
 
   Raises:
     ValueError: an unknown split, or a limit that is negative or larger than its split.

@@ -48,7 +48,7 @@ def _band_matrix(taps: np.ndarray, size: int) -> np.ndarray:
 def _separable_valid_filter(taps: np.ndarray) -> Callable[[jax.Array], jax.Array]:
   """A 2D 'valid' filter with the separable window taps x taps, as two small matmuls.
 
-  The same numbers as dm-pix's own filter (a vmapped jnp.convolve), about 10x faster on CPU.
+  The same numbers as dm-pix's own filter (a vmapped jnp.convolve), which is slow on CPU.
   """
   def filter_fn(z_BHWC):
     rows = jnp.asarray(_band_matrix(taps, z_BHWC.shape[-3]))

@@ -131,8 +131,8 @@ def orthogonalized(x_MN: jax.Array, steps: int = 5, eps: float = 1e-8) -> jax.Ar
   """A matrix with the singular vectors of `x_MN` and singular values near 1 (Newton-Schulz).
 
   optax.contrib.orthogonalize_via_newton_schulz's function for a 2-D input, on the shorter side,
-  without its vmap: XLA:CPU ran its batch-of-one matmuls 3-4x slower (1.9 ms against 0.4-0.6 ms
-  for a 4x4x64x32 kernel), which made a batch-32 Muon step twice as long as Adam's.
+  without its vmap: XLA:CPU runs batch-of-one matmuls several times slower than plain ones,
+  which made a batch-32 Muon step twice as long as Adam's (docs/speed.md).
   """
   wide = x_MN.shape[0] > x_MN.shape[1]
   x = x_MN.T if wide else x_MN

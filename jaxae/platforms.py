@@ -4,13 +4,11 @@ Every choice is a function of the platform name ("cpu", "gpu", "tpu"; `platform_
 so each branch can be tested on any machine. `Config.conv_impl="auto"` (the default) resolves
 here, and so do the batch sizes a run uses when the caller does not give them.
 
-CPU figures are measured on the 2-core project CPU, GPU figures on an H200 (docs/speed.md,
-RESULTS.md "Speed"). On both the layers run as GEMMs (jaxae/conv.py): XLA:CPU's own convolution
-gradients are slow, and on the GPU cuDNN's convolutions of these small layers trained the seed
-model 3.2x (batch 32) to 4.4x (batch 256) and the U-Net 1.6x slower than the GEMMs. The CPU
-trains in microbatches and evaluates in batches small enough to keep the activations in the 2 MB
-L2 cache; the GPU takes whole batches. TPUs get XLA's convolutions, unmeasured
-(benchmark.py --config.conv_impl times either formulation).
+On CPU and GPU the layers run as GEMMs (jaxae/conv.py): XLA:CPU's own convolution gradients are
+slow, and cuDNN's convolutions of these small layers trained slower than the GEMMs. The CPU trains
+in microbatches and evaluates in batches small enough to keep the activations in L2 cache; the GPU
+takes whole batches. TPUs get XLA's convolutions, unmeasured. The measurements behind each value:
+docs/speed.md.
 """
 
 from __future__ import annotations
@@ -51,12 +49,10 @@ class PlatformChoices:
             f"{self.full_batch_chunk}, evaluation batches of {self.eval_batch_size}")
 
 
-# (training microbatch per device, evaluation batch) per model on CPU. The seed model at batch
-# 256 ran 5,600 images/s whole and 6,900 in microbatches of 64, and evaluated fastest at 32-100;
-# the 16-32-64 U-Net trained at batch 32 at 445 images/s whole, 487 in microbatches of 16 and
-# 522-566 of 8, and evaluated at 627 images/s in batches of 100, 670 of 16 and 1,624 of 8.
+# (training microbatch per device, evaluation batch) per model on CPU: the fastest measured,
+# small enough for the activations to stay in cache.
 CPU_BATCH_SIZES = {"seed": (64, 100), "unet": (8, 8)}
-# Full-batch chunks on CPU: 32-image chunks ran 2x faster than 1000-image ones (cache again).
+# Full-batch chunks on CPU: small ones stay in cache.
 CPU_FULL_BATCH_CHUNK = 32
 # Accelerators: (full-batch chunk, evaluation batch) per model, large enough to fill a GPU,
 # small enough for any GPU's memory (the U-Net's activations are ~10x the seed model's).
@@ -83,7 +79,7 @@ def resolve_conv_impl(conv_impl: str, platform: str, *, forward_mode: bool = Tru
 
   On CPU and GPU the GEMM layers: "gemm" (every transformation, jvp included), or with
   `forward_mode=False` (a caller that only takes gradients, like a training run) "gemm_vjp",
-  about 10% faster to train on CPU. On TPU XLA's convolutions ("reference").
+  faster to train on CPU. On TPU XLA's convolutions ("reference").
   """
   if conv_impl != AUTO:
     return conv_impl

@@ -33,7 +33,7 @@ class LoadedModel:
   Attributes:
     model: the flax Module (`model.apply({"params": params}, images_BHWC)` gives its raw outputs).
     params: its parameters (jax arrays; one replica's, see `load_model`).
-    task: the task it was trained for (jaxae/tasks.py): turns outputs into predictions.
+    task: the task it was trained for (jaxae/tasks/): turns outputs into predictions.
     config: the run's Config, with `conv_impl="auto"`.
   """
 

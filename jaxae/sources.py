@@ -3,13 +3,12 @@
 (jaxae/dataset.py mixes them into the experiment's mean images.)
 
 Prepared ArrayRecord files are read directly: each record is a tf.Example (parsed with the proto
-module tfds ships) whose PNG OpenCV decodes in a thread pool. OpenCV releases the GIL and decodes
-these small PNGs 2-4x faster than PIL (tfds's own advice): all 130,000 records took 3.2 s on 2
-cores, against 9-12 s through `tfds.data_source` with PIL in worker processes. Other sources
-(tfds's mock data in tests, `download=True`) go through `tfds.data_source`.
+module tfds ships) whose PNG OpenCV decodes in a thread pool: OpenCV releases the GIL and decodes
+these small PNGs faster than PIL (tfds's own advice; docs/speed.md). Other sources (tfds's mock
+data in tests, `download=True`) go through `tfds.data_source`.
 
 Decoded splits are cached as .npy files outside the data directory, keyed by the SHA-256 of the
-prepared files' contents (0.1 s for both datasets): re-preparing a dataset invalidates its cache,
+prepared files' contents: re-preparing a dataset invalidates its cache,
 while a copy or re-creation of the same files (these machines re-create ../shared every session)
 keeps it. Each split keeps one cache entry; a new one replaces the others. An entry carries a
 SHA-256 of its arrays, checked on every read: a damaged entry is decoded again, with a warning.
@@ -126,7 +125,7 @@ def _shard_of(name: str, split: str, data_dir: pathlib.Path | None, index: int) 
 
 
 def _fingerprint(files: list[pathlib.Path]) -> str:
-  """SHA-256 of the files' contents, in order (0.1 s for both datasets' prepared files)."""
+  """SHA-256 of the files' contents, in order."""
   h = hashlib.sha256()
   for f in files:
     with open(f, "rb") as fh:
@@ -149,7 +148,7 @@ def _checksum_path(images_path: pathlib.Path) -> pathlib.Path:
 
 
 def _array_checksum(images: np.ndarray, labels: np.ndarray) -> str:
-  """SHA-256 of an entry's arrays (0.1 s for CIFAR-10's training images on the 2-core CPU)."""
+  """SHA-256 of an entry's arrays."""
   h = hashlib.sha256()
   for array in (images, labels):
     h.update(memoryview(np.ascontiguousarray(array)).cast("B"))
@@ -163,8 +162,8 @@ def _read_cache(path: pathlib.Path, shape: tuple[int, ...]):
   one warning: the caller decodes the split again and writes the entry anew.
   """
   try:
-    # Mapped read-only, not read: pages come in as they are used (np.load's reads of a 150 MB
-    # array took 0.35-0.45 s). Replacing or deleting the file leaves a mapping intact.
+    # Mapped read-only, not read: pages come in as they are used, where a read copies the whole
+    # array. Replacing or deleting the file leaves a mapping intact.
     images = np.load(path, mmap_mode="r", allow_pickle=False)
     labels = np.array(np.load(_labels_path(path), mmap_mode="r", allow_pickle=False))
     stored = _checksum_path(path).read_text().strip()
@@ -269,7 +268,7 @@ def load_splits(requests: Sequence[tuple[str, str]], data_dir: str | os.PathLike
   """`load_split` for several `(name, split)` pairs, decoding all of them in one thread pool.
 
   With `write_behind`, new cache entries are written by a background thread while the caller
-  goes on (e.g. preprocessing; 0.2-0.3 s of a cold load).
+  goes on (e.g. preprocessing).
   """
   for name, split in requests:
     if name not in DATASETS:

@@ -29,21 +29,15 @@ __all__ = ["IMAGE_SHAPE", "TrainState", "check_config", "create_train_state", "e
 
 
 class TrainState(train_state.TrainState):
-  """flax's TrainState plus the task (jaxae/tasks.py) whose loss `train_step` computes.
-
-  The task is static, like `apply_fn`: it is part of every jit cache key, never of a checkpoint.
-  """
+  """flax's TrainState plus the task (jaxae/tasks) whose loss `train_step` computes; static,
+  like `apply_fn`: part of every jit cache key, never of a checkpoint."""
 
   task: Any = struct.field(pytree_node=False, default=RECONSTRUCT)
 
 
 def check_config(config: Config) -> Config:
-  """`config`, or ValueError (one line, naming the first bad field): what `create_train_state`
-  would refuse, checked without building or computing anything.
-
-  The config checks its own types and ranges (`Config.validate`); each set of names is checked by
-  the module that defines it: tasks, models and formulations, optimizers and schedules.
-  """
+  """`config`, or ValueError naming the first bad field: what `create_train_state` would
+  refuse, checked without building anything. Each set of names is checked by its own module."""
   config.validate()
   check_task_names(config)
   check_model_names(config)
@@ -55,14 +49,9 @@ def create_train_state(rng: jax.Array, config: Config | None = None, *,
                        steps_per_epoch: int | None = None) -> TrainState:
   """Model parameters and optimizer state; with no config, the original experiment's.
 
-  `steps_per_epoch` is needed by learning-rate schedules that decay over the run
-  (`make_optimizer`); a state used only as a template to restore a checkpoint into may pass 1.
-
-  The config's task (Config.task) sets the model's output head and the loss; its model
-  (Config.model) the architecture. States of equal models and optimizers share one `apply_fn` and
-  `tx` object: they are static parts of the TrainState, and jitted functions compiled for one such
-  state are reused for the next (a new model object, or new optimizer closures, would make every
-  state compile anew).
+  `steps_per_epoch` is needed by schedules that decay over the run; a template to restore a
+  checkpoint into may pass 1. Equal configs share one `apply_fn` and `tx` object (static parts of
+  the state), so jitted functions compiled for one state are reused for the next.
   """
   config = config or Config()
   task = task_from_config(config)
@@ -76,18 +65,10 @@ def create_train_state(rng: jax.Array, config: Config | None = None, *,
 
 @functools.cache
 def _initializer(model, tx) -> Callable[[jax.Array], tuple[Any, Any]]:
-  """`rng -> (params, opt_state)` as one compiled program per model and optimizer.
-
-  Why: run op by op, each parameter's `jax.random.uniform` compiles a program of its own (about
-  0.6 s each on a 2-core CPU: 11 s for the seed model's 12 arrays, in every new process); one
-  program compiles in a fraction of that and the persistent compilation cache can keep it.
-  The values are bitwise those of `model.init` run op by op (tests/test_train.py).
-
-  On CPU it compiles at LLVM's optimization level 1: the program runs once and its threefry
-  rounds cost XLA:CPU 4 s to compile at the default level 2 against 0.8 s at 1 (the seed model;
-  6 s against 1 s for the U-Net), with bitwise the same values (the test above; level 0 would
-  change them). That is the first step of every new run and test sooner.
-  """
+  """`rng -> (params, opt_state)` as one compiled program per model and optimizer: op by op,
+  every parameter's initializer would compile a program of its own. The values are bitwise
+  `model.init`'s (tests/test_steps.py). On CPU at LLVM's optimization level 1: the program runs
+  once, and level 2 spends longer compiling its threefry rounds for the same bits."""
   def init(rng):
     params = model.init(rng, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32))["params"]
     return params, tx.init(params)
@@ -111,14 +92,11 @@ def masked_mean(values_B, mask_B=None):
 
 def loss_and_grad_sums(task, apply_fn, params, batch, mask_B: jax.Array,
                        microbatch_size: int | None = None):
-  """(sum of mask * per-example loss, its gradient), computed `microbatch_size` examples at a time.
+  """(sum of mask * per-example loss, its gradient), `microbatch_size` examples at a time.
 
-  `task.loss` gives the per-example loss of `batch` (an image array, or a dict of arrays with a
-  leading example axis). Microbatches run one after another in a `lax.scan`, so each one's
-  activations stay in cache (and memory is bounded); the sums are those of the whole batch. The
-  batch is padded with masked examples to a whole number of microbatches. Example j of
-  microbatch c is row j * num_microbatches + c, so a batch split over devices gives every device
-  a share of every microbatch.
+  Microbatches run in a `lax.scan`, so each one's activations stay in cache; the batch is padded
+  with masked examples to whole microbatches. Example j of microbatch c is row
+  j * num_microbatches + c, so a batch split over devices gives every device a share of each.
   """
   def sums(params, batch, mask):
     _, per_example = task.loss(apply_fn, params, batch)
@@ -145,10 +123,8 @@ def loss_and_grad_sums(task, apply_fn, params, batch, mask_B: jax.Array,
 
 
 def scan_sums(loss_and_grads_fn, xs):
-  """Sums `loss_and_grads_fn(x) -> (loss, grads shaped like params)` over the leading axis of xs.
-
-  One x at a time, in a `lax.scan`: memory holds one x's activations and the running sums.
-  """
+  """Sums `loss_and_grads_fn(x) -> (loss, grads)` over the leading axis of xs, one x at a time
+  in a `lax.scan`."""
   def add(totals, x):
     return jax.tree.map(jnp.add, totals, loss_and_grads_fn(x)), None
 
@@ -174,17 +150,13 @@ def train_step(state: TrainState, batch, mask_B: jax.Array | None = None, *,
     batch: what the state's task trains on (`state.task.examples`, batched): for "reconstruct"
       float32 [B, 32, 32, 3] normalized mean images; for "separate" {"mixture": those images,
       "digit": [B, 32, 32, 1] grey digits in [0, 1]}.
-    mask_B: optional [B] weights, 1 for real examples and 0 for padding, so a padded last batch
-      keeps the compiled shape and its padding contributes nothing.
-    microbatch_size: if set and smaller than B, the gradient is summed over microbatches of this
-      size in a `lax.scan` (see `loss_and_grad_sums`): the same step, using less memory, and
-      faster on CPU for large batches (cache). It decides shapes, so it is static: under
-      `jax.jit`, pass it through `static_argnames=("microbatch_size",)`.
+    mask_B: optional [B] weights, 1 for real examples and 0 for padding.
+    microbatch_size: if smaller than B, the gradient is summed over microbatches of this size
+      (`loss_and_grad_sums`). It decides shapes: under `jax.jit`, make it static.
 
   Returns:
-    (new_state, {"loss": mean loss over the (unmasked) batch before the step}). A batch whose
-    mask is all 0 (padding only) is no step: the state comes back unchanged (Adam's momentum
-    would otherwise move the parameters and count a step) and the loss is 0.
+    (new_state, {"loss": mean loss over the unmasked batch before the step}). A batch of padding
+    alone is no step: the state comes back unchanged and the loss is 0.
   """
   if mask_B is None:
     mask_B = jnp.ones((batch_size_of(batch),), jnp.float32)
@@ -195,14 +167,9 @@ def train_step(state: TrainState, batch, mask_B: jax.Array | None = None, *,
 
 def minibatch_step(state: TrainState, batch, mask_B: jax.Array, *,
                    microbatch_size: int | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
-  """`train_step` for a batch that holds at least one real example (mask_B not all 0), as every
-  batch of an epoch does (loop.epoch_batches): the same step without the guard for a batch of
-  padding alone.
-
-  Why: the guard's select made XLA compile the step in another floating-point order, and epochs
-  no longer reproduced the published runs bitwise (their epoch-1 losses differed in the 4th
-  digit); without it they do (tests/test_pretrained.py).
-  """
+  """`train_step` without its guard for a batch of padding alone, for the epoch's batches, which
+  all hold real examples: the guard's select changes XLA's floating-point order, and the
+  published runs reproduce bitwise without it (tests/test_pretrained.py)."""
   mask_B = mask_B.astype(jnp.float32)
   loss_sum, grad_sums = loss_and_grad_sums(state.task, state.apply_fn, state.params, batch, mask_B,
                                            microbatch_size)
@@ -216,11 +183,8 @@ def eval_step(params_or_state: Any, batch, mask_B: jax.Array | None = None, *,
 
   Args:
     params_or_state: a TrainState, or a params tree (then `apply_fn`, default the default
-      Autoencoder's apply, computes the model, and `task`, default reconstruct, the loss).
-    batch: as for `train_step`.
-    mask_B: optional [B] 0/1 weights for the loss, as in `train_step`.
-    apply_fn: the model's apply function when `params_or_state` is a bare params tree.
-    task: the task when `params_or_state` is a bare params tree (jaxae.tasks).
+      Autoencoder's, computes the model and `task`, default reconstruct, the loss).
+    batch, mask_B: as for `train_step`.
 
   Returns:
     {"loss": scalar, "per_example_loss": [B], and the task's predictions}: for "reconstruct"

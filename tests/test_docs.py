@@ -1,4 +1,5 @@
-"""The code of the docs' pages runs as written (docs/library.md).
+"""The docs tell the truth: their code runs as written (docs/library.md), and every path they,
+the package and the scripts name exists.
 
     python tests/test_docs.py library.md    # runs the page's blocks in order, as the test does
 """
@@ -29,6 +30,33 @@ def run_page(page: str) -> None:
       exec(compile(code, f"docs/{page} block {i + 1}", "exec"), namespace)  # pylint: disable=exec-used
     except Exception as e:  # pylint: disable=broad-exception-caught
       sys.exit(f"docs/{page} block {i + 1} failed: {e!r}\n{code}")
+
+
+# A path into the repository as the text names it: jaxae/loop.py, docs/speed.md, experiments/
+# configs/fast.py, tests/; a glob (experiments/configs/*.py) names the files it matches.
+PATH = re.compile(r"(?<![\w./-])((?:jaxae|experiments|docs|tests|results)/[\w./*-]*)")
+TEXTS = ["README.md", "RESULTS.md", "docs/*.md", "jaxae/**/*.py", "experiments/**/*.py",
+         "experiments/*.ipynb", ".ci/run", "pyproject.toml"]
+
+
+def named_paths(text: str) -> set[str]:
+  return {m.rstrip(".,:;)'`") for m in PATH.findall(text)}
+
+
+def test_every_path_the_texts_name_exists():
+  missing = []
+  for pattern in TEXTS:
+    for file in sorted(REPO.glob(pattern)):
+      for path in named_paths(file.read_text()):
+        if not (REPO / path).exists() and not list(REPO.glob(path)):
+          missing.append(f"{file.relative_to(REPO)}: {path}")
+  assert not missing, "\n".join(missing)
+
+
+def test_a_stale_path_is_caught():
+  assert named_paths("see jaxae/tasks.py, (docs/speed.md) and experiments/configs/*.py.") == {
+      "jaxae/tasks.py", "docs/speed.md", "experiments/configs/*.py"}
+  assert not (REPO / "jaxae/tasks.py").exists()  # So the test above would name it.
 
 
 def test_a_page_s_blocks_are_found():

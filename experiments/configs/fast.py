@@ -7,7 +7,7 @@ training procedure alone:
   momentum orthogonalized (Muon, as optax.contrib.muon), at 0.01; the biases take Adam at 6e-3;
 - a cosine decay to 0 over the 3 epochs, without warmup;
 - minibatches of 32, as the corrected run.
-Results and the levers that did not help: results/fast, RESULTS.md ("Time to quality").
+Results and the levers that did not help: results/fast_5seeds, RESULTS.md ("Time to quality").
 
     python experiments/train.py --config=experiments/configs/fast.py \
         --data_dir=../shared/tensorflow_datasets --workdir=runs/fast

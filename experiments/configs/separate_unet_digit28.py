@@ -1,5 +1,5 @@
 """Separation with the U-Net whose digit is made what every true digit is: the bilinear resize of
-a 28x28 digit in [0, 1] (separation "digit28", jaxae/tasks.py).
+a 28x28 digit in [0, 1] (separation "digit28", jaxae/tasks/separate.py).
 
 Otherwise separate_unet_lr6e3.py (cosine decay over 16 epochs, batch 32, 500 warmup steps) but
 at Adam 3e-3: at 6e-3 this run's loss jumped in epoch 5 and had not recovered by epoch 7.

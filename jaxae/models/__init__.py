@@ -32,7 +32,7 @@ def check_model_names(config: Config) -> None:
 
 
 def model_from_config(config: Config, out_channels: int = 3):
-  """The config's model with `out_channels` outputs (the task's, see jaxae/tasks.py).
+  """The config's model with `out_channels` outputs (the task's, see jaxae/tasks/).
 
   `conv_impl="auto"` becomes the default backend's formulation with every transformation
   (jaxae/platforms.py); a training run resolves it before, to its own choice.

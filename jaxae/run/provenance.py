@@ -1,9 +1,9 @@
 """What produced a result: Python and package versions, jaxae's git commit when there is one, and
 the host's CPU.
 
-The CPU is recorded because time figures depend on it: the 2-core machines this project runs on
-are not all alike (separate_unet_digit28's epochs took 98-115 s on one, and 249-267 s on another,
-an AVX2-only AMD EPYC), so a time means little without the CPU it was measured on.
+The CPU is recorded because time figures depend on it: the machines this project runs on are not
+alike (the same run's epochs took more than twice as long on one as on another), so a time means
+little without the CPU it was measured on.
 """
 
 from __future__ import annotations

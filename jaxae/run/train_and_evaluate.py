@@ -362,8 +362,8 @@ def _metrics(run: _Run, finals: list[dict[str, Any]]) -> dict[str, Any]:
                         "final": finals[k]} for k, seed in enumerate(seeds.seeds_of(run.config))]}
 
 
-# TensorBoard's per-epoch SSIM/PSNR are over this many test pairs (0.22 s an epoch on the 2-core
-# CPU; all 10,000 would take about ten times that); the final metrics are over all of them.
+# TensorBoard's per-epoch SSIM/PSNR are over this many test pairs, a tenth of the test split's
+# cost each epoch; the final metrics are over all of them.
 TENSORBOARD_METRICS_PAIRS = 1000
 
 
