@@ -11,17 +11,15 @@ parsing its flags, and what they print then starts each child's output. No JAX b
 here (a child starts its own) and no Python thread runs here; the only other threads are
 OpenBLAS's, which it stops and restarts around a fork. conftest.run_script uses it for runs with
 this process's JAX and XLA settings and starts a plain subprocess otherwise
-(test_script_errors.py compares the two).
+(test_scripts.py compares the two).
 """
 
-import atexit
 import json
 import os
 import runpy
 import sys
 import threading
 import time
-import traceback
 
 # What the scripts import at their top; importing a script itself would define its flags here, so
 # only the library is imported.
@@ -67,40 +65,23 @@ def _wait(pid: int, timeout: float) -> dict:
 
 
 def _child(request) -> None:
-  code = 1
-  try:
-    for fd, path in ((1, request["stdout"]), (2, request["stderr"]), (0, os.devnull)):
-      target = os.open(path, os.O_RDONLY if fd == 0 else os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-      os.dup2(target, fd)
-      os.close(target)
-      if fd in (1, 2):
-        os.write(fd, _PRINTED[fd - 1])  # What the imports printed, as in a fresh process.
-    os.chdir(request["cwd"])
-    os.environ.clear()
-    os.environ.update(request["env"])
-    script = request["script"]
-    sys.argv = [script, *request["args"]]
-    sys.path[0] = os.path.dirname(os.path.abspath(script))  # This file's folder, until now.
-    try:
-      runpy.run_path(script, run_name="__main__")
-      code = 0
-    except SystemExit as e:
-      if e.code is None or isinstance(e.code, int):
-        code = e.code or 0
-      else:
-        print(e.code, file=sys.stderr)
-    except BaseException:  # pylint: disable=broad-except
-      traceback.print_exc()
-    # What the interpreter does before it exits: join the threads that are not daemons, then
-    # run the atexit functions.
-    threading._shutdown()  # pylint: disable=protected-access
-    atexit._run_exitfuncs()  # pylint: disable=protected-access
-  finally:
-    try:
-      sys.stdout.flush()
-      sys.stderr.flush()
-    finally:
-      os._exit(code)  # pylint: disable=protected-access
+  """Runs the request's script as this process's `__main__` and never returns: the script's end,
+  its SystemExit or its exception leaves this process as it would leave a fresh one (the
+  interpreter then joins the threads and runs the atexit functions)."""
+  for fd, path in ((1, request["stdout"]), (2, request["stderr"]), (0, os.devnull)):
+    target = os.open(path, os.O_RDONLY if fd == 0 else os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(target, fd)
+    os.close(target)
+    if fd in (1, 2):
+      os.write(fd, _PRINTED[fd - 1])  # What the imports printed, as in a fresh process.
+  os.chdir(request["cwd"])
+  os.environ.clear()
+  os.environ.update(request["env"])
+  script = request["script"]
+  sys.argv = [script, *request["args"]]
+  sys.path[0] = os.path.dirname(os.path.abspath(script))  # This file's folder, until now.
+  runpy.run_path(script, run_name="__main__")
+  sys.exit(0)
 
 
 def _preload() -> tuple[bytes, bytes]:

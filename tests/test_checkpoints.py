@@ -184,7 +184,7 @@ def _save_with_a_ctrl_c(tmp_path, monkeypatch):
     # may reach any of orbax's, tensorstore's or XLA's ~30 threads. What is under test is the
     # deferral: the handler in force during a write records the Ctrl-C, and it takes effect once
     # the step is complete. A script's real Ctrl-C is tested in a subprocess
-    # (tests/test_script_errors.py).
+    # (tests/test_scripts.py).
     handler = signal.getsignal(signal.SIGINT)
     assert callable(handler) and handler is not signal.default_int_handler  # Deferred.
     handler(signal.SIGINT, None)
