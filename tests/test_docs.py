@@ -1,5 +1,5 @@
-"""The docs tell the truth: their code runs as written (docs/library.md), and every path they,
-the package and the scripts name exists.
+"""The docs tell the truth: their code runs as written (docs/library.md, RESULTS.md), and every
+path they, the package and the scripts name exists.
 
     python tests/test_docs.py library.md    # runs the page's blocks in order, as the test does
 """
@@ -16,8 +16,13 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
+def _file(page: str) -> pathlib.Path:
+  """A page of docs/ by its name, or a file of the repository's root (RESULTS.md)."""
+  return REPO / page if (REPO / page).is_file() else REPO / "docs" / page
+
+
 def blocks(page: str) -> list[str]:
-  return BLOCK.findall((REPO / "docs" / page).read_text())
+  return BLOCK.findall(_file(page).read_text())
 
 
 def run_page(page: str) -> None:
@@ -25,11 +30,12 @@ def run_page(page: str) -> None:
   page's paths are the repository's); exits naming the block that failed."""
   os.chdir(REPO)
   namespace = {"__name__": f"docs_{page}"}
+  name = _file(page).relative_to(REPO)
   for i, code in enumerate(blocks(page)):
     try:
-      exec(compile(code, f"docs/{page} block {i + 1}", "exec"), namespace)  # pylint: disable=exec-used
+      exec(compile(code, f"{name} block {i + 1}", "exec"), namespace)  # pylint: disable=exec-used
     except Exception as e:  # pylint: disable=broad-exception-caught
-      sys.exit(f"docs/{page} block {i + 1} failed: {e!r}\n{code}")
+      sys.exit(f"{name} block {i + 1} failed: {e!r}\n{code}")
 
 
 # A path into the repository as the text names it: jaxae/loop.py, docs/speed.md, experiments/
@@ -53,14 +59,49 @@ def test_every_path_the_texts_name_exists():
   assert not missing, "\n".join(missing)
 
 
+# A section of RESULTS.md named in the text: RESULTS.md, "Speed" or RESULTS.md ("Speed", "Time to
+# quality"): a heading that starts with it.
+SECTION = re.compile(r'RESULTS\.md\)?,? \(?((?:"[^"]+",? ?)+)')
+
+
+def test_every_section_of_results_the_texts_name_exists():
+  headings = [line.lstrip("#").strip() for line in (REPO / "RESULTS.md").read_text().splitlines()
+              if line.startswith("#")]
+  missing = []
+  for pattern in TEXTS:
+    for file in sorted(REPO.glob(pattern)):
+      for names in SECTION.findall(" ".join(file.read_text().split())):
+        for name in re.findall(r'"([^"]+)"', names):
+          if not any(h.startswith(name) for h in headings):
+            missing.append(f"{file.relative_to(REPO)}: RESULTS.md, {name!r}")
+  assert not missing, "\n".join(missing)
+
+
 def test_a_stale_path_is_caught():
   assert named_paths("see jaxae/tasks.py, (docs/speed.md) and experiments/configs/*.py.") == {
       "jaxae/tasks.py", "docs/speed.md", "experiments/configs/*.py"}
   assert not (REPO / "jaxae/tasks.py").exists()  # So the test above would name it.
+  assert SECTION.findall('(RESULTS.md, "Many seeds") and RESULTS.md ("Speed", "Time to q")') == [
+      '"Many seeds"', '"Speed", "Time to q"']
 
 
 def test_a_page_s_blocks_are_found():
   assert len(blocks("library.md")) >= 9
+
+
+def test_the_results_report_s_code_runs_and_matches_the_runs_files():
+  assert blocks("RESULTS.md")
+  proc = subprocess.run([sys.executable, __file__, "RESULTS.md"], capture_output=True, text=True,
+                        timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "corrected_5seeds: 40.62 ± 0.55 dB [39.73, 41.17]" in proc.stdout
+
+
+def test_the_results_report_is_a_report():
+  text = (REPO / "RESULTS.md").read_text()
+  assert len(text.splitlines()) <= 300
+  # About what was found, not about who measured it or with which tool.
+  assert not re.search(r"\b(I|session|sessions|status)\b", text)
 
 
 @pytest.mark.slow
