@@ -1,14 +1,18 @@
 """TensorBoard event files of a run (jaxae/report/tensorboard.py), read back as TensorBoard reads
 them."""
 
+import os
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
-from conftest import tiny_splits
+from conftest import REPO, tiny_splits
 from jaxae import Config
+from jaxae.run.errors import RunError
 from jaxae.report.tensorboard import grid
 from jaxae.run.train_and_evaluate import train_and_evaluate
 
@@ -111,3 +115,86 @@ def test_grid_tiles_rows_of_grey_and_colour_images():
   out = grid([("a", grey), ("b", colour)], pad=1)
   assert out.shape == (2 * 6, 3 * 6, 3)
   assert out[1:5, 1:5].max() == 0.0 and out[7:11, 1:5].min() == 1.0
+
+
+# A run in a process of its own that ends as `how` says: "killed" right after its first
+# checkpoint (os._exit, as kill -9), or "disk_full" from its fourth event record on.
+_ENDING_RUN = """
+import errno, os, sys
+from conftest import tiny_splits
+from jaxae import Config
+from jaxae.run import checkpoints
+from jaxae.run.errors import RunError
+from jaxae.run.train_and_evaluate import train_and_evaluate
+from tensorboardX import record_writer
+
+workdir, how = sys.argv[1:]
+if how == "killed":
+  save = checkpoints.Checkpointer.save
+  def save_then_die(self, epoch, *args, **kwargs):
+    save(self, epoch, *args, **kwargs)
+    if epoch == 1:
+      os._exit(9)
+  checkpoints.Checkpointer.save = save_then_die
+else:
+  write, written = record_writer.RecordWriter.write, []
+  def write_until_full(self, data):
+    written.append(data)
+    if len(written) > 3:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    write(self, data)
+  record_writer.RecordWriter.write = write_until_full
+train, test = tiny_splits(40, 12)
+try:
+  train_and_evaluate(Config(epochs=2, batch_size=16, features=(4,)), train, test, workdir,
+                     log=lambda _: None, tensorboard_every=1)
+except RunError as e:
+  sys.exit(f"error: {e}")
+"""
+
+
+def _ending_run(tmp_path, how):
+  return subprocess.run([sys.executable, "-c", _ENDING_RUN, str(tmp_path / "w"), how],
+                        capture_output=True, text=True, timeout=300, cwd=REPO / "tests",
+                        env=dict(os.environ, PYTHONPATH=f"{REPO / 'tests'}{os.pathsep}{REPO}"))
+
+
+@pytest.mark.slow
+def test_a_kill_after_a_checkpoint_keeps_that_epochs_events_and_the_resumed_run_adds_the_rest(
+    tmp_path):
+  """Before: the events were queued after the checkpoint and flushed every 30 s, so a kill then
+  lost the completed epoch's events for good (the resumed run does not train it again)."""
+  killed = _ending_run(tmp_path, "killed")
+  assert killed.returncode == 9, killed.stderr[-2000:]
+  assert (tmp_path / "w" / "checkpoints" / "1").is_dir()
+  scalars = _scalars(tmp_path / "w" / "tensorboard")
+  assert [s for s, _ in scalars["train/epoch_loss"]] == [3]
+  assert [s for s, _ in scalars["train/loss"]] == [1, 2, 3]
+  train, test = tiny_splits(40, 12)
+  train_and_evaluate(Config(epochs=2, batch_size=16, features=(4,)), train, test, tmp_path / "w",
+                     log=lambda _: None, tensorboard_every=1)
+  scalars = _scalars(tmp_path / "w" / "tensorboard")
+  assert [s for s, _ in scalars["train/epoch_loss"]] == [3, 6]
+  assert [s for s, _ in scalars["train/loss"]] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_the_event_files_is_one_line_not_a_hang(tmp_path):
+  """Before: tensorboardX's writer thread died on the OSError and the run blocked forever on
+  its full queue."""
+  full = _ending_run(tmp_path, "disk_full")
+  assert full.returncode == 1
+  assert full.stderr.strip().splitlines()[-1] == (
+      f"error: could not write {tmp_path / 'w' / 'tensorboard'} (No space left on device); the "
+      "checkpoints are intact: fix that (free disk space) and run the same command again.")
+  assert "Traceback" not in full.stderr
+
+
+def test_an_unwritable_event_folder_is_one_line_before_training(tmp_path):
+  (tmp_path / "tensorboard").write_text("not a folder")
+  train, test = tiny_splits(40, 12)
+  with pytest.raises(RunError, match=r"cannot write TensorBoard events into .*tensorboard \(.*\); "
+                                     r"pass --log_every_steps=0"):
+    train_and_evaluate(Config(epochs=1, batch_size=16, features=(4,)), train, test, tmp_path,
+                       log=lambda _: None, tensorboard_every=1)
+  assert not (tmp_path / "checkpoints" / "1").exists()  # Refused before any epoch.

@@ -16,14 +16,18 @@ several seeds, so that TensorBoard overlays them as runs. The x axis is the opti
     final/<metric>      the task's final metrics (SSIM, PSNR, ...) at the last step
 
 The per-step losses come back with the epoch's one compiled program (its scan's output), which the
-loop fetches anyway to stop a diverging run: logging them adds no device round trip. The writer
-queues events and writes them from its own thread.
+run fetches anyway to stop a diverging run: logging them adds no device round trip. Events are
+written where they are logged and `flush` puts them in the file (tensorboardX's SummaryWriter
+queues them for a thread of its own, which a full disk stops for good while the queue blocks the
+run, and which loses the queue on a kill): an error is an OSError here, and an epoch's events are
+on disk once `epoch` returns.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -50,13 +54,11 @@ class TensorBoard:
                purge_step: int | None = None):
     """`purge_step`: the first step a resumed run trains again (restored step + 1); TensorBoard
     hides the events a killed run wrote from it on, so each step keeps one value."""
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     if every <= 0:
       raise ValueError(f"every must be positive, got {every}.")
     self.every = every
     names = [""] if seeds is None or len(seeds) == 1 else [f"seed_{s}" for s in seeds]
-    self._writers = [SummaryWriter(str(pathlib.Path(logdir) / name), purge_step=purge_step,
-                                   flush_secs=30) for name in names]
+    self._writers = [_EventFile(pathlib.Path(logdir) / name, purge_step) for name in names]
 
   @property
   def replicas(self) -> int:
@@ -83,23 +85,58 @@ class TensorBoard:
       writer.add_scalar("test/loss", float(test[k]), last)
       writer.add_scalar("epoch/seconds", seconds, last)
       if k < len(previews):
-        writer.add_image("test/predictions", grid(previews[k]), last, dataformats="HWC")
+        writer.add_image("test/predictions", grid(previews[k]), last)
       if k < len(subset_metrics):
         metrics = subset_metrics[k]
         for tag, value in metrics.items():  # Top level only: "trivial" never changes.
           if tag != "num_test_images" and is_number(value):
             writer.add_scalar(f"test_first_{metrics['num_test_images']}/{tag}", float(value),
                               last)
+      writer.flush()
 
   def final(self, step: int, finals: Sequence[dict[str, Any]]) -> None:
     """The task's final metrics of each replica (plain numbers only; nested ones by path)."""
     for writer, final in zip(self._writers, finals):
       for tag, value in _numbers(final):
         writer.add_scalar(f"final/{tag}", value, step)
+      writer.flush()
 
   def close(self) -> None:
     for writer in self._writers:
       writer.close()
+
+
+class _EventFile:
+  """One event file in `logdir`, written synchronously (tensorboardX's EventsWriter)."""
+
+  def __init__(self, logdir: pathlib.Path, purge_step: int | None):
+    from tensorboardX.event_file_writer import EventsWriter  # pylint: disable=g-import-not-at-top
+    from tensorboardX.proto.event_pb2 import Event, SessionLog  # pylint: disable=g-import-not-at-top
+    logdir.mkdir(parents=True, exist_ok=True)
+    self._events = EventsWriter(str(logdir / "events"))
+    self._event = Event
+    if purge_step is not None:
+      # What TensorBoard reads as "a restart at this step": it hides the earlier events from it on.
+      self._events.write_event(Event(step=purge_step, file_version="brain.Event:2"))
+      self._events.write_event(Event(step=purge_step,
+                                     session_log=SessionLog(status=SessionLog.START)))
+
+  def add_scalar(self, tag: str, value: float, step: int) -> None:
+    from tensorboardX import summary  # pylint: disable=g-import-not-at-top
+    self._add(summary.scalar(tag, value), step)
+
+  def add_image(self, tag: str, image_HWC: np.ndarray, step: int) -> None:
+    from tensorboardX import summary  # pylint: disable=g-import-not-at-top
+    self._add(summary.image(tag, image_HWC, dataformats="HWC"), step)
+
+  def _add(self, summary, step: int) -> None:
+    self._events.write_event(self._event(wall_time=time.time(), step=step, summary=summary))
+
+  def flush(self) -> None:
+    self._events.flush()
+
+  def close(self) -> None:
+    self._events.close()
 
 
 def _numbers(d: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:

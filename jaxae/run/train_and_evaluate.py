@@ -106,8 +106,10 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
       run.history.append({"epoch": epoch, "train_loss": _recorded(train_loss_R),
                           "test_loss": _recorded(test_loss_R),
                           "seconds": time.perf_counter() - start})
-      _save(run, epoch)
+      # Events before the checkpoint: a kill between the two trains the epoch again, and its
+      # events with it (a resumed run hides the first copy), where the other order loses them.
       _report(run, step_losses_RS)
+      _save(run, epoch)
     run.checkpointer.close()
     return _finish(run)
 
@@ -195,12 +197,35 @@ def _prepare(config: Config, train: MixedSplit, test: MixedSplit, workdir: pathl
   if options.tensorboard_every:
     run.watched = test.take(min(TENSORBOARD_METRICS_PAIRS, len(test)))
     if primary:
-      run.board = cleanup.enter_context(contextlib.closing(TensorBoard(
-          workdir / TENSORBOARD_DIR, options.tensorboard_every, seeds=seeds.seeds_of(config),
-          # Steps after the restored one are trained again: earlier events of theirs are hidden.
-          purge_step=int(np.max(run.state.step)) + 1 if restored is not None else None)))
+      # Steps after the restored one are trained again: earlier events of theirs are hidden.
+      purge_step = int(np.max(run.state.step)) + 1 if restored is not None else None
+      run.board = cleanup.enter_context(_event_files(
+          workdir / TENSORBOARD_DIR, options.tensorboard_every, seeds.seeds_of(config), purge_step))
   run.size = _announce(run)
   return run
+
+
+@contextlib.contextmanager
+def _event_files(logdir: pathlib.Path, every: int, seed_list: list[int],
+                 purge_step: int | None):
+  """The run's TensorBoard, opened and closed; a failure is a RunError naming `logdir`."""
+  try:
+    board = TensorBoard(logdir, every, seeds=seed_list, purge_step=purge_step)
+  except OSError as e:
+    raise RunError(f"cannot write TensorBoard events into {logdir} ({e.strerror or e}); pass "
+                   "--log_every_steps=0 to train without them.") from None
+  completed = False
+  try:
+    yield board
+    completed = True
+  finally:
+    try:
+      board.close()
+    except OSError as e:
+      if completed:  # Otherwise the run's own error is the one to tell.
+        raise RunError(f"could not write {logdir} ({e.strerror or e}); the checkpoints are "
+                       "intact: fix that (free disk space) and run the same command again.") \
+            from None
 
 
 def _train(run: _Run, epoch: int) -> tuple[TrainState, np.ndarray, np.ndarray]:
@@ -292,13 +317,14 @@ def _report(run: _Run, step_losses_RS: np.ndarray) -> None:
     mine = _per_replica(fetch(_evaluate(run, examples, True)), run.replicas)
     if run.board is not None:
       steps_before = int(np.max(run.state.step)) - step_losses_RS.shape[-1]
-      run.board.epoch(
+      _write(lambda: run.board.epoch(
           first_step=steps_before, step_losses=step_losses_RS,
           train_loss=np.reshape(record["train_loss"], -1),
           test_loss=np.reshape(record["test_loss"], -1), seconds=record["seconds"],
           previews=[figures.preview_rows(run.state.task, run.watched, m) for m in mine],
           subset_metrics=[{"num_test_images": len(run.watched),
-                           **run.state.task.final_metrics(run.watched, m)} for m in mine])
+                           **run.state.task.final_metrics(run.watched, m)} for m in mine]),
+             run.workdir / TENSORBOARD_DIR)
   run.log(summaries.epoch_line(record["epoch"], run.config.epochs, record["train_loss"],
                                record["test_loss"], record["seconds"], len(run.train),
                                _remaining_s(run.history, run.config.epochs - record["epoch"]),
@@ -322,7 +348,8 @@ def _finish(run: _Run) -> dict[str, Any]:
       final["train_loss"] = float(np.reshape(run.history[-1]["train_loss"], -1)[k])
   metrics = _metrics(run, finals)
   if run.board is not None:
-    run.board.final(metrics["optimizer_steps"], finals)
+    _write(lambda: run.board.final(metrics["optimizer_steps"], finals),
+           run.workdir / TENSORBOARD_DIR)
   if not parallel.is_primary():
     return metrics
   workdir, config = run.workdir, run.config
