@@ -78,7 +78,8 @@ def evaluate(workdir: pathlib.Path, state, config, epoch: int | None) -> None:
   """Writes eval.json and the figure of `state` (a checkpoint's of `epoch`, or --params's)."""
   figure = figures.EVAL_FIGURES[state.task.name]
   workdir_lib.refuse_foreign_files(workdir, ("eval.json", figure))
-  test = scripts.load_data(FLAGS.data_dir, config, 0, FLAGS.test_limit, splits=("test",))["test"]
+  test = scripts.load_data(FLAGS.data_dir, config, 0, FLAGS.test_limit, splits=("test",),
+                           log=scripts.say)["test"]
   start = time.perf_counter()
   replicas = config.num_seeds
   finals, predictions = replica_final_metrics(
@@ -104,8 +105,8 @@ def evaluate(workdir: pathlib.Path, state, config, epoch: int | None) -> None:
   except OSError as e:
     scripts.fail(f"could not write into {workdir} ({e.strerror or e}).")
   source = f"the checkpoint of epoch {epoch}" if epoch is not None else FLAGS.params
-  print(f"Evaluated {source} in {seconds:.2f} s.")
-  print(summaries.seeds_summary(finals, seeds.seeds_of(config), task.name))
+  scripts.say(f"Evaluated {source} in {seconds:.2f} s.")
+  scripts.say(summaries.seeds_summary(finals, seeds.seeds_of(config), task.name))
 
 
 if __name__ == "__main__":

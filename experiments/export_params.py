@@ -3,7 +3,7 @@
     python experiments/export_params.py --workdir=runs/original --output=corrected.msgpack
 
 The file (jaxae/weights.py) holds the parameters and the run's config (its epochs: those of the
-finished run's metrics.json, else the checkpoint's); read it back with
+finished run's metrics.json when the checkpoint is its last, else the checkpoint's); read it back with
 `params, config = jaxae.load_params(path)`, or evaluate it with experiments/evaluate.py --params.
 A finished run writes <workdir>/params.msgpack itself; this is for a run's checkpoints (an
 unfinished run, or one from before runs wrote it).
@@ -26,8 +26,8 @@ flags.DEFINE_string("workdir", None, "A training run's workdir (holds checkpoint
 flags.DEFINE_string("output", None, f"The params file to write (default: <workdir>/{PARAMS_FILE}).")
 
 
-def planned_epochs(workdir: pathlib.Path) -> int | None:
-  """The epochs the run was started for (its metrics.json's config), if it finished.
+def finished_epochs(workdir: pathlib.Path) -> int | None:
+  """The epochs of the finished run whose metrics.json is in `workdir`, if there is one.
 
   settings.json leaves them out (a run may be continued for more), but a schedule depends on them.
   """
@@ -45,12 +45,23 @@ def main(argv):
   workdir = pathlib.Path(FLAGS.workdir)
   output = pathlib.Path(FLAGS.output or workdir / PARAMS_FILE)
   config = scripts.run_config(workdir)
-  scripts.check_writable(str(output.parent))
+  scripts.check_output_file("output", str(output))
+  if output.exists() and not workdir_lib.is_params_file(output):
+    scripts.fail(f"{output} exists and is not a params file jaxae wrote; move it away or pass "
+                 "another --output.")
   try:
     with workdir_lib.hold(workdir, purpose="export"):
       restored = scripts.restore_newest(workdir, config)
+      finished = finished_epochs(workdir)
+      if finished is not None and finished != restored.epoch:
+        if not FLAGS.output:
+          raise RunError(
+              f"{output} belongs to the run that finished after epoch {finished} (its "
+              f"metrics.json), and the newest checkpoint is of epoch {restored.epoch}: pass "
+              "--output=<file> to write that epoch's parameters elsewhere.")
+        finished = None  # metrics.json is another run's: the checkpoint's epochs are these.
       save_params(output, seeds.saved_params(restored.state.params, config.num_seeds),
-                  config.replace(epochs=planned_epochs(workdir) or restored.epoch))
+                  config.replace(epochs=finished or restored.epoch))
   except RunError as e:
     scripts.fail(str(e), e.exit_code)
   except OSError as e:

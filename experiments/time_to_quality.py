@@ -90,14 +90,18 @@ def main(argv):
   scripts.start(argv)
   if FLAGS.num_seeds < 1:
     scripts.fail("--num_seeds must be positive.")
-  if FLAGS.output:  # Checked now, not after minutes of measuring.
-    if problem := scripts.unwritable(pathlib.Path(FLAGS.output).absolute().parent):
-      scripts.fail(f"--output={FLAGS.output} cannot be written ({problem}).")
+  scripts.check_output_file("output", FLAGS.output)
+  scripts.check_output_file("plot", FLAGS.plot)
   others = {}
   for item in FLAGS.plot_with:
     label, _, path = item.rpartition("=")
     if not label or not pathlib.Path(path).is_file():
       scripts.fail(f"--plot_with takes label=path of an earlier --output file, got {item!r}.")
+    try:
+      [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+      scripts.fail(f"--plot_with={item}: {path} is not an --output file of this script "
+                   f"(JSON lines): {type(e).__name__}.")
     others[label] = pathlib.Path(path)
   scripts.check_data_dir(FLAGS.data_dir)
   config = scripts.config_from_flag(CONFIG)

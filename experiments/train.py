@@ -91,7 +91,7 @@ def main(argv):
     except Exception as e:  # pylint: disable=broad-except
       scripts.fail(f"could not join the run at {FLAGS.coordinator_address} as process "
                    f"{FLAGS.process_id} of {FLAGS.num_processes}: {str(e).splitlines()[0]}")
-  log = print if parallel.is_primary() else (lambda _: None)
+  log = scripts.say if parallel.is_primary() else (lambda _: None)
   try:
     # Refuse a held or mismatched workdir before spending time on the data. The hold is let go
     # while the data loads (a new workdir is removed again), so a Ctrl-C then leaves nothing;

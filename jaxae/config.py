@@ -19,8 +19,10 @@ class Normalization:
   def __post_init__(self):
     if len(self.mean) != 3 or len(self.std) != 3:
       raise ValueError(f"Normalization needs 3 means and 3 stds, got {self.mean}, {self.std}.")
-    if any(s <= 0 for s in self.std):
-      raise ValueError(f"Normalization stds must be positive, got {self.std}.")
+    if not all(math.isfinite(s) and s > 0 for s in self.std):  # NaN <= 0 is False too.
+      raise ValueError(f"Normalization stds must be positive and finite, got {self.std}.")
+    if not all(math.isfinite(m) for m in self.mean):
+      raise ValueError(f"Normalization means must be finite, got {self.mean}.")
 
 
 # The original's conventions: ImageNet statistics for MNIST, 0.5/0.5 for CIFAR-10.

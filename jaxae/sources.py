@@ -80,9 +80,34 @@ def prepared_files(name: str, split: str, data_dir: pathlib.Path) -> list[pathli
                     key=lambda p: tuple(int(x) for x in p.name.split(".") if x.isdigit()))
   for version_dir in reversed(versions):
     shards = sorted(version_dir.glob(f"{name}-{split}.array_record-*"))
-    if shards and (version_dir / "dataset_info.json").is_file():
-      return [version_dir / "dataset_info.json", *shards]
+    info = version_dir / "dataset_info.json"
+    if shards and info.is_file():
+      return [info, *_listed_shards(name, split, info, shards)]
   return []
+
+
+def _listed_shards(name: str, split: str, info: pathlib.Path,
+                   found: list[pathlib.Path]) -> list[pathlib.Path]:
+  """`found`, if they are the split's shards that dataset_info.json lists, each a file; else
+  DataError: a stray or missing shard would change the data without a word."""
+  try:
+    splits = json.loads(info.read_text())["splits"]
+    count = len(next(s["shardLengths"] for s in splits if s["name"] == split))
+  except (OSError, ValueError, KeyError, StopIteration, TypeError) as e:
+    raise DataError(f"{info} cannot be read as tfds's dataset_info.json ({type(e).__name__}); "
+                    f"prepare {name} again.") from None
+  listed = [info.parent / f"{name}-{split}.array_record-{i:05d}-of-{count:05d}"
+            for i in range(count)]
+  if stray := sorted(set(found) - set(listed)):
+    raise DataError(f"{stray[0]} is not one of the {count} {name} {split} shard(s) that {info} "
+                    "lists: it would be read as more data; move it out of that folder.")
+  for shard in listed:
+    if not shard.is_file():
+      what = ("missing" if not shard.is_symlink() and not shard.exists() else
+              "a directory" if shard.is_dir() else "a symbolic link to nothing")
+      raise DataError(f"{shard}, a {name} {split} shard that {info} lists, is {what}; prepare "
+                      f"{name} again.")
+  return listed
 
 
 def _open_source(name: str, split: str, data_dir: pathlib.Path | None, download: bool):

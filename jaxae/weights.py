@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from jaxae.files import write_atomically
 from jaxae.config import Config, without_removed_options
 from jaxae.models import model_from_config
 from jaxae.tasks import IMAGE_SHAPE, task_from_config
@@ -39,20 +40,13 @@ class ParamsFileError(ValueError):
 
 
 def save_params(path: str | os.PathLike, params: Any, config: Config) -> None:
-  """Writes `params` (one model's, or `config.num_seeds` stacked replicas') with their config.
-
-  Written to a temporary file and renamed, so a reader never sees half a file.
-  """
-  path = pathlib.Path(path)
+  """Writes `params` (one model's, or `config.num_seeds` stacked replicas') with their config,
+  whole or not at all (files.write_atomically)."""
   payload = {"format": FORMAT, "version": VERSION, "config": json.dumps(config.to_dict()),
              "params": jax.tree.map(on_host, params)}
   _check_shapes(params, config, str(path))
-  tmp = path.with_name(path.name + ".tmp")
-  try:
-    tmp.write_bytes(serialization.msgpack_serialize(payload))
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)  # A refused rename (path is a directory) or a full disk.
+  data = serialization.msgpack_serialize(payload)
+  write_atomically(path, lambda f: f.write(data))
 
 
 def on_host(x) -> np.ndarray:
@@ -97,10 +91,13 @@ def load_params(path: str | os.PathLike, replica: int | None = None) -> tuple[An
     # How the run computed its layers was a speed choice for its platform, not part of the model
     # (every formulation computes the same function): here, this platform's choice.
     config = Config.from_dict(recorded).replace(conv_impl="auto")
-  except (ValueError, TypeError, KeyError) as e:
-    raise ParamsFileError(f"{path} holds an unusable config: {e}") from None
+    expected_shapes(config)  # A model or task this jaxae does not know.
+  except (ValueError, TypeError, KeyError, RecursionError) as e:
+    raise ParamsFileError(f"{path} holds an unusable config: "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
   params = payload["params"]  # NumPy arrays: choosing a replica here compiles nothing.
   _check_shapes(params, config, str(path))
+  _check_values(params, str(path))
   if replica is not None:
     if config.num_seeds == 1:
       if replica != 0:
@@ -142,6 +139,19 @@ def _check_shapes(params: Any, config: Config, where: str) -> None:
     raise ParamsFileError(f"{where}: the parameters do not fit the config's model "
                           f"({config.model} {list(config.features)}): {k} is "
                           f"{got.get(k, 'missing')}, the model needs {expected.get(k, 'none')}.")
+
+
+def _check_values(params: Any, where: str) -> None:
+  """ParamsFileError unless every parameter is a finite real floating-point number: a model of
+  integers, NaN or infinities would be scored as if trained."""
+  for key_path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+    x = np.asarray(x)
+    if x.dtype.kind != "f" and x.dtype != jnp.bfloat16:
+      raise ParamsFileError(f"{where}: {_key(key_path)} holds {x.dtype} values; parameters are "
+                            "real floating-point numbers.")
+    if not np.isfinite(x).all():
+      raise ParamsFileError(f"{where}: {_key(key_path)} holds NaN or infinite values; these "
+                            "parameters cannot be scored.")
 
 
 def _key(path) -> str:

@@ -65,6 +65,19 @@ def shared_data_dir() -> pathlib.Path:
   return SHARED_DATA
 
 
+def random_images(n: int, seed: int = 0):
+  """n uniform [-1, 1] images [n, 32, 32, 3] as a float32 jax array: normalized-looking input."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  return jnp.asarray(np.random.default_rng(seed).uniform(-1, 1, (n, 32, 32, 3)), jnp.float32)
+
+
+def tree_close(a, b, **kw):
+  """assert_allclose leaf by leaf."""
+  import jax  # pylint: disable=g-import-not-at-top
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw)
+
+
 def tiny_splits(n_train: int = 40, n_test: int = 12):
   """Small random (train, test) MixedSplits, the same in every process that asks for them."""
   from jaxae import mix  # pylint: disable=g-import-not-at-top

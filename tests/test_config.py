@@ -131,3 +131,14 @@ def test_config_validation_names_the_bad_field():
                      match="learning_rate must be a positive finite number, got 'fast'"):
     Config.from_dict(settings)
   assert Config.from_dict(Config(seed=2 ** 32 - 1).to_dict()).seed == 2 ** 32 - 1
+
+
+@pytest.mark.parametrize("mean, std, message", [
+    ((0.5, 0.5, 0.5), (0.5, float("nan"), 0.5), "stds must be positive and finite"),
+    ((0.5, 0.5, 0.5), (0.5, float("inf"), 0.5), "stds must be positive and finite"),
+    ((0.5, float("nan"), 0.5), (0.5, 0.5, 0.5), "means must be finite"),
+])
+def test_a_normalization_refuses_values_that_are_not_finite(mean, std, message):
+  """Before: a NaN std passed (NaN <= 0 is False) and a run's every loss was NaN."""
+  with pytest.raises(ValueError, match=message):
+    Normalization(mean=mean, std=std)

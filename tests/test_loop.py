@@ -2,28 +2,20 @@
 numbers of the steps they are made of."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import random_images, tree_close
 from jaxae import Config, create_train_state, eval_step, loop, parallel, train_step
 
 # One Conv and one ConvTranspose level: the loop is tested, not the model.
 STEP = Config(features=(4,))
 
 
-def _images(n, seed=0):
-  return jnp.asarray(np.random.default_rng(seed).uniform(-1, 1, (n, 32, 32, 3)), jnp.float32)
-
-
-def _tree_close(a, b, **kw):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw)
-
 
 @pytest.mark.slow
 def test_large_batches_train_in_microbatches_with_the_same_result():
-  images = _images(96)
+  images = random_images(96)
   mesh = parallel.data_mesh()
   assert loop.microbatch_size(32, mesh, 64) is None
   assert loop.microbatch_size(96, mesh, 64) == 64 * parallel.mesh_size(mesh)
@@ -35,7 +27,7 @@ def test_large_batches_train_in_microbatches_with_the_same_result():
   expected, metrics = jax.jit(train_step)(create_train_state(jax.random.key(0), STEP),
                                           images[first_batch])
   np.testing.assert_allclose(step_losses, [metrics["loss"]], rtol=1e-6)
-  _tree_close(state.opt_state, expected.opt_state, rtol=1e-4, atol=1e-9)
+  tree_close(state.opt_state, expected.opt_state, rtol=1e-4, atol=1e-9)
 
 
 def test_epoch_batches_cover_every_example_once_and_shuffle_by_epoch():
@@ -58,7 +50,7 @@ def test_the_epoch_loss_weighs_each_step_by_its_real_examples():
 
 @pytest.mark.slow
 def test_no_recompilation_across_epochs_with_a_partial_last_batch():
-  images = _images(40)  # 40 = 32 + a partial batch of 8.
+  images = random_images(40)  # 40 = 32 + a partial batch of 8.
   state = create_train_state(jax.random.key(0), STEP)
   state, _ = loop.train_epoch(state, images, 1, seed=0, batch_size=32)
   compiles = []
@@ -78,7 +70,7 @@ def test_no_recompilation_across_epochs_with_a_partial_last_batch():
 
 @pytest.mark.slow
 def test_training_is_deterministic_for_a_seed():
-  images = _images(40)
+  images = random_images(40)
 
   def run(seed):
     state = create_train_state(jax.random.key(seed), STEP)
@@ -94,19 +86,19 @@ def test_training_is_deterministic_for_a_seed():
 
 @pytest.mark.slow
 def test_full_batch_step_is_one_step_on_the_whole_set():
-  images = _images(50)
+  images = random_images(50)
   state = create_train_state(jax.random.key(0), STEP)
   expected, m_expected = jax.jit(train_step)(state, images)
   got, loss = loop.full_batch_step(create_train_state(jax.random.key(0), STEP), images,
                                    chunk_size=16)
   np.testing.assert_allclose(loss, m_expected["loss"], rtol=1e-5)
-  _tree_close(got.params, expected.params, rtol=1e-4, atol=1e-7)
+  tree_close(got.params, expected.params, rtol=1e-4, atol=1e-7)
   assert int(got.step) == 1
 
 
 @pytest.mark.slow
 def test_evaluate_averages_over_every_example():
-  images = _images(23)
+  images = random_images(23)
   state = create_train_state(jax.random.key(0), STEP)
   out = loop.evaluate(state, images, batch_size=10)
   direct = jax.jit(eval_step)(state, images)

@@ -1,3 +1,4 @@
+import json
 import os
 import pathlib
 
@@ -130,3 +131,42 @@ def test_resize_matches_pil_bilinear_on_real_digits():
   assert np.abs(ours[..., 0] - pil_float).max() <= 1e-6
   assert np.abs(ours - pil_u8).max() <= 1.0 / 255.0 + 1e-6
   assert np.abs(ours - pil_u8).mean() <= 0.5 / 255.0
+
+
+def _prepared(root: pathlib.Path, shards: int = 1) -> pathlib.Path:
+  """A prepared cifar10 folder as tfds lays it out, with `shards` train shards (empty files:
+  which files make the split is decided before any is read)."""
+  folder = root / "cifar10" / "3.0.2"
+  folder.mkdir(parents=True)
+  info = {"splits": [{"name": "train", "shardLengths": ["1"] * shards}]}
+  (folder / "dataset_info.json").write_text(json.dumps(info))
+  for i in range(shards):
+    (folder / f"cifar10-train.array_record-{i:05d}-of-{shards:05d}").touch()
+  return folder
+
+
+def test_the_prepared_shards_are_those_dataset_info_lists(tmp_path):
+  folder = _prepared(tmp_path, shards=2)
+  assert [p.name for p in sources_lib.prepared_files("cifar10", "train", tmp_path)] == [
+      "dataset_info.json", "cifar10-train.array_record-00000-of-00002",
+      "cifar10-train.array_record-00001-of-00002"]
+  # Before: a copy of a shard beside it was read as more data (60,000 pairs, repeated photos).
+  (folder / "cifar10-train.array_record-00000-of-00002.bak").touch()
+  with pytest.raises(sources_lib.DataError, match=r"array_record-00000-of-00002.bak is not one of "
+                                                  r"the 2 cifar10 train shard\(s\)"):
+    sources_lib.prepared_files("cifar10", "train", tmp_path)
+
+
+@pytest.mark.parametrize("make, what", [
+    (lambda shard: shard.unlink(), "missing"),
+    (lambda shard: (shard.unlink(), shard.mkdir()), "a directory"),
+    (lambda shard: (shard.unlink(), shard.symlink_to(shard.with_name("gone"))),
+     "a symbolic link to nothing"),
+])
+def test_a_listed_shard_that_is_not_a_file_is_named_in_one_line(tmp_path, make, what):
+  """Before: a directory or a dangling symlink was a traceback from the cache's fingerprint."""
+  folder = _prepared(tmp_path, shards=2)
+  make(folder / "cifar10-train.array_record-00001-of-00002")
+  with pytest.raises(sources_lib.DataError, match=f"00001-of-00002, a cifar10 train shard that "
+                                                  f".*dataset_info.json lists, is {what}"):
+    sources_lib.prepared_files("cifar10", "train", tmp_path)

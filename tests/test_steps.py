@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import random_images, tree_close
 from jaxae import Config, create_train_state, eval_step, models, train_step
 
 
@@ -13,14 +14,6 @@ from jaxae import Config, create_train_state, eval_step, models, train_step
 # original architecture itself is tested in test_models.py and test_pretrained.py.
 STEP = Config(features=(4,))
 
-
-def _images(n, seed=0):
-  return jnp.asarray(np.random.default_rng(seed).uniform(-1, 1, (n, 32, 32, 3)), jnp.float32)
-
-
-def _tree_close(a, b, **kw):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw)
 
 
 @pytest.mark.slow
@@ -92,7 +85,7 @@ def test_a_reconstruction_state_names_the_batch_it_takes():
 
 @pytest.mark.slow
 def test_steps_compose_with_scan_and_user_jit():
-  images = _images(8)
+  images = random_images(8)
   state0 = create_train_state(jax.random.key(1), STEP)
 
   @jax.jit
@@ -107,13 +100,13 @@ def test_steps_compose_with_scan_and_user_jit():
   for i in range(3):
     state, m = jax.jit(train_step)(state, images)
     np.testing.assert_allclose(losses[i], m["loss"], rtol=1e-5)
-  _tree_close(scanned.params, state.params, rtol=1e-4, atol=1e-6)
+  tree_close(scanned.params, state.params, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow
 def test_microbatched_step_is_the_same_step():
   # 10 examples, 3 of them masked, in microbatches of 4 (the last one padded by 2).
-  images = _images(10)
+  images = random_images(10)
   mask = jnp.asarray([1, 1, 0, 1, 1, 1, 0, 1, 0, 1], jnp.float32)
   state = create_train_state(jax.random.key(0), STEP)
   whole, m_whole = jax.jit(train_step)(state, images, mask)
@@ -121,13 +114,13 @@ def test_microbatched_step_is_the_same_step():
       state, images, mask)
   np.testing.assert_allclose(m_split["loss"], m_whole["loss"], rtol=1e-6)
   # Adam's first step is lr * sign(grad): compare the moments, which carry the gradient itself.
-  _tree_close(split.opt_state, whole.opt_state, rtol=1e-4, atol=1e-9)
-  _tree_close(split.params, whole.params, rtol=1e-5, atol=1e-6)
+  tree_close(split.opt_state, whole.opt_state, rtol=1e-4, atol=1e-9)
+  tree_close(split.params, whole.params, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
 def test_eval_step_with_state_or_params():
-  images = _images(4)
+  images = random_images(4)
   state = create_train_state(jax.random.key(0))
   out = jax.jit(eval_step)(state, images)
   assert out["reconstructions"].shape == images.shape
@@ -139,7 +132,7 @@ def test_eval_step_with_state_or_params():
 
 @pytest.mark.slow
 def test_masked_padding_contributes_nothing():
-  real = _images(3)
+  real = random_images(3)
   padded = jnp.concatenate([real, 100.0 * jnp.ones((5, 32, 32, 3))])
   mask = jnp.array([1, 1, 1, 0, 0, 0, 0, 0], jnp.float32)
   state = create_train_state(jax.random.key(0), STEP)
@@ -147,13 +140,13 @@ def test_masked_padding_contributes_nothing():
   b, mb = jax.jit(train_step)(state, padded, mask)
   np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-6)
   # Adam divides by sqrt(v): float noise of 1e-7 in a near-zero gradient shows up at that scale.
-  _tree_close(a.params, b.params, rtol=1e-5, atol=1e-6)
+  tree_close(a.params, b.params, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
 def test_optimizer_is_configurable():
   state = create_train_state(jax.random.key(0), STEP.replace(optimizer="sgd", learning_rate=0.1))
-  new_state, _ = jax.jit(train_step)(state, _images(4))
+  new_state, _ = jax.jit(train_step)(state, random_images(4))
   assert int(new_state.step) == 1
 
 
@@ -203,3 +196,12 @@ def test_eval_step_refuses_another_models_bare_params_and_takes_its_apply_fn():
   default = create_train_state(jax.random.key(0))
   np.testing.assert_allclose(evaluate(default.params, images)["loss"],
                              evaluate(default, images)["loss"])
+
+
+def test_steps_refuse_an_empty_batch():
+  """Before: train_step raised ZeroDivisionError inside conv.py and eval_step returned loss NaN."""
+  state = create_train_state(jax.random.key(0), STEP)
+  empty = jnp.zeros((0, 32, 32, 3))
+  for step in (train_step, eval_step):
+    with pytest.raises(ValueError, match=r"at least one image in images; got an empty batch"):
+      step(state, empty)

@@ -2,14 +2,18 @@
 divergence."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
-from conftest import tiny_splits
+from conftest import REPO, tiny_splits
 from jaxae import Config, seeds
 from jaxae.run.checkpoints import Checkpointer
 from jaxae.run.workdir import CHECKPOINT_DIR
+from jaxae.run import workdir
 from jaxae.run.errors import RunError
 from jaxae.run.train_and_evaluate import train_and_evaluate
 
@@ -126,3 +130,45 @@ def test_diverging_run_stops_naming_epoch_and_step_and_keeps_checkpoints(tmp_pat
   assert e.value.exit_code == 1
   assert not (tmp_path / "checkpoints" / "1").exists()  # The bad epoch is never saved.
   assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_an_evaluation_batch_larger_than_the_test_split_is_the_split(tmp_path):
+  """Before: --eval_batch_size=100000000 asked XLA for terabytes after a whole epoch."""
+  train, test = tiny_splits()
+  metrics = train_and_evaluate(Config(features=TINY, epochs=1, batch_size=16), train, test,
+                               tmp_path, log=lambda _: None, eval_batch_size=100_000_000)
+  assert metrics["final"]["num_test_images"] == len(test)
+
+
+_KILLED_IN_A_FIGURE = """
+import os, sys
+import matplotlib.figure
+from conftest import tiny_splits
+from jaxae import Config
+from jaxae.run.train_and_evaluate import train_and_evaluate
+
+def half_a_png_then_die(self, file, **kwargs):
+  (open(file, "wb") if isinstance(file, (str, os.PathLike)) else file).write(b"\\x89PNG\\r\\n")
+  os._exit(9)
+matplotlib.figure.Figure.savefig = half_a_png_then_die
+train, test = tiny_splits()
+train_and_evaluate(Config(features=(4,), epochs=1, batch_size=16), train, test, sys.argv[1],
+                   log=lambda _: None)
+"""
+
+
+@pytest.mark.slow
+def test_a_kill_while_a_figure_is_written_does_not_block_the_next_run(tmp_path):
+  """Before: the kill left a partial loss_curve.png that every later run, --overwrite too,
+  refused as not jaxae's. Now the figure is written beside it and renamed when whole."""
+  killed = subprocess.run([sys.executable, "-c", _KILLED_IN_A_FIGURE, str(tmp_path / "w")],
+                          capture_output=True, text=True, timeout=300, cwd=REPO / "tests",
+                          env=dict(os.environ, PYTHONPATH=f"{REPO / 'tests'}{os.pathsep}{REPO}"))
+  assert killed.returncode == 9, killed.stderr[-2000:]
+  assert not (tmp_path / "w" / "loss_curve.png").exists()
+  train, test = tiny_splits()
+  metrics = train_and_evaluate(Config(features=TINY, epochs=1, batch_size=16), train, test,
+                               tmp_path / "w", log=lambda _: None)
+  assert len(metrics["history"]) == 1
+  assert workdir.is_jaxae_file(tmp_path / "w" / "loss_curve.png")

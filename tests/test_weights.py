@@ -158,3 +158,47 @@ def test_a_params_file_that_cannot_be_written_leaves_no_temporary(tmp_path):
   with pytest.raises(OSError):
     save_params(tmp_path / "taken", params, Config())
   assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def _crafted(tmp_path, change):
+  """A params file of the default model whose payload `change(payload)` altered, as msgpack."""
+  from flax import serialization  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "crafted.msgpack"
+  save_params(path, create_train_state(jax.random.key(0)).params, Config())
+  payload = serialization.msgpack_restore(path.read_bytes())
+  change(payload)
+  path.write_bytes(serialization.msgpack_serialize(payload))
+  return path
+
+
+def _set_kernel(value_fn):
+  def change(payload):
+    kernel = payload["params"]["enc0"]["kernel"]
+    payload["params"]["enc0"]["kernel"] = value_fn(kernel)
+  return change
+
+
+def _set_config(key, value):
+  def change(payload):
+    config = json.loads(payload["config"])
+    config[key] = value
+    payload["config"] = json.dumps(config)
+  return change
+
+
+@pytest.mark.parametrize("change, message", [
+    (_set_kernel(lambda k: k.astype(np.int32)), "enc0/kernel holds int32 values"),
+    (_set_kernel(lambda k: k.astype(np.uint8)), "enc0/kernel holds uint8 values"),
+    (_set_kernel(lambda k: k > 0), "enc0/kernel holds bool values"),
+    (_set_kernel(lambda k: k.astype(np.complex64)), "enc0/kernel holds complex64 values"),
+    (_set_kernel(lambda k: np.where(k > 0, np.nan, k)), "enc0/kernel holds NaN or infinite"),
+    (_set_kernel(lambda k: np.full_like(k, np.inf)), "enc0/kernel holds NaN or infinite"),
+    (_set_config("model", "bogus"), "holds an unusable config: .*bogus"),
+    (lambda payload: payload.update(config="[" * 200_000 + "]" * 200_000),
+     "holds an unusable config"),
+])
+def test_a_params_file_of_garbage_is_refused_in_one_line(tmp_path, change, message):
+  """Before: evaluate.py scored such files (loss 1.7e15 or NaN, exit 0), or raised a ValueError
+  or RecursionError traceback."""
+  with pytest.raises(ParamsFileError, match=message):
+    load_params(_crafted(tmp_path, change))

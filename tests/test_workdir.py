@@ -345,3 +345,21 @@ def test_a_run_of_a_removed_option_is_refused_and_one_at_its_kept_value_resumes(
   settings_file.write_text(json.dumps({**settings, "pairing": "shuffled"}))
   with pytest.raises(RunError, match=r"no longer can be resumed: pairing='shuffled' was removed"):
     train_and_evaluate(tiny(epochs=3, batch_size=16), train, test, tmp_path, log=QUIET)
+
+
+@pytest.mark.parametrize("make, what", [
+    (lambda lock, victim: lock.symlink_to(victim), "a symbolic link"),
+    (lambda lock, victim: lock.mkdir(), "a directory"),
+])
+def test_a_lock_that_is_not_a_plain_file_is_refused_and_left_alone(tmp_path, make, what):
+  """Before: a symbolic link's target was truncated and overwritten with the lock's JSON (the
+  open followed it), and a directory was an IsADirectoryError traceback."""
+  victim = tmp_path / "victim.txt"
+  victim.write_text("someone's notes\n")
+  (tmp_path / "w").mkdir()
+  make(tmp_path / "w" / workdir.LOCK_FILE, victim)
+  with pytest.raises(RunError, match=f"{workdir.LOCK_FILE} is {what}, not jaxae's lock file; "
+                                     "move it away"):
+    with workdir.hold(tmp_path / "w"):
+      pass
+  assert victim.read_text() == "someone's notes\n"

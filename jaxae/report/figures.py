@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from jaxae.config import CIFAR_NORMALIZATION, MNIST_NORMALIZATION, Normalization
+from jaxae.files import write_atomically
 from jaxae.preprocess import to_unit_range
 
 # Marks every figure as jaxae's, so that --overwrite tells it from a file of the same name
@@ -47,7 +48,7 @@ def loss_curve(history: Sequence[dict[str, Any]], path: str | os.PathLike, title
   ax.grid(True, which="both", alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path, metadata=PNG_METADATA)
+  _save(fig, path)
   plt.close(fig)
 
 
@@ -70,7 +71,7 @@ def image_grid(rows: Sequence[tuple[str, np.ndarray]], path: str | os.PathLike,
   if title:
     ax.set_title(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, metadata=PNG_METADATA)
+  _save(fig, path)
   plt.close(fig)
 
 
@@ -162,5 +163,11 @@ def quality_curves(curves: dict[str, Sequence[Sequence[tuple[float, float]]]],
   if title:
     ax.set_title(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, metadata=PNG_METADATA)
+  _save(fig, path)
   plt.close(fig)
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+  """The figure as a PNG at `path`, whole or not at all: a kill mid-write leaves no partial file
+  that a later run would take for someone else's."""
+  write_atomically(path, lambda f: fig.savefig(f, format="png", metadata=PNG_METADATA))

@@ -80,6 +80,13 @@ class EpochProgress:
     return text
 
   def _run(self) -> None:
+    try:
+      self._draw_until_stopped()
+    except OSError:  # The stream went away (a closed pipe, a full disk): the run's own line says.
+      self._tty = False
+      self._width = 0
+
+  def _draw_until_stopped(self) -> None:
     while not self._stop.wait(0.5):
       now = time.monotonic()
       if now - self._start < self._quiet_s:
@@ -105,5 +112,8 @@ class EpochProgress:
     self._stop.set()
     self._thread.join()
     if self._tty and self._width:  # Leave the line empty for the epoch's own line.
-      self._stream.write("\r" + " " * self._width + "\r")
-      self._stream.flush()
+      try:
+        self._stream.write("\r" + " " * self._width + "\r")
+        self._stream.flush()
+      except OSError:
+        pass  # As in _run: the next console line reports it.

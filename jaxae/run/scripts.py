@@ -15,9 +15,10 @@ import time
 from typing import Callable, NoReturn, Sequence
 
 from jaxae import seeds
-from jaxae.config import Config, from_config_dict
+from jaxae.config import REMOVED_OPTIONS, Config, from_config_dict
 from jaxae.dataset import MixedSplit, load_mixed
 from jaxae.run.checkpoints import Checkpointer, IncompatibleCheckpointError, NoUsableCheckpointError
+from jaxae.run.errors import RunError
 from jaxae.run.workdir import CHECKPOINT_DIR, SETTINGS_FILE, jaxae_checkpoints
 from jaxae.sources import DataError, prepare_command, prepared_files, resolve_data_dir
 from jaxae.steps import check_config
@@ -106,6 +107,10 @@ def _unknown_field(e: AttributeError, argv: Sequence[str]) -> NoReturn:
     _unloadable_config(e, argv)
   field = next((a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and re.search(
       rf"\b{re.escape(a.split('=')[0].split('.')[-1])}\b", message)), "--config.<field>")
+  if (name := field.removeprefix("--config.")) in REMOVED_OPTIONS:
+    kept, commit = REMOVED_OPTIONS[name]
+    fail(f"{field} was removed (its results did not justify it; RESULTS.md and docs/speed.md); "
+         f"every run now uses {name}={kept!r}, and `git checkout {commit}` runs the option.")
   hint = message.splitlines()[-1].strip("'\" ") if "Did you mean" in message else ""
   fail(f"{field} is not a field of the config (jaxae/config.py lists them). {hint}".strip())
 
@@ -155,6 +160,20 @@ def quiet_logs() -> None:
   logging.set_verbosity(logging.WARNING)
 
 
+def say(line: str) -> None:
+  """Prints a line of the script's output. Standard output that went away (`| head` closed its
+  pipe, a full disk) is a RunError: one line on stderr, exit 1, after what completed was kept."""
+  try:
+    print(line, flush=True)
+  except OSError as e:
+    # What is still buffered would fail again at exit, with a traceback: it goes nowhere.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    raise RunError(f"cannot write to the standard output ({e.strerror or e}); what completed "
+                   "is kept (a training run resumes from its checkpoints).", exit_code=1) from None
+
+
 def fail(message: str, exit_code: int = 2) -> NoReturn:
   """Prints one clear line (no traceback) and exits."""
   print(f"error: {message}", file=sys.stderr, flush=True)
@@ -170,7 +189,11 @@ def check_data_dir(data_dir: str | None) -> None:
          "name the directory.")
   for name in ("mnist", "cifar10"):
     for split in ("train", "test"):
-      if not prepared_files(name, split, resolved):
+      try:
+        prepared = prepared_files(name, split, resolved)
+      except DataError as e:
+        fail(str(e))
+      if not prepared:
         fail(f"--data_dir={resolved} does not hold the prepared {name} {split} split "
              f"(tfds ArrayRecord). Point --data_dir at the directory that does (on these "
              f"machines ../shared/tensorflow_datasets), or prepare it once with: "
@@ -184,6 +207,18 @@ def check_writable(workdir: str) -> None:
     probe = probe.parent
   if problem := unwritable(probe):
     fail(f"--workdir={workdir} cannot be written ({problem}).")
+
+
+def check_output_file(flag: str, value: str | None) -> None:
+  """Fails (one line) unless --<flag>=<value> names a file that can be written: checked before a
+  measurement, not after it."""
+  if not value:
+    return
+  path = pathlib.Path(value).absolute()
+  if path.is_dir():
+    fail(f"--{flag}={value} is a directory; name a file.")
+  if problem := unwritable(path.parent):
+    fail(f"--{flag}={value} cannot be written ({problem}).")
 
 
 def unwritable(folder: pathlib.Path) -> str | None:

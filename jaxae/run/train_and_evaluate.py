@@ -108,8 +108,9 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
                           "seconds": time.perf_counter() - start})
       # Events before the checkpoint: a kill between the two trains the epoch again, and its
       # events with it (a resumed run hides the first copy), where the other order loses them.
-      _report(run, step_losses_RS)
+      _write_events(run, step_losses_RS)
       _save(run, epoch)
+      _log_epoch(run)
     run.checkpointer.close()
     return _finish(run)
 
@@ -308,8 +309,8 @@ def _save(run: _Run, epoch: int) -> None:
                    "space) and run the same command again to resume.") from None
 
 
-def _report(run: _Run, step_losses_RS: np.ndarray) -> None:
-  """The epoch's console line and, with TensorBoard on, its events."""
+def _write_events(run: _Run, step_losses_RS: np.ndarray) -> None:
+  """With TensorBoard on, the epoch's events."""
   record = run.history[-1]
   if run.watched is not None:
     # Every process computes them (a program over the whole mesh); process 0 writes.
@@ -325,6 +326,10 @@ def _report(run: _Run, step_losses_RS: np.ndarray) -> None:
           subset_metrics=[{"num_test_images": len(run.watched),
                            **run.state.task.final_metrics(run.watched, m)} for m in mine]),
              run.workdir / TENSORBOARD_DIR)
+
+
+def _log_epoch(run: _Run) -> None:
+  record = run.history[-1]
   run.log(summaries.epoch_line(record["epoch"], run.config.epochs, record["train_loss"],
                                record["test_loss"], record["seconds"], len(run.train),
                                _remaining_s(run.history, run.config.epochs - record["epoch"]),

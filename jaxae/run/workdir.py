@@ -21,7 +21,6 @@ import pathlib
 import re
 import shutil
 import socket
-import tempfile
 import time
 from typing import Any, Iterator
 
@@ -29,6 +28,7 @@ from flax import serialization
 
 from jaxae import parallel, weights
 from jaxae.config import Config, without_removed_options
+from jaxae.files import write_atomically
 from jaxae.report import figures
 from jaxae.run.errors import RunError
 
@@ -54,22 +54,7 @@ _DAMAGED_STEP_DIR = re.compile(r"\d+(\.\d+)?")
 
 def write_json(path: pathlib.Path, obj: Any) -> None:
   """Writes atomically: a reader (or a killed writer) never sees half a file."""
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-  try:
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a results file should be readable.
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-
-
-def _umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
+  write_atomically(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
 @contextlib.contextmanager
@@ -92,7 +77,14 @@ def hold(workdir: str | os.PathLike, purpose: str = "training") -> Iterator[path
     return
   created = _make_dirs(workdir)
   path = workdir / LOCK_FILE
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    # Not through a symbolic link: the lock's contents would overwrite whatever it points to.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+  except OSError as e:
+    if path.is_symlink() or path.is_dir():
+      what = "a symbolic link" if path.is_symlink() else "a directory"
+      raise RunError(f"{path} is {what}, not jaxae's lock file; move it away.") from None
+    raise RunError(f"cannot open {path} ({e.strerror or e}).") from None
   try:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -245,6 +237,15 @@ def is_jaxae_file(path: pathlib.Path) -> bool:
   if path.suffix == ".msgpack":
     return _PARAMS_MARKER in head
   return head.startswith(b"\x89PNG") and any(m in head for m in _PNG_MARKERS)
+
+
+def is_params_file(path: pathlib.Path) -> bool:
+  """Whether `path` is a params file jaxae wrote (weights.save_params), whatever its name."""
+  try:
+    with open(path, "rb") as f:
+      return path.is_file() and not path.is_symlink() and _PARAMS_MARKER in f.read(4096)
+  except OSError:
+    return False
 
 
 def jaxae_run_files(workdir: pathlib.Path) -> list[str]:

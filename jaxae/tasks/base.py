@@ -46,6 +46,8 @@ def check_images(images_BHWC, name: str = "images") -> None:
   if len(shape) != 4 or shape[-1] != IMAGE_SHAPE[-1] or not jnp.issubdtype(dtype, jnp.floating):
     what = _EXPECTED if name == "images" else f"{name} as {_EXPECTED}"
     raise ValueError(f"Expected {what}; got {dtype} {list(shape)}.")
+  if shape[0] == 0:  # Its mean loss would be 0 / 0.
+    raise ValueError(f"Expected at least one image in {name}; got an empty batch {list(shape)}.")
 
 
 def checked_outputs(apply_fn, params, images_BHWC, channels: int) -> jax.Array:
