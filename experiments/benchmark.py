@@ -2,7 +2,8 @@
 
     python experiments/benchmark.py --num_images=10000 --data_dir=../shared/tensorflow_datasets
 
-Figures: train_images_per_s (and steps_per_s) at each --batch_sizes (median over --epochs timed
+Figures: gemm_peak_gflops (this machine's float32 and bfloat16 GEMM rate, 2048x2048),
+train_images_per_s (with steps_per_s, gflops and fraction_of_f32_peak) at each --batch_sizes (median over --epochs timed
 epochs after one warm-up epoch, on --num_images mean images of random digits and photos: for the
 default task and model the same workload as ../shared/bench/torch_reference.py; --config (a config
 file, as for train.py) and --config.<field> time the others: its task, model, widths, conv_impl and
@@ -25,11 +26,13 @@ import time
 
 from absl import flags
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxae import parallel, platforms, seeds, step_reports
 from jaxae.dataset import load_mixed, mix
 from jaxae.loop import evaluate, steps_per_epoch, train_epoch
+from jaxae.models import forward_flops
 from jaxae.run import scripts
 from jaxae.run.provenance import host
 from jaxae.steps import batch_size_of
@@ -51,6 +54,8 @@ flags.DEFINE_enum("replica_strategy", None, ["vmap", "loop"],
 flags.DEFINE_bool("progress", False, "Time epochs that report their steps to the host (as "
                   "train.py's progress line has them; jaxae/report/progress.py).")
 flags.DEFINE_string("output", None, "Also write the JSON lines to this file.")
+flags.DEFINE_integer("gemm_size", 2048, "The GEMM peak's square matrices' side (the peak is the "
+                     "best of 10 products in float32 and in bfloat16).")
 
 
 def emit(lines, **record):
@@ -69,7 +74,21 @@ def compile_seconds(fn, *args, **kwargs) -> float:
   return time.perf_counter() - start
 
 
-def time_training(examples, batch_size, epochs, config, choice, lines):
+def gemm_peak_gflops(dtype, size: int = 2048, repeats: int = 10) -> float:
+  """This machine's GEMM rate: the best of `repeats` [size, size] @ [size, size] in `dtype`, the
+  products accumulated in float32 (GFLOP/s)."""
+  a, b = (jax.random.normal(jax.random.key(k), (size, size), dtype) for k in (0, 1))
+  dot = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+  dot(a, b).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    dot(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size ** 3 / best / 1e9
+
+
+def time_training(examples, batch_size, epochs, config, choice, lines, peak_gflops):
   """Times the epochs of config.num_seeds replicas (one seed: a stack of one, as a run holds it);
   returns the trained state and the median epoch's seconds."""
   mesh = parallel.data_mesh()
@@ -100,8 +119,11 @@ def time_training(examples, batch_size, epochs, config, choice, lines):
     state = jax.block_until_ready(epoch(state, number))
     seconds.append(time.perf_counter() - start)
   per_epoch = float(np.median(seconds))
+  # A trained image costs about three forward passes (the backward pass two).
+  train_gflops = 3 * forward_flops(seeds.replica(state, 0)) * replicas * n / per_epoch / 1e9
   emit(lines, metric="replica_images_per_s" if replicas > 1 else "train_images_per_s",
        value=round(config.num_seeds * n / per_epoch, 1), batch_size=batch_size,
+       gflops=round(train_gflops, 1), fraction_of_f32_peak=round(train_gflops / peak_gflops, 3),
        seconds_per_epoch=round(per_epoch, 4), num_images=n, num_seeds=config.num_seeds,
        # Small batches are bound by steps, not images (RESULTS.md, "Time to quality").
        steps_per_s=round(steps_per_epoch(n, batch_size) / per_epoch, 1),
@@ -123,11 +145,9 @@ def main(argv):
   if not sizes:
     scripts.fail("--batch_sizes is empty; name at least one batch size "
                  "(e.g. --batch_sizes=32,256).")
-  if FLAGS.output:  # Checked now, not after minutes of measuring.
-    if problem := scripts.unwritable(pathlib.Path(FLAGS.output).absolute().parent):
-      scripts.fail(f"--output={FLAGS.output} cannot be written ({problem}).")
-  if any(b <= 0 for b in sizes) or FLAGS.num_images <= 0 or FLAGS.epochs <= 0:
-    scripts.fail("--batch_size(s), --num_images and --epochs must be positive.")
+  scripts.check_output_file("output", FLAGS.output)
+  if any(b <= 0 for b in sizes) or min(FLAGS.num_images, FLAGS.epochs, FLAGS.gemm_size) <= 0:
+    scripts.fail("--batch_size(s), --num_images, --epochs and --gemm_size must be positive.")
   if FLAGS.microbatch < 0 or FLAGS.eval_batch_size < 0:
     scripts.fail("--microbatch and --eval_batch_size must be 0 (the model's) or positive.")
   if max(sizes) > FLAGS.num_images:
@@ -147,11 +167,16 @@ def main(argv):
                np.zeros(FLAGS.num_images, np.int64)))
   examples = task_from_config(config).examples(split)
   state = None
+  peaks = {str(jnp.dtype(d)): gemm_peak_gflops(d, FLAGS.gemm_size)
+           for d in (jnp.float32, jnp.bfloat16)}
+  for dtype, peak in peaks.items():
+    emit(lines, metric="gemm_peak_gflops", value=round(peak, 1), dtype=dtype, size=FLAGS.gemm_size)
   for batch_size in sizes:
     state, one_seed = time_training(examples, batch_size, FLAGS.epochs,
-                                    config.replace(num_seeds=1), choice, lines)
+                                    config.replace(num_seeds=1), choice, lines, peaks["float32"])
     if config.num_seeds > 1:
-      _, many = time_training(examples, batch_size, FLAGS.epochs, config, choice, lines)
+      _, many = time_training(examples, batch_size, FLAGS.epochs, config, choice, lines,
+                              peaks["float32"])
       emit(lines, metric="seeds_time_ratio", value=round(many / one_seed, 3),
            batch_size=batch_size, num_seeds=config.num_seeds)
 

@@ -6,6 +6,7 @@ Cases that need no data run anywhere; those that read the real datasets skip whe
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import jax
 import pytest
 
 from conftest import REPO, run_script, shared_data_dir, tiny_splits
-from jaxae import Config, create_train_state, save_params
+from jaxae import Config, create_train_state, load_params, save_params
 from jaxae.run import provenance
 from jaxae.run import workdir
 from jaxae.run.train_and_evaluate import train_and_evaluate
@@ -50,6 +51,11 @@ def _one_line(run, exit_code, message):
      "--train_limit=50001 is larger than the train split (50,000 pairs)."),
     (["--config.mnist_normalization.std=(0.2,0,0.2)", GOOD_DATA],
      "--config.mnist_normalization: Normalization stds must be positive"),
+    (["--config.cifar_normalization.std=(0.5,0.5,1e999)", GOOD_DATA],
+     "--config.cifar_normalization: Normalization stds must be positive and finite"),
+    (["--config.pairing=shuffled", GOOD_DATA],
+     "--config.pairing was removed (its results did not justify it; RESULTS.md and "
+     "docs/speed.md); every run now uses pairing='fixed', and `git checkout 3b809d9` runs"),
 ])
 def test_train_refuses_before_writing_anything(tmp_path, args, message):
   run = run_script("train.py", f"--workdir={tmp_path / 'run'}", *args)
@@ -93,6 +99,13 @@ def test_train_refuses_a_workdir_another_process_holds(tmp_path):
      "time_to_quality.py measures one-seed minibatch reconstruction configs"),
     ("time_to_quality.py", ["--config.optimizer=adam", GOOD_DATA],
      "--config.muon_learning_rate must be positive with optimizer='muon'"),
+    # Each once checked only after the whole measurement.
+    ("benchmark.py", ["--output=/tmp"], "--output=/tmp is a directory; name a file."),
+    ("time_to_quality.py", ["--output=/tmp", GOOD_DATA], "--output=/tmp is a directory"),
+    ("time_to_quality.py", ["--plot=/no/such/folder/x.png", GOOD_DATA],
+     "--plot=/no/such/folder/x.png cannot be written"),
+    ("time_to_quality.py", [f"--plot_with=a={REPO / 'README.md'}", GOOD_DATA],
+     "is not an --output file of this script (JSON lines)"),
 ])
 def test_measuring_scripts_check_their_flags_before_measuring(script, args, message):
   _one_line(run_script(script, *args), 2, message)
@@ -252,7 +265,7 @@ def test_a_dangling_symlink_as_workdir_is_one_line(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--batch_sizes="], "--batch_sizes is empty"),
-    (["--batch_size=0"], "--batch_size(s), --num_images and --epochs must be positive"),
+    (["--batch_size=0"], "--batch_size(s), --num_images, --epochs and --gemm_size must be positive"),
 ])
 def test_benchmark_refuses_empty_or_zero_batch_sizes(args, message):
   _one_line(run_script("benchmark.py", *args), 2, message)
@@ -272,7 +285,7 @@ def test_results_table_names_a_hand_edited_metrics_file(tmp_path, trained_workdi
 def test_export_to_an_existing_directory_leaves_no_temporary(tmp_path, trained_workdir):
   (tmp_path / "out").mkdir()
   _one_line(run_script("export_params.py", f"--workdir={trained_workdir}",
-                       f"--output={tmp_path / 'out'}"), 2, "could not write")
+                       f"--output={tmp_path / 'out'}"), 2, "is a directory; name a file")
   assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
@@ -442,7 +455,7 @@ def test_benchmark_prints_json_lines(tmp_path, task):
   out = tmp_path / "bench.jsonl"
   seeds = ["--config.num_seeds=2"] if task == "reconstruct" else []
   run = run_script("benchmark.py", "--num_images=96", "--epochs=1", "--batch_sizes=32",
-                   f"--output={out}", *TASK_FLAGS[task], *seeds)
+                   "--gemm_size=128", f"--output={out}", *TASK_FLAGS[task], *seeds)
   assert run.returncode == 0, run.stderr
   records = [json.loads(line) for line in out.read_text().splitlines()]
   metrics = {r["metric"] for r in records}
@@ -451,7 +464,62 @@ def test_benchmark_prints_json_lines(tmp_path, task):
   assert train["batch_size"] == 32 and train["value"] > 0 and train["device"]
   assert train["cpu"] and train["cpu"] == provenance.host()["cpu"]
   assert train["task"] == task
+  # The machine's GEMM peaks, and the fraction of the float32 one that training reaches.
+  peaks = {r["dtype"]: r["value"] for r in records if r["metric"] == "gemm_peak_gflops"}
+  assert set(peaks) == {"float32", "bfloat16"} and min(peaks.values()) > 0
+  assert train["fraction_of_f32_peak"] == pytest.approx(train["gflops"] / peaks["float32"],
+                                                        abs=0.002)
   if seeds:  # Beside the single-seed figure: 2 replicas as one program, and the time ratio.
     many = next(r for r in records if r["metric"] == "replica_images_per_s")
     ratio = next(r for r in records if r["metric"] == "seeds_time_ratio")
     assert many["num_seeds"] == 2 and many["value"] > 0 and ratio["value"] > 0
+
+
+@pytest.mark.slow
+def test_export_refuses_to_replace_a_file_it_did_not_write(tmp_path, trained_workdir):
+  shutil.copytree(trained_workdir, tmp_path / "w")
+  (tmp_path / "w" / "params.msgpack").write_text("notes\n")
+  _one_line(run_script("export_params.py", f"--workdir={tmp_path / 'w'}"), 2,
+            "params.msgpack exists and is not a params file jaxae wrote")
+  assert (tmp_path / "w" / "params.msgpack").read_text() == "notes\n"
+
+
+@pytest.mark.slow
+def test_export_of_a_continued_run_keeps_the_finished_runs_params(tmp_path, trained_workdir):
+  """A finished run continued and killed leaves a checkpoint newer than its metrics.json (here:
+  the finished run's metrics.json says one epoch fewer than the newest checkpoint)."""
+  shutil.copytree(trained_workdir, tmp_path / "w")
+  metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
+  metrics["config"]["epochs"] = 3
+  (tmp_path / "w" / "metrics.json").write_text(json.dumps(metrics))
+  before = (tmp_path / "w" / "params.msgpack").read_bytes()
+  _one_line(run_script("export_params.py", f"--workdir={tmp_path / 'w'}"), 2,
+            "belongs to the run that finished after epoch 3 (its metrics.json), and the newest "
+            "checkpoint is of epoch 1: pass --output=<file>")
+  assert (tmp_path / "w" / "params.msgpack").read_bytes() == before
+  run = run_script("export_params.py", f"--workdir={tmp_path / 'w'}",
+                   f"--output={tmp_path / 'epoch1.msgpack'}")
+  assert run.returncode == 0, run.stderr
+  _, config = load_params(tmp_path / "epoch1.msgpack")
+  assert config.epochs == 1  # The checkpoint's, not the stale metrics.json's 3.
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reader", ["head", "/dev/full"])
+def test_standard_output_that_goes_away_is_one_line_and_keeps_the_checkpoints(tmp_path, reader):
+  """Before: `| head -2` gave a BrokenPipeError traceback, `> /dev/full` an OSError one."""
+  data_dir = shared_data_dir()
+  train = [sys.executable, str(REPO / "experiments" / "train.py"), f"--data_dir={data_dir}",
+           f"--workdir={tmp_path / 'w'}", "--train_limit=64", "--test_limit=16",
+           "--config.features=(4,)", "--config.epochs=2", "--log_every_steps=0"]
+  if reader == "head":
+    command = " ".join(map(shlex.quote, train)) + " | head -1; exit ${PIPESTATUS[0]}"
+    run = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300,
+                         cwd=REPO)
+  else:
+    with open("/dev/full", "w") as full:
+      run = subprocess.run(train, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300,
+                           cwd=REPO)
+  _one_line(run, 1, "error: cannot write to the standard output (")
+  assert "what completed is kept" in run.stderr
+  assert run.stderr.count("\n") == 1  # Nothing more at exit either.
