@@ -11,6 +11,7 @@ across the seeds, and [min, max].
 """
 
 import json
+import math
 import pathlib
 
 from absl import flags
@@ -77,7 +78,7 @@ def _pm(values: dict, key: str, digits: int) -> str:
 def _time_and_device(metrics: dict) -> tuple[str, str]:
   minutes = sum(h["seconds"] for h in metrics["history"]) / 60
   device = metrics["platform"].upper() if metrics["platform"] == "cpu" else metrics["device"]
-  return f"{minutes:.1f} min", device
+  return f"{minutes:.1f} min", str(device).replace("|", "\\|")  # A cell, whatever it says.
 
 
 def row(name: str, metrics: dict) -> str:
@@ -114,6 +115,15 @@ def separate_rows(name: str, metrics: dict) -> list[str]:
           cells("trivial (blank digit)", final["trivial"], "—", "—", "—", "—")]
 
 
+def _not_finite(value, key: str = "final") -> str | None:
+  """'final/<key> = nan' for the first number in `value` that is not finite, else None."""
+  if isinstance(value, dict):
+    return next((bad for k, v in value.items() if (bad := _not_finite(v, f"{key}/{k}"))), None)
+  if isinstance(value, float) and not math.isfinite(value):
+    return f"{key} = {value}"
+  return None
+
+
 def main(argv):
   scripts.start(argv)
   if not FLAGS.workdirs:
@@ -128,6 +138,9 @@ def main(argv):
     if not isinstance(metrics, dict):
       scripts.fail(f"{workdir / METRICS_FILE} is not a JSON object; a finished "
                    "experiments/train.py run writes one.")
+    if bad := _not_finite(metrics.get("final")):
+      scripts.fail(f"{workdir / METRICS_FILE} holds {bad}, which no finished run records; "
+                   "evaluate the run again with experiments/evaluate.py.")
     try:
       if "replicas" in metrics:
         several[_task(metrics)].append(seeds_row(workdir.name, metrics))

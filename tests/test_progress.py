@@ -1,6 +1,8 @@
 """The progress line of an epoch (jaxae/report/progress.py)."""
 
 import io
+import os
+import shutil
 import time
 
 from jaxae.report.progress import EpochProgress
@@ -58,3 +60,14 @@ def test_a_short_epoch_draws_nothing_and_a_log_waits_its_interval():
       bar.steps_done(5, 10)
       time.sleep(0.7)
     assert stream.getvalue() == ""
+
+
+def test_a_narrow_terminal_gets_one_row_rewritten_in_place(monkeypatch):
+  """Before: at 20 columns the line wrapped, and each redraw left its first rows on screen."""
+  monkeypatch.setattr(shutil, "get_terminal_size", lambda *_: os.terminal_size((20, 24)))
+  stream = _Stream(True)
+  bar = EpochProgress(stream, epoch=12, epochs=50, images=50_000, later_s=3000.0)
+  bar.steps_done(700, 1563)
+  bar._draw(bar.line())  # pylint: disable=protected-access
+  drawn = stream.getvalue().split("\r")[-1]
+  assert 0 < len(drawn) <= 19 and drawn == bar.line()[:19]

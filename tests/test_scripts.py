@@ -282,6 +282,35 @@ def test_results_table_names_a_hand_edited_metrics_file(tmp_path, trained_workdi
 
 
 @pytest.mark.slow
+def test_results_table_refuses_numbers_no_run_records_and_keeps_its_cells(tmp_path,
+                                                                         trained_workdir):
+  """Before: a NaN PSNR was printed as a result, and a '|' in a device name split its row."""
+  metrics = json.loads((trained_workdir / "metrics.json").read_text())
+  metrics["final"]["psnr_standard_mean"] = float("nan")
+  (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+  _one_line(run_script("results_table.py", f"--workdirs={tmp_path}"), 2,
+            "holds final/psnr_standard_mean = nan, which no finished run records")
+  metrics = json.loads((trained_workdir / "metrics.json").read_text())
+  metrics.update(platform="gpu", device="H200 | 141 GB")
+  (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+  run = run_script("results_table.py", f"--workdirs={tmp_path}")
+  assert run.returncode == 0, run.stderr
+  header, _, row = run.stdout.strip().splitlines()
+  assert "H200 \\| 141 GB" in row
+  assert row.replace("\\|", "").count("|") == header.count("|")
+
+
+@pytest.mark.slow
+def test_a_config_file_that_exits_while_it_loads_is_one_line(tmp_path):
+  """Before: SystemExit(0) in a --config file ended train.py with exit 0 and no word."""
+  (tmp_path / "exits.py").write_text("raise SystemExit(0)\n")
+  run = run_script("train.py", f"--config={tmp_path / 'exits.py'}", f"--workdir={tmp_path / 'w'}",
+                   GOOD_DATA)
+  _one_line(run, 2, f"--config={tmp_path / 'exits.py'} could not be loaded (SystemExit")
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
 def test_export_to_an_existing_directory_leaves_no_temporary(tmp_path, trained_workdir):
   (tmp_path / "out").mkdir()
   _one_line(run_script("export_params.py", f"--workdir={trained_workdir}",

@@ -172,3 +172,14 @@ def test_a_kill_while_a_figure_is_written_does_not_block_the_next_run(tmp_path):
                                tmp_path / "w", log=lambda _: None)
   assert len(metrics["history"]) == 1
   assert workdir.is_jaxae_file(tmp_path / "w" / "loss_curve.png")
+
+
+def test_a_checkpoints_file_in_the_workdir_is_refused_before_any_epoch(tmp_path):
+  """Before: the run trained a whole epoch, then failed to save it."""
+  (tmp_path / "checkpoints").write_text("not a folder")
+  train, test = tiny_splits()
+  with pytest.raises(RunError, match=r"checkpoints is not a directory; a run keeps its "
+                                     r"checkpoints there"):
+    train_and_evaluate(Config(features=TINY, epochs=1, batch_size=16), train, test, tmp_path,
+                       log=lambda _: None)
+  assert (tmp_path / "checkpoints").read_text() == "not a folder"

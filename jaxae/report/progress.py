@@ -13,6 +13,7 @@ compiling and running (a process's first epoch) or running.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from typing import TextIO
@@ -99,6 +100,8 @@ class EpochProgress:
         self._stream.flush()
 
   def _draw(self, text: str) -> None:
+    # One row: a line wider than the terminal wraps, and "\r" rewrites only its last row.
+    text = text[:max(shutil.get_terminal_size().columns - 1, 1)]
     pad = max(self._width - len(text), 0)
     self._stream.write("\r" + text + " " * pad)
     self._stream.flush()

@@ -76,8 +76,11 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
       raise
     _unloadable_config(e, argv)
   except SystemExit as e:
-    if e.code == 1 and any(a.split("=")[0] in _HELP_FLAGS for a in argv[1:]):
-      sys.exit(0)  # absl exits 1 after printing the help someone asked for.
+    if any(a.split("=")[0] in _HELP_FLAGS for a in argv[1:]):
+      sys.exit(0 if e.code == 1 else e.code)  # absl exits 1 after printing the help asked for.
+    if any(a.startswith("--config=") for a in argv[1:]) and e.code in (0, None):
+      # A --config file that exits while it loads: no config, and no run that says so.
+      _unloadable_config(e, argv)
     raise
   finally:
     absl_logger.setLevel(level)

@@ -460,6 +460,9 @@ def _restore(state: TrainState, config: Config, workdir: pathlib.Path, options: 
   log = options.log if primary else (lambda _: None)
   warn = options.warn if primary else (lambda _: None)
   checkpoint_dir = workdir / CHECKPOINT_DIR
+  if checkpoint_dir.exists() and not checkpoint_dir.is_dir():  # Else refused after an epoch.
+    raise RunError(f"{checkpoint_dir} is not a directory; a run keeps its checkpoints there: "
+                   "move it away.")
   try:
     checkpointer = Checkpointer(checkpoint_dir, max_to_keep=options.keep_checkpoints)
     restored = checkpointer.restore_latest(state)
