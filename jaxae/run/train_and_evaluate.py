@@ -136,6 +136,7 @@ class _Run:
   provenance: dict[str, Any]
   board: TensorBoard | None = None
   watched: MixedSplit | None = None  # The test pairs TensorBoard shows each epoch.
+  watched_examples: Any = None  # Theirs, placed on the mesh.
   first_epoch: int = 1
 
   @property
@@ -197,6 +198,7 @@ def _prepare(config: Config, train: MixedSplit, test: MixedSplit, workdir: pathl
   run.first_epoch = len(run.history) + 1
   if options.tensorboard_every:
     run.watched = test.take(min(TENSORBOARD_METRICS_PAIRS, len(test)))
+    run.watched_examples = parallel.replicate(state.task.examples(run.watched), mesh)
     if primary:
       # Steps after the restored one are trained again: earlier events of theirs are hidden.
       purge_step = int(np.max(run.state.step)) + 1 if restored is not None else None
@@ -294,11 +296,19 @@ def _check_finite(run: _Run, epoch: int, step_losses_RS: np.ndarray) -> None:
 
 
 def _evaluate(run: _Run, examples, with_predictions: bool) -> dict[str, Any]:
-  """Every replica's evaluation of `examples` (device arrays with a leading replica axis)."""
+  return _evaluate_replicas(run.state, examples, run.eval_batch_size, run.options.mesh,
+                            with_predictions)
+
+
+def _evaluate_replicas(state: TrainState, examples, batch_size: int, mesh: Mesh,
+                       with_predictions: bool = True) -> dict[str, Any]:
+  """Every replica's evaluation of `examples` as the platform runs replicas (device arrays with a
+  leading replica axis), in batches of at most the examples' count."""
   return seeds.over_replicas(
-      loop.evaluate, run.state, examples, strategy=run.choice.replica_strategy,
-      batch_size=min(run.eval_batch_size, loop.batch_size_of(examples)),
-      with_predictions=with_predictions, mesh=run.options.mesh)
+      loop.evaluate, state, examples,
+      strategy=platforms.replica_strategy(platforms.platform_of(mesh), int(state.step.shape[0])),
+      batch_size=min(batch_size, loop.batch_size_of(examples)),
+      with_predictions=with_predictions, mesh=mesh)
 
 
 def _save(run: _Run, epoch: int) -> None:
@@ -314,8 +324,7 @@ def _write_events(run: _Run, step_losses_RS: np.ndarray) -> None:
   record = run.history[-1]
   if run.watched is not None:
     # Every process computes them (a program over the whole mesh); process 0 writes.
-    examples = parallel.replicate(run.state.task.examples(run.watched), run.options.mesh)
-    mine = _per_replica(fetch(_evaluate(run, examples, True)), run.replicas)
+    mine = _per_replica(fetch(_evaluate(run, run.watched_examples, True)), run.replicas)
     if run.board is not None:
       steps_before = int(np.max(run.state.step)) - step_losses_RS.shape[-1]
       _write(lambda: run.board.epoch(
@@ -429,10 +438,8 @@ def replica_final_metrics(state: TrainState, test: MixedSplit, eval_batch_size: 
   Returns ([final metrics of each replica], the predictions of the first, for figures).
   """
   mesh = mesh or parallel.data_mesh()
-  evaluated = fetch(seeds.over_replicas(
-      loop.evaluate, state, parallel.replicate(state.task.examples(test), mesh),
-      strategy=platforms.replica_strategy(platforms.platform_of(mesh), replicas),
-      batch_size=min(eval_batch_size, len(test)), mesh=mesh))
+  evaluated = fetch(_evaluate_replicas(
+      state, parallel.replicate(state.task.examples(test), mesh), eval_batch_size, mesh))
   test_loss_R = loop.mean_loss(evaluated["per_example_loss"])
   predictions = _per_replica(evaluated, replicas)
   finals = [{"test_loss": float(test_loss_R[k]), "num_test_images": len(test),
