@@ -224,6 +224,8 @@ _PNG_MARKERS = tuple(b"tEXtSoftware\x00" + name.encode()
 
 def is_jaxae_file(path: pathlib.Path) -> bool:
   """Whether `path`, one of RUN_FILES, holds what jaxae writes there (not only its name)."""
+  if path.suffix == ".msgpack":
+    return is_params_file(path)
   try:
     if not path.is_file() or path.is_symlink():
       return False
@@ -234,16 +236,16 @@ def is_jaxae_file(path: pathlib.Path) -> bool:
       head = f.read(4096)
   except (OSError, ValueError):
     return False
-  if path.suffix == ".msgpack":
-    return _PARAMS_MARKER in head
   return head.startswith(b"\x89PNG") and any(m in head for m in _PNG_MARKERS)
 
 
 def is_params_file(path: pathlib.Path) -> bool:
   """Whether `path` is a params file jaxae wrote (weights.save_params), whatever its name."""
   try:
+    if not path.is_file() or path.is_symlink():
+      return False
     with open(path, "rb") as f:
-      return path.is_file() and not path.is_symlink() and _PARAMS_MARKER in f.read(4096)
+      return _PARAMS_MARKER in f.read(4096)
   except OSError:
     return False
 
