@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from jaxae.config import Config
 from jaxae.models import model_from_config
+from jaxae.preprocess import value_range
 from jaxae.tasks import task_from_config
 from jaxae.weights import load_params
 
@@ -47,8 +50,25 @@ class LoadedModel:
 
     A pure function of its arguments (params first, so jax.grad, jax.jvp and jax.vmap see them):
     reconstruct gives {"reconstructions"}, separate {"digit", "photo"} in [0, 1] units.
+    Warns (under jit and vmap too) when the images lie far outside what `mean_images` produces
+    with the file's normalization, as 0-255 or unnormalized images do: the output would be a
+    number with no meaning.
     """
+    low, high = value_range(self.config.mnist_normalization, self.config.cifar_normalization)
+    margin = float((high - low).max())
+    images_BHWC = jnp.asarray(images_BHWC)
+    jax.debug.callback(_warn_if_outside, jnp.min(images_BHWC), jnp.max(images_BHWC),
+                       float(low.min()) - margin, float(high.max()) + margin)
     return self.task.predict(self.model.apply, params, images_BHWC)
+
+
+def _warn_if_outside(smallest, largest, low, high):
+  if not (low <= smallest and largest <= high):  # NaN fails both comparisons, so it warns too.
+    warnings.warn(f"jaxae: images in [{float(smallest):.4g}, {float(largest):.4g}], far outside "
+                  f"the normalized mean images the model was trained on (about "
+                  f"[{low:.2f}, {high:.2f}] at most): normalize them as the file's config says "
+                  "(jaxae.preprocess.mean_images); the predictions are not meaningful.",
+                  UserWarning, stacklevel=2)
 
 
 def load_model(path: str | os.PathLike, *, replica: int | None = None) -> LoadedModel:

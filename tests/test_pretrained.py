@@ -2,6 +2,7 @@
 
 import functools
 import json
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -116,3 +117,18 @@ def test_an_epoch_trains_exactly_as_the_published_corrected_run_did(test_split):
                                            with_predictions=False)["per_example_loss"])
   assert (train_loss, test_loss) == (recorded["history"][0]["train_loss"],
                                      recorded["history"][0]["test_loss"])
+
+
+@pytest.mark.parametrize("transform", ["eager", "jit", "vmap"])
+def test_predict_warns_on_images_that_are_not_normalized_mean_images(transform):
+  model = load_model(REPO / "results/rerun_gemm/corrected/params.msgpack")
+  rng = np.random.default_rng(0)
+  raw_BHWC = rng.uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)  # 0-255, not normalized.
+  normalized_BHWC = rng.uniform(-1.5, 1.8, (4, 32, 32, 3)).astype(np.float32)
+  predict = {"eager": model.predict, "jit": jax.jit(model.predict),
+             "vmap": lambda p, x: jax.vmap(model.predict, (None, 0))(p, x[:, None])}[transform]
+  with pytest.warns(UserWarning, match="far outside the normalized mean images"):
+    jax.block_until_ready(predict(model.params, raw_BHWC))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    jax.block_until_ready(predict(model.params, normalized_BHWC))
