@@ -162,6 +162,29 @@ def test_full_disk_while_saving_raises_one_clear_error(tmp_path, monkeypatch):
   assert _restore(directory).epoch == 1  # The earlier step is untouched.
 
 
+@pytest.mark.parametrize("wrapping", ["chained", "in_the_text"])
+def test_a_full_disk_wrapped_in_long_messages_is_still_named(tmp_path, monkeypatch, wrapping):
+  # Orbax raises its own errors around the OSError, with tracebacks longer than a line can hold.
+  directory = tmp_path / "checkpoints"
+  state, history = _saved_run(directory, epochs=1)
+  checkpointer = Checkpointer(directory)
+  preamble = "Failed to commit the step to /some/where: " + "x" * 400 + "\nTraceback ...\n"
+
+  def no_space(*args, **kwargs):
+    if wrapping == "chained":
+      try:
+        raise OSError(errno.ENOSPC, "No space left on device", "/w/checkpoints/2/state")
+      except OSError as e:
+        raise RuntimeError(preamble) from e
+    raise ValueError(preamble + "OSError: [Errno 28] No space left on device: '/w/x'")
+
+  monkeypatch.setattr(checkpointer._manager, "save", no_space)  # pylint: disable=protected-access
+  with pytest.raises(CheckpointSaveError, match="No space left on device") as raised:
+    checkpointer.save(2, state, history + [{"epoch": 2}])
+  assert "\n" not in str(raised.value) and len(str(raised.value)) < 400
+  checkpointer.close()
+
+
 @pytest.fixture
 def sigint_handler():
   """Sets the SIGINT handler a test names and restores the one before: a worker's handler is

@@ -20,7 +20,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import pathlib
+import re
 import signal
 import threading
 from typing import Any, Iterator
@@ -257,8 +259,20 @@ def _structure_difference(saved: list, expected: list) -> str:
 
 
 def _first_line(e: BaseException) -> str:
-  text = str(e).strip().splitlines()
-  return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+  """What went wrong, in one line: the operating system's error where there is one (orbax wraps
+  a full disk in long messages of its own, where "No space left on device" came last)."""
+  seen, cause = set(), e
+  while cause is not None and id(cause) not in seen:
+    seen.add(id(cause))
+    if isinstance(cause, OSError) and cause.errno:
+      return f"{type(cause).__name__}: {os.strerror(cause.errno)}" + (
+          f": {cause.filename}" if cause.filename else "")
+    cause = cause.__cause__ or cause.__context__
+  text = str(e).strip()
+  if found := re.search(r"\[Errno \d+\][^\n]*", text):
+    return f"{type(e).__name__}: {found.group(0)[:300]}"
+  lines = text.splitlines()
+  return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
 
 
 @contextlib.contextmanager
