@@ -127,9 +127,20 @@ def test_diverging_run_stops_naming_epoch_and_step_and_keeps_checkpoints(tmp_pat
     # The default model: the one-level model's loss stays finite at this rate.
     train_and_evaluate(Config(epochs=3, batch_size=16, learning_rate=1e6), train, test, tmp_path,
                        log=quiet)
-  assert e.value.exit_code == 1
+  assert e.value.exit_code == 1 and "lower --config.learning_rate" in str(e.value)
   assert not (tmp_path / "checkpoints" / "1").exists()  # The bad epoch is never saved.
   assert not (tmp_path / "metrics.json").exists()
+
+
+def test_a_divergence_under_an_absurd_normalization_names_the_normalization():
+  """Before, every divergence advised a lower learning rate, also when a mean of 1000 had put
+  the pixels around -2000."""
+  from jaxae.config import Normalization  # pylint: disable=g-import-not-at-top
+  from jaxae.run.train_and_evaluate import _divergence_advice  # pylint: disable=g-import-not-at-top
+  absurd = Config(cifar_normalization=Normalization(mean=(1000.0,) * 3, std=(0.5,) * 3))
+  assert "--config.cifar_normalization" in _divergence_advice(absurd)
+  assert "learning_rate" not in _divergence_advice(absurd)
+  assert _divergence_advice(Config()) == "lower --config.learning_rate and run again."
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ from jaxae import loop, parallel, platforms, seeds, step_reports
 from jaxae.config import Config
 from jaxae.dataset import MixedSplit
 from jaxae.models import forward_flops
+from jaxae.preprocess import value_range
 from jaxae.report import figures, summaries
 from jaxae.report.progress import EpochProgress
 from jaxae.report.tensorboard import TensorBoard
@@ -291,8 +292,19 @@ def _check_finite(run: _Run, epoch: int, step_losses_RS: np.ndarray) -> None:
       + (f"replica {k} (seed {run.config.seed + k}): " if run.replicas > 1 else "")
       + f"the loss became {step_losses_RS[k, step]} at epoch {epoch}, step {step + 1} of "
       f"{step_losses_RS.shape[-1]}. The last good checkpoint ({last}) is kept in "
-      f"{run.workdir / CHECKPOINT_DIR}; lower --config.learning_rate and run again.",
+      f"{run.workdir / CHECKPOINT_DIR}; {_divergence_advice(run.config)}",
       exit_code=1)
+
+
+def _divergence_advice(config) -> str:
+  """What to change: the normalization when it puts pixels far from unit scale (the defaults
+  give about [-2.1, 2.6]), else the learning rate."""
+  low, high = value_range(config.mnist_normalization, config.cifar_normalization)
+  if max(abs(float(low.min())), abs(float(high.max()))) > 10:
+    return (f"the normalization puts the mean images in [{float(low.min()):.3g}, "
+            f"{float(high.max()):.3g}], far from unit scale: check --config.mnist_normalization "
+            "and --config.cifar_normalization (means and stds of [0, 1] pixels) and run again.")
+  return "lower --config.learning_rate and run again."
 
 
 def _evaluate(run: _Run, examples, with_predictions: bool) -> dict[str, Any]:
