@@ -1,4 +1,4 @@
-"""Evaluates a training run's newest checkpoint, or a params file, on the test split.
+r"""Evaluates a training run's newest checkpoint, or a params file, on the test split.
 
     python experiments/evaluate.py --data_dir=../shared/tensorflow_datasets --workdir=runs/original
     python experiments/evaluate.py --data_dir=../shared/tensorflow_datasets \

@@ -1,4 +1,4 @@
-"""Time to quality: training seconds until the test PSNR first reaches a target, per seed.
+r"""Time to quality: training seconds until the test PSNR first reaches a target, per seed.
 
     python experiments/time_to_quality.py --config=experiments/configs/fast.py \
         --data_dir=../shared/tensorflow_datasets --num_seeds=5 --output=ttq_fast.jsonl

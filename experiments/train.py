@@ -1,4 +1,4 @@
-"""Trains a model on MNIST + CIFAR-10 mean images and writes results into --workdir.
+r"""Trains a model on MNIST + CIFAR-10 mean images and writes results into --workdir.
 
     python experiments/train.py --data_dir=../shared/tensorflow_datasets --workdir=runs/corrected
     python experiments/train.py --config=experiments/configs/separate_unet_cosine.py \

@@ -6,6 +6,7 @@ Cases that need no data run anywhere; those that read the real datasets skip whe
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -66,6 +67,15 @@ def test_train_refuses_before_writing_anything(tmp_path, args, message):
 def test_help_exits_0():
   run = run_script("train.py", "--help")
   assert run.returncode == 0 and "--workdir" in run.stdout
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "experiments").glob("*.py")))
+def test_help_examples_keep_their_line_breaks(script):
+  """A docstring's `\\` at a line's end joined its lines: --help showed the example's break as a
+  run of spaces, a command no one could paste."""
+  import ast  # pylint: disable=g-import-not-at-top
+  doc = ast.get_docstring(ast.parse((REPO / "experiments" / script).read_text()), clean=False)
+  assert doc and not [line for line in doc.splitlines() if re.search(r"\S {3,}--", line)]
 
 
 @pytest.mark.slow
