@@ -56,9 +56,6 @@ flags.DEFINE_integer("process_id", None, "This process's index, 0 .. --num_proce
 def validate_flags() -> Config:
   if not FLAGS.workdir:
     scripts.fail("--workdir is required.")
-  for name in ("train_limit", "test_limit"):
-    if FLAGS[name].value < 0:
-      scripts.fail(f"--{name} must be 0 (all) or positive, got {FLAGS[name].value}.")
   if FLAGS.log_every_steps < 0:
     scripts.fail(f"--log_every_steps must be 0 (no TensorBoard files) or positive, got "
                  f"{FLAGS.log_every_steps}.")
@@ -102,9 +99,6 @@ def main(argv):
                                   FLAGS.overwrite)
     data = scripts.load_data(FLAGS.data_dir, config, FLAGS.train_limit, FLAGS.test_limit, log=log)
     train, test = data["train"], data["test"]
-    if not config.full_batch and config.batch_size > len(train):
-      scripts.fail(f"--batch_size={config.batch_size} is larger than the training set "
-                   f"({len(train):,} pairs).")
     train_and_evaluate(config, train, test, FLAGS.workdir, train_limit=FLAGS.train_limit,
                        test_limit=FLAGS.test_limit, overwrite=FLAGS.overwrite,
                        keep_checkpoints=FLAGS.keep_checkpoints,

@@ -43,6 +43,15 @@ class MixedSplit:
                       self.mnist_labels[:n], self.cifar_labels[:n])
 
 
+def check_limit(split: str, limit: int, size: int | None = None) -> None:
+  """Raises ValueError (one line, naming `<split>_limit`) unless `limit` is 0 (the whole split)
+  or a count of pairs of at most `size` (when known)."""
+  if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0:
+    raise ValueError(f"{split}_limit={limit!r} must be 0 (all) or a positive count of pairs.")
+  if size is not None and limit > size:
+    raise ValueError(f"{split}_limit={limit} is larger than the {split} split ({size:,} pairs).")
+
+
 def mix(mnist: tuple[np.ndarray, np.ndarray], cifar: tuple[np.ndarray, np.ndarray], *,
         mnist_normalization: Normalization = MNIST_NORMALIZATION,
         cifar_normalization: Normalization = CIFAR_NORMALIZATION) -> MixedSplit:
@@ -78,17 +87,14 @@ def load_mixed(data_dir: str | os.PathLike | None = None, *,
   limits = {"train": train_limit, "test": test_limit}
   if not splits or len(set(splits)) < len(splits) or any(s not in SPLITS for s in splits):
     raise ValueError(f"splits must name some of {SPLITS}, got {tuple(splits)}.")
-  if any(limit < 0 for limit in limits.values()):
-    raise ValueError(f"train_limit={train_limit} and test_limit={test_limit} must be 0 (all) "
-                     "or positive.")
+  for split, limit in limits.items():
+    check_limit(split, limit)  # Before minutes of loading; against the size once it is known.
   sources = load_splits([(name, split) for split in splits for name in ("mnist", "cifar10")],
                         data_dir, cache=cache, write_behind=True)
   pairs = []
   for split, (mnist, cifar) in zip(splits, zip(sources[::2], sources[1::2])):
     size = min(len(mnist[0]), len(cifar[0]))
-    if limits[split] > size:
-      raise ValueError(f"{split}_limit={limits[split]} is larger than the {split} split "
-                       f"({size:,} pairs).")
+    check_limit(split, limits[split], size)
     keep = limits[split] or size
     pairs.append(((mnist[0][:keep], mnist[1][:keep]), (cifar[0][:keep], cifar[1][:keep])))
   return dict(zip(splits, _mix_all(pairs, mnist_normalization, cifar_normalization)))

@@ -51,13 +51,8 @@ def make_optimizer(config: Config,
       `steps_per_epoch`.
   """
   check_optimizer_names(config)
-  total = None
-  if config.lr_schedule != "constant":
-    if not steps_per_epoch or steps_per_epoch <= 0:
-      raise ValueError(f"lr_schedule={config.lr_schedule!r} needs the run's steps_per_epoch "
-                       "(its steps decay over config.epochs epochs); to run a params file "
-                       "without training it, use jaxae.load_model.")
-    total = config.epochs * steps_per_epoch
+  check_schedule(config, steps_per_epoch)
+  total = config.epochs * steps_per_epoch if config.lr_schedule != "constant" else None
   return _optimizer(config.optimizer, config.learning_rate, config.lr_schedule,
                     config.warmup_steps, total, float(config.grad_clip_norm),
                     float(config.weight_decay), float(config.muon_learning_rate))
@@ -76,6 +71,23 @@ def check_optimizer_names(config: Config) -> None:
                      f"{config.muon_learning_rate!r} with optimizer={config.optimizer!r}.")
 
 
+def check_schedule(config: Config, steps_per_epoch: int | None) -> None:
+  """Raises ValueError (one line) unless the config's schedule fits a run of `steps_per_epoch`
+  steps per epoch: "cosine" needs the count, and a warmup shorter than the whole run."""
+  if config.lr_schedule == "constant":
+    return
+  if not steps_per_epoch or steps_per_epoch <= 0:
+    raise ValueError(f"lr_schedule={config.lr_schedule!r} needs the run's steps_per_epoch "
+                     "(its steps decay over config.epochs epochs); to run a params file "
+                     "without training it, use jaxae.load_model.")
+  total = config.epochs * steps_per_epoch
+  if config.warmup_steps >= total:
+    raise ValueError(f"warmup_steps={config.warmup_steps} is not smaller than the run's "
+                     f"{total:,} optimizer steps ({config.epochs} epoch"
+                     f"{'s' if config.epochs > 1 else ''} of {steps_per_epoch:,}): the schedule "
+                     "would never decay; lower it.")
+
+
 @functools.cache
 def _optimizer(name: str, learning_rate: float, schedule: str = "constant", warmup_steps: int = 0,
                total_steps: int | None = None, grad_clip_norm: float = 0.0,
@@ -84,9 +96,8 @@ def _optimizer(name: str, learning_rate: float, schedule: str = "constant", warm
   def scheduled(peak):
     if schedule == "constant":
       return peak
-    warmup = min(warmup_steps, total_steps - 1)
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup else peak, peak_value=peak, warmup_steps=warmup,
+        init_value=0.0 if warmup_steps else peak, peak_value=peak, warmup_steps=warmup_steps,
         decay_steps=total_steps, end_value=0.0)
   rate = scheduled(learning_rate)
   # Options left at their defaults add no transformation, so that the optimizer state of a run

@@ -152,3 +152,12 @@ def test_muon_needs_its_own_rate_and_no_other_optimizer_takes_it():
   with pytest.raises(ValueError, match="^muon_learning_rate must be positive"):
     check_config(Config(muon_learning_rate=0.02))
   check_config(Config(optimizer="muon", muon_learning_rate=0.02))
+
+
+def test_a_warmup_as_long_as_the_run_is_refused_by_the_optimizer_itself():
+  """The schedule's owner refuses it (before, the run alone did, and a library caller got a
+  schedule that never decayed)."""
+  config = Config(lr_schedule="cosine", warmup_steps=8, epochs=2)
+  with pytest.raises(ValueError, match="warmup_steps=8 is not smaller than the run's 8"):
+    make_optimizer(config, steps_per_epoch=4)
+  make_optimizer(config.replace(warmup_steps=7), steps_per_epoch=4)

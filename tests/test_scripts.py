@@ -405,7 +405,7 @@ def test_bad_flags_get_one_line_exit_2_and_write_nothing(tmp_path, case):
   args, message = {
       "epochs": ([good_data, "--config.epochs=0"], "--config.epochs must be a positive integer"),
       "batch": ([good_data, "--config.batch_size=-1"], "--config.batch_size must be a positive"),
-      "limit": ([good_data, "--train_limit=-5"], "--train_limit must be 0"),
+      "limit": ([good_data, "--train_limit=-5"], "--train_limit=-5 must be 0"),
       "data_dir": ([f"--data_dir={tmp_path}/no_data"], "does not hold the prepared mnist"),
       "processes_incomplete": ([good_data, "--coordinator_address=localhost:1234"],
                                "needs all of --coordinator_address"),

@@ -92,7 +92,7 @@ def test_limits_passed_to_the_library_are_applied_not_only_recorded(tmp_path):
   # The same as a run on the first pairs, passed without limits.
   taken = train_and_evaluate(config, train.take(16), test.take(4), tmp_path / "b", log=quiet)
   assert _losses(limited) == _losses(taken) and limited["final"] == taken["final"]
-  for limits, message in (({"train_limit": 41}, "train_limit=41 must be 0 .* 40 pairs"),
+  for limits, message in (({"train_limit": 41}, r"train_limit=41 is larger than the train split \(40 pairs\)"),
                           ({"test_limit": -1}, "test_limit=-1"),
                           ({"train_limit": 2.5}, "train_limit=2.5")):
     with pytest.raises(RunError, match=message):
@@ -130,6 +130,21 @@ def test_diverging_run_stops_naming_epoch_and_step_and_keeps_checkpoints(tmp_pat
   assert e.value.exit_code == 1 and "lower --config.learning_rate" in str(e.value)
   assert not (tmp_path / "checkpoints" / "1").exists()  # The bad epoch is never saved.
   assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(train_limit=8), r"batch_size=16 is larger than the training set \(8 pairs\)"),
+    (dict(config=Config(lr_schedule="cosine", warmup_steps=9, epochs=3, batch_size=16)),
+     "warmup_steps=9 is not smaller than the run's 9 optimizer steps"),
+])
+def test_a_run_refuses_batches_and_schedules_that_do_not_fit_its_data(tmp_path, options, message):
+  """The schedule is checked by its owner (jaxae.optimizers.check_schedule), which the run asks
+  before it writes anything; a batch larger than the data was refused by train.py alone."""
+  train, test = tiny_splits()
+  config = options.pop("config", Config(features=TINY, epochs=1, batch_size=16))
+  with pytest.raises(RunError, match=message):
+    train_and_evaluate(config, train, test, tmp_path / "w", log=lambda _: None, **options)
+  assert not (tmp_path / "w").exists()
 
 
 def test_a_divergence_under_an_absurd_normalization_names_the_normalization():

@@ -22,8 +22,9 @@ import numpy as np
 
 from jaxae import loop, parallel, platforms, seeds, step_reports
 from jaxae.config import Config
-from jaxae.dataset import MixedSplit
+from jaxae.dataset import MixedSplit, check_limit
 from jaxae.models import forward_flops
+from jaxae.optimizers import check_schedule
 from jaxae.preprocess import value_range
 from jaxae.report import figures, summaries
 from jaxae.report.progress import EpochProgress
@@ -156,21 +157,21 @@ def _checked(config: Config, train: MixedSplit, test: MixedSplit,
     check_config(config)
   except ValueError as e:
     raise RunError(f"invalid config: {e}") from None
-  for name, limit, split in (("train", options.train_limit, train),
-                             ("test", options.test_limit, test)):
-    if (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
-        or limit > len(split)):
-      raise RunError(f"{name}_limit={limit!r} must be 0 (all) or a count of at most the "
-                     f"{name} split's {len(split):,} pairs.")
+  try:
+    check_limit("train", options.train_limit, len(train))
+    check_limit("test", options.test_limit, len(test))
+  except ValueError as e:
+    raise RunError(str(e)) from None
   # The limits are the run's settings (a resumed run must use the same): applied here, so that
   # they are never recorded without being used.
   train, test = train.take(options.train_limit), test.take(options.test_limit)
-  steps = loop.steps_per_epoch(len(train), config.batch_size, config.full_batch)
-  if config.lr_schedule != "constant" and config.warmup_steps >= config.epochs * steps:
-    raise RunError(f"--config.warmup_steps={config.warmup_steps} is not smaller than the run's "
-                   f"{config.epochs * steps:,} optimizer steps ({config.epochs} "
-                   f"epoch{'s' if config.epochs > 1 else ''} of {steps:,}): the schedule "
-                   "would never decay; lower it.")
+  if not config.full_batch and config.batch_size > len(train):
+    raise RunError(f"--config.batch_size={config.batch_size} is larger than the training set "
+                   f"({len(train):,} pairs).")
+  try:
+    check_schedule(config, loop.steps_per_epoch(len(train), config.batch_size, config.full_batch))
+  except ValueError as e:
+    raise RunError(f"--config.{e}") from None
   return train, test
 
 
