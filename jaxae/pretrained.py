@@ -55,7 +55,7 @@ class LoadedModel:
     number with no meaning.
     """
     low, high = value_range(self.config.mnist_normalization, self.config.cifar_normalization)
-    margin = float((high - low).max())
+    margin = 2 * float((high - low).max())  # Wide: noisy or augmented images pass.
     images_BHWC = jnp.asarray(images_BHWC)
     jax.debug.callback(_warn_if_outside, jnp.min(images_BHWC), jnp.max(images_BHWC),
                        float(low.min()) - margin, float(high.max()) + margin)
