@@ -21,7 +21,7 @@ import time
 from absl import flags
 import jax
 
-from jaxae import platforms, seeds
+from jaxae import extras, platforms, seeds
 from jaxae.report import figures, summaries
 from jaxae.run import scripts
 from jaxae.run import workdir as workdir_lib
@@ -44,6 +44,7 @@ flags.DEFINE_integer("eval_batch_size", 0, "Batch size of evaluation (0: the mod
 
 def main(argv):
   scripts.start(argv)
+  extras.require("data", "run")
   if not FLAGS.workdir:
     scripts.fail("--workdir is required.")
   if FLAGS.test_limit < 0 or FLAGS.eval_batch_size < 0:

@@ -24,7 +24,7 @@ import sys
 
 from absl import flags
 
-from jaxae import parallel
+from jaxae import extras, parallel
 from jaxae.config import Config
 from jaxae.run import scripts
 from jaxae.run import workdir as workdir_lib
@@ -81,6 +81,7 @@ def validate_flags() -> Config:
 
 def main(argv):
   scripts.start(argv)
+  extras.require("data", "run")
   config = validate_flags()
   if FLAGS.coordinator_address:
     try:

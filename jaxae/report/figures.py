@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jaxae import extras
 from jaxae.config import CIFAR_NORMALIZATION, MNIST_NORMALIZATION, Normalization
 from jaxae.files import write_atomically
 from jaxae.preprocess import to_unit_range
@@ -17,7 +18,7 @@ PNG_METADATA = {"Software": "jaxae"}
 
 
 def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib = extras.load("matplotlib", "run")
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   return plt

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jaxae import extras
 from jaxae.config import is_number
 
 
@@ -110,6 +111,7 @@ class _EventFile:
   """One event file in `logdir`, written synchronously (tensorboardX's EventsWriter)."""
 
   def __init__(self, logdir: pathlib.Path, purge_step: int | None):
+    extras.load("tensorboardX", "run")  # One line naming the extra, if it is missing.
     from tensorboardX.event_file_writer import EventsWriter  # pylint: disable=g-import-not-at-top
     from tensorboardX.proto.event_pb2 import Event, SessionLog  # pylint: disable=g-import-not-at-top
     logdir.mkdir(parents=True, exist_ok=True)

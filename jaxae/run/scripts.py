@@ -15,6 +15,7 @@ import time
 from typing import Callable, NoReturn, Sequence
 
 from jaxae import seeds
+from jaxae.extras import MissingExtraError
 from jaxae.config import REMOVED_OPTIONS, Config, from_config_dict
 from jaxae.dataset import MixedSplit, load_mixed
 from jaxae.run.checkpoints import Checkpointer, IncompatibleCheckpointError, NoUsableCheckpointError
@@ -33,7 +34,8 @@ def run(main: Callable[[list[str]], None], interrupted: str = "interrupted.") ->
   """`absl.app.run(main)` with the scripts' error conventions.
 
   A flag that does not parse is one line and exit 2 (absl alone prints usage and exits 1);
-  --help exits 0; Ctrl-C prints `interrupted` in one line and exits 130.
+  --help exits 0; Ctrl-C prints `interrupted` in one line and exits 130; a missing extra
+  (jaxae/extras.py) is one line naming it, exit 2.
   """
   from absl import app  # pylint: disable=g-import-not-at-top
 
@@ -54,6 +56,8 @@ def run(main: Callable[[list[str]], None], interrupted: str = "interrupted.") ->
       main(argv)
     except KeyboardInterrupt:  # Raised by code that replaced the handler for a while.
       leave()
+    except MissingExtraError as e:  # A package this script needs is not installed.
+      fail(str(e))
 
   app.run(guarded, flags_parser=_parse_flags)
 
