@@ -61,6 +61,21 @@ class LoadedModel:
                        float(low.min()) - margin, float(high.max()) + margin)
     return self.task.predict(self.model.apply, params, images_BHWC)
 
+  def encode(self, params: Any, images_BHWC: jax.Array) -> jax.Array:
+    """The autoencoder's latent code [B, 4, 4, 64] of normalized mean images (pure, as
+    `predict`). Models with skip connections (the U-Net) have no code of their own: ValueError."""
+    return self.model.apply({"params": params}, images_BHWC, method=self._part("encode"))
+
+  def decode(self, params: Any, latent_BHWC: jax.Array) -> jax.Array:
+    """The autoencoder's decoder: normalized mean images [B, 32, 32, 3] of a latent code."""
+    return self.model.apply({"params": params}, latent_BHWC, method=self._part("decode"))
+
+  def _part(self, name: str) -> str:
+    if not hasattr(self.model, name):
+      raise ValueError(f"the {self.config.model!r} model has no {name}r of its own (its skip "
+                       "connections join the two halves); only the autoencoder ('seed') has.")
+    return name
+
 
 def _warn_if_outside(smallest, largest, low, high):
   if not (low <= smallest and largest <= high):  # NaN fails both comparisons, so it warns too.

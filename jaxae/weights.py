@@ -171,14 +171,14 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], config: Config | None =
       its widths (the key and both shapes are named).
   """
   config = config or Config()
-  if config.model != "seed" or config.task != "reconstruct" or config.num_seeds != 1:
-    raise ParamsFileError("a PyTorch state_dict maps onto the original model only "
-                          "(model='seed', task='reconstruct', num_seeds=1).")
+  _check_original(config)
+  layers = _layers_in_order(config)
   expected = expected_shapes(config)
-  layers = [name for name in expected if name.endswith("/kernel")]
-  layers.sort(key=lambda n: (not n.startswith("enc"), int(re.sub(r"\D", "", n.split("/")[0]))))
-  weights = [k for k in state_dict if k.endswith("weight")]
-  biases = [k for k in state_dict if k.endswith("bias")]
+  keys = list(state_dict)
+  if all(TORCH_KEY.fullmatch(k) for k in keys):  # The notebook's layout, in any order (safetensors
+    keys.sort(key=_torch_key_order)              # files list their keys alphabetically).
+  weights = [k for k in keys if k.endswith("weight")]
+  biases = [k for k in keys if k.endswith("bias")]
   if len(weights) != len(layers) or len(biases) != len(layers):
     raise ParamsFileError(f"the state_dict has {len(weights)} weights and {len(biases)} biases; "
                           f"the model ({list(config.features)}) has {len(layers)} layers.")
@@ -195,3 +195,54 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], config: Config | None =
                             f"{name} needs {torch_shape} (bias {expected[f'{name}/bias']}).")
     params[name] = {"kernel": jnp.asarray(kernel), "bias": jnp.asarray(b)}
   return params
+
+
+# The original notebook's module: encoder and decoder as nn.Sequential, a LeakyReLU between
+# layers, so the convolutions are items 0, 2, 4 of each.
+TORCH_KEY = re.compile(r"(encoder|decoder)\.(\d+)\.(weight|bias)")
+
+
+def to_torch_state_dict(params: Any, config: Config) -> dict[str, np.ndarray]:
+  """The "seed" model's params in the original notebook's layout (NumPy float32 arrays):
+  `encoder.0.weight`, `encoder.0.bias`, `encoder.2.…`, …, `decoder.4.bias`, which its
+  autoencoder class (docs/weights.md) loads with `load_state_dict(..., strict=True)`.
+
+  The inverse of `from_torch_state_dict`, bit for bit.
+
+  Raises:
+    ParamsFileError: the config's model is not the original's (a U-Net has no such layout).
+  """
+  _check_original(config)
+  _check_shapes(params, config, "params")
+  state_dict = {}
+  for name in _layers_in_order(config):
+    layer = name.split("/")[0]
+    part = "encoder" if layer.startswith("enc") else "decoder"
+    index = 2 * int(re.sub(r"\D", "", layer))
+    kernel = on_host(params[layer]["kernel"])
+    # HWIO to Conv2d's [out, in, kh, kw], or to ConvTranspose2d's [in, out, kh, kw].
+    weight = kernel.transpose(3, 2, 0, 1) if part == "encoder" else kernel.transpose(2, 3, 0, 1)
+    state_dict[f"{part}.{index}.weight"] = np.ascontiguousarray(weight)
+    state_dict[f"{part}.{index}.bias"] = on_host(params[layer]["bias"])
+  return state_dict
+
+
+def _check_original(config: Config) -> None:
+  if config.model != "seed" or config.task != "reconstruct" or config.num_seeds != 1:
+    raise ParamsFileError("a PyTorch state_dict maps onto the original model only "
+                          "(model='seed', task='reconstruct', one replica), got "
+                          f"model={config.model!r}, task={config.task!r}"
+                          + (f", num_seeds={config.num_seeds}" if config.num_seeds != 1 else "")
+                          + ".")
+
+
+def _layers_in_order(config: Config) -> list[str]:
+  """The kernels' paths, encoder first, each part in order (enc0, enc1, ..., dec0, ...)."""
+  layers = [name for name in expected_shapes(config) if name.endswith("/kernel")]
+  return sorted(layers, key=lambda n: (not n.startswith("enc"),
+                                       int(re.sub(r"\D", "", n.split("/")[0]))))
+
+
+def _torch_key_order(key: str):
+  part, index, kind = TORCH_KEY.fullmatch(key).groups()
+  return part != "encoder", int(index), kind
