@@ -104,6 +104,17 @@ def test_the_results_report_is_a_report():
   assert not re.search(r"\b(I|session|sessions|status)\b", text)
 
 
+@pytest.mark.parametrize("command", [["tensorboard", "--version_tb"],
+                                     ["jupyter", "notebook", "--version"]])
+def test_the_viewers_the_docs_open_are_installed(command):
+  """docs/running.md opens TensorBoard, the notebook Jupyter; before the `view` extra, the
+  README's install line gave neither command."""
+  executable = pathlib.Path(sys.executable).parent / command[0]
+  run = subprocess.run([str(executable), *command[1:]], capture_output=True, text=True,
+                       timeout=120)
+  assert run.returncode == 0 and re.search(r"\d+\.\d+", run.stdout + run.stderr), run.stderr
+
+
 @pytest.mark.slow
 def test_jaxae_in_your_own_jax_code_runs_as_written():
   # The page's code is under test here, not its numbers (the other tests check those, compiled
