@@ -54,6 +54,7 @@ def _restore(directory, config=CONFIG):
     checkpointer.close()
 
 
+@pytest.mark.slow
 def test_restore_returns_the_saved_state_history_and_provenance(tmp_path):
   state, history = _saved_run(tmp_path / "checkpoints")
   restored = _restore(tmp_path / "checkpoints")

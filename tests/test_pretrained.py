@@ -119,6 +119,7 @@ def test_an_epoch_trains_exactly_as_the_published_corrected_run_did(test_split):
                                      recorded["history"][0]["test_loss"])
 
 
+@pytest.mark.slow
 def test_predict_warns_on_images_that_are_not_normalized_mean_images(tmp_path):
   # A small model of the file format (the check is the file's config's, not its weights').
   config = Config(features=(4,))

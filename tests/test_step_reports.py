@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import tiny_splits
 from jaxae import Config, create_train_state, loop, seeds, step_reports
@@ -38,6 +39,7 @@ def test_chunks_and_the_remaining_steps_report_as_one_scan_computes():
   assert step_reports.every(3) is reports  # One per interval: its programs compile once.
 
 
+@pytest.mark.slow
 def test_vmapped_replicas_report_their_shared_steps_and_train_as_without():
   config = Config(features=(4,), num_seeds=2)
   train, _ = tiny_splits(32, 8)

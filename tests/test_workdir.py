@@ -90,6 +90,7 @@ def test_fewer_epochs_than_completed_is_refused_and_metrics_stay_true(tmp_path):
   assert (tmp_path / "metrics.json").read_bytes() == metrics
 
 
+@pytest.mark.slow
 def test_overwrite_removes_only_what_jaxae_wrote(tmp_path):
   train, test = tiny_splits()
   first = train_and_evaluate(tiny(epochs=1, batch_size=16), train, test, tmp_path, log=QUIET)
@@ -234,6 +235,7 @@ def test_stale_cache_temporaries_are_removed_and_live_ones_kept(tmp_path, monkey
   assert sorted(p.name for p in tmp_path.glob("x-y-z*")) == []
 
 
+@pytest.mark.slow
 def test_a_finished_run_without_settings_or_checkpoints_is_refused_not_overwritten(tmp_path):
   train, test = tiny_splits()
   train_and_evaluate(tiny(epochs=1, batch_size=16), train, test, tmp_path, log=QUIET)
