@@ -124,6 +124,47 @@ def random_params(model, x, seed=0):
   return jax.tree.map(lambda s: jnp.asarray(rng.uniform(-0.3, 0.3, s.shape), s.dtype), shapes)
 
 
+# The original model as PyTorch builds it: nn.Sequential(Conv2d, LeakyReLU, ..., ConvTranspose2d),
+# with a NumPy forward pass of PyTorch's definitions (NCHW, its weight layouts).
+def torch_layers(features=(16, 32, 64)):
+  widths = [3, *features]
+  convs = [("conv", widths[i], widths[i + 1]) for i in range(len(features))]
+  back = widths[::-1]
+  return convs + [("convT", back[i], back[i + 1]) for i in range(len(features))]
+
+
+def _numpy_conv(x, w, b):  # Conv2d(k=4, stride=2, padding=1); w [out, in, 4, 4].
+  x = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+  n, _, h, wd = x.shape
+  out_h, out_w = (h - 4) // 2 + 1, (wd - 4) // 2 + 1
+  out = np.zeros((n, w.shape[0], out_h, out_w))
+  for ki in range(4):
+    for kj in range(4):
+      patch = x[:, :, ki:ki + 2 * out_h:2, kj:kj + 2 * out_w:2]
+      out += np.einsum("nchw,oc->nohw", patch, w[:, :, ki, kj])
+  return out + b[None, :, None, None]
+
+
+def _numpy_conv_transpose(x, w, b):  # ConvTranspose2d(k=4, stride=2, padding=1); w [in, out, 4, 4].
+  n, _, h, wd = x.shape
+  full = np.zeros((n, w.shape[1], 2 * h + 2, 2 * wd + 2))
+  for ki in range(4):
+    for kj in range(4):
+      contribution = np.einsum("nchw,co->nohw", x, w[:, :, ki, kj])
+      full[:, :, ki:ki + 2 * h:2, kj:kj + 2 * wd:2] += contribution
+  return full[:, :, 1:-1, 1:-1] + b[None, :, None, None]
+
+
+def numpy_torch_forward(state_dict, x_NCHW, layers):
+  for i, (kind, _, _) in enumerate(layers):
+    w, b = state_dict[f"{2 * i}.weight"], state_dict[f"{2 * i}.bias"]
+    x_NCHW = (_numpy_conv if kind == "conv" else _numpy_conv_transpose)(x_NCHW, w, b)
+    if i < len(layers) - 1:
+      x_NCHW = np.where(x_NCHW > 0, x_NCHW, 0.01 * x_NCHW)
+  return x_NCHW
+
+
+
 def _script_env(extra: dict | None = None) -> dict:
   return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **(extra or {}))
 

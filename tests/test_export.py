@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, run_script
+from conftest import REPO, numpy_torch_forward, run_script, torch_layers
 from jaxae import Config, export, from_torch_state_dict, load_model
 from jaxae.weights import ParamsFileError, to_torch_state_dict
 
@@ -44,36 +44,11 @@ def _inputs(loaded, part, batch):
   return _images(batch)
 
 
-# The original's module: Conv2d/ConvTranspose2d by PyTorch's definitions, in NumPy (NCHW).
-def _conv(x, w, b):  # Conv2d(k=4, stride=2, padding=1); w [out, in, 4, 4].
-  x = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
-  n, _, h, wd = x.shape
-  out = np.zeros((n, w.shape[0], (h - 4) // 2 + 1, (wd - 4) // 2 + 1))
-  for ki in range(4):
-    for kj in range(4):
-      patch = x[:, :, ki:ki + out.shape[2] * 2:2, kj:kj + out.shape[3] * 2:2]
-      out += np.einsum("nchw,oc->nohw", patch, w[:, :, ki, kj])
-  return out + b[None, :, None, None]
-
-
-def _conv_transpose(x, w, b):  # ConvTranspose2d(k=4, stride=2, padding=1); w [in, out, 4, 4].
-  n, _, h, wd = x.shape
-  full = np.zeros((n, w.shape[1], 2 * h + 2, 2 * wd + 2))
-  for ki in range(4):
-    for kj in range(4):
-      full[:, :, ki:ki + 2 * h:2, kj:kj + 2 * wd:2] += np.einsum("nchw,co->nohw", x, w[:, :, ki, kj])
-  return full[:, :, 1:-1, 1:-1] + b[None, :, None, None]
-
-
-def _torch_forward(state_dict, x_NCHW):
-  leaky = lambda v: np.where(v > 0, v, 0.01 * v)
-  for i in (0, 2, 4):
-    x_NCHW = leaky(_conv(x_NCHW, state_dict[f"encoder.{i}.weight"], state_dict[f"encoder.{i}.bias"]))
-  for i in (0, 2, 4):
-    x_NCHW = _conv_transpose(x_NCHW, state_dict[f"decoder.{i}.weight"],
-                             state_dict[f"decoder.{i}.bias"])
-    x_NCHW = leaky(x_NCHW) if i < 4 else x_NCHW
-  return x_NCHW
+def _as_one_sequential(state_dict):
+  """The notebook's keys as one nn.Sequential's (encoder 0, 2, 4; decoder 6, 8, 10), the layout
+  of conftest's NumPy forward pass of PyTorch's layers."""
+  return {f"{int(k.split('.')[1]) + (6 if k.startswith('decoder') else 0)}.{k.split('.')[2]}":
+          v.astype(np.float64) for k, v in state_dict.items()}
 
 
 def test_the_torch_layout_is_the_notebook_s_and_reads_back_bit_for_bit():
@@ -93,8 +68,8 @@ def test_the_torch_layout_is_the_notebook_s_and_reads_back_bit_for_bit():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
   x = _images(3)
   expected = np.asarray(_expected(loaded, "model", x)["out"])
-  torch_out = _torch_forward({k: v.astype(np.float64) for k, v in read.items()},
-                             x.transpose(0, 3, 1, 2).astype(np.float64))
+  torch_out = numpy_torch_forward(_as_one_sequential(read),
+                                  x.transpose(0, 3, 1, 2).astype(np.float64), torch_layers())
   np.testing.assert_allclose(torch_out.transpose(0, 2, 3, 1), expected, atol=ATOL)
 
 

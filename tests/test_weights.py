@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_splits
+from conftest import numpy_torch_forward, tiny_splits, torch_layers
 from jaxae import (Config, create_train_state, eval_step, from_torch_state_dict, load_params,
                    save_params, seeds)
 from jaxae.models import model_from_config
@@ -65,46 +65,6 @@ def test_unusable_files_are_named_in_one_line(tmp_path):
     assert "\n" not in str(e.value)
 
 
-# The original model as PyTorch builds it: nn.Sequential(Conv2d, LeakyReLU, ..., ConvTranspose2d),
-# with a NumPy forward pass of PyTorch's definitions (NCHW, its weight layouts).
-def _torch_layers(features=(16, 32, 64)):
-  widths = [3, *features]
-  convs = [("conv", widths[i], widths[i + 1]) for i in range(len(features))]
-  back = widths[::-1]
-  return convs + [("convT", back[i], back[i + 1]) for i in range(len(features))]
-
-
-def _numpy_conv(x, w, b):  # Conv2d(k=4, stride=2, padding=1); w [out, in, 4, 4].
-  x = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
-  n, _, h, wd = x.shape
-  out_h, out_w = (h - 4) // 2 + 1, (wd - 4) // 2 + 1
-  out = np.zeros((n, w.shape[0], out_h, out_w))
-  for ki in range(4):
-    for kj in range(4):
-      patch = x[:, :, ki:ki + 2 * out_h:2, kj:kj + 2 * out_w:2]
-      out += np.einsum("nchw,oc->nohw", patch, w[:, :, ki, kj])
-  return out + b[None, :, None, None]
-
-
-def _numpy_conv_transpose(x, w, b):  # ConvTranspose2d(k=4, stride=2, padding=1); w [in, out, 4, 4].
-  n, _, h, wd = x.shape
-  full = np.zeros((n, w.shape[1], 2 * h + 2, 2 * wd + 2))
-  for ki in range(4):
-    for kj in range(4):
-      contribution = np.einsum("nchw,co->nohw", x, w[:, :, ki, kj])
-      full[:, :, ki:ki + 2 * h:2, kj:kj + 2 * wd:2] += contribution
-  return full[:, :, 1:-1, 1:-1] + b[None, :, None, None]
-
-
-def _numpy_forward(state_dict, x_NCHW, layers):
-  for i, (kind, _, _) in enumerate(layers):
-    w, b = state_dict[f"{2 * i}.weight"], state_dict[f"{2 * i}.bias"]
-    x_NCHW = (_numpy_conv if kind == "conv" else _numpy_conv_transpose)(x_NCHW, w, b)
-    if i < len(layers) - 1:
-      x_NCHW = np.where(x_NCHW > 0, x_NCHW, 0.01 * x_NCHW)
-  return x_NCHW
-
-
 def _random_state_dict(layers, rng):
   state_dict = {}
   for i, (kind, c_in, c_out) in enumerate(layers):
@@ -118,10 +78,10 @@ def _random_state_dict(layers, rng):
 @pytest.mark.parametrize("conv_impl", ["reference", "gemm"])
 def test_a_torch_state_dict_computes_what_pytorch_computes(conv_impl):
   rng = np.random.default_rng(0)
-  layers = _torch_layers()
+  layers = torch_layers()
   state_dict = _random_state_dict(layers, rng)
   x_NCHW = rng.uniform(-1, 1, (2, 3, 32, 32)).astype(np.float32)
-  expected = _numpy_forward({k: v.astype(np.float64) for k, v in state_dict.items()},
+  expected = numpy_torch_forward({k: v.astype(np.float64) for k, v in state_dict.items()},
                             x_NCHW.astype(np.float64), layers)
   config = Config(conv_impl=conv_impl)
   params = from_torch_state_dict(state_dict, config)
@@ -131,7 +91,7 @@ def test_a_torch_state_dict_computes_what_pytorch_computes(conv_impl):
 
 
 def test_a_state_dict_of_other_widths_is_named():
-  state_dict = _random_state_dict(_torch_layers((16, 32, 64)), np.random.default_rng(0))
+  state_dict = _random_state_dict(torch_layers((16, 32, 64)), np.random.default_rng(0))
   with pytest.raises(ParamsFileError, match=r"state_dict\['0.weight'\] has shape \(16, 3, 4, 4\)"):
     from_torch_state_dict(state_dict, Config(features=(8, 32, 64)))
   del state_dict["10.bias"]
