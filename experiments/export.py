@@ -52,9 +52,6 @@ def main(argv):
                  "stablehlo.")
   try:
     loaded = load_model(FLAGS.params, replica=FLAGS.replica)
-    if loaded.config.num_seeds > 1:
-      scripts.fail(f"{FLAGS.params} holds {loaded.config.num_seeds} seeds; pick one with "
-                   f"--replica=0..{loaded.config.num_seeds - 1}.")
     if FLAGS.format == "torch":
       data = export.save_torch(loaded)
     elif FLAGS.format == "onnx":

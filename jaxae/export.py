@@ -37,10 +37,14 @@ def part_function(loaded: LoadedModel, part: str = "model"
   """(f, the shape of one input example): f maps a batch to the part's outputs, parameters bound.
 
   Raises:
-    ValueError: an unknown part, or an encoder or decoder of a model without one (the U-Net).
+    ValueError: an unknown part, an encoder or decoder of a model without one (the U-Net), or a
+      model of several stacked seeds.
   """
   if part not in PARTS:
     raise ValueError(f"part must be one of {', '.join(PARTS)}, got {part!r}.")
+  if (seeds := loaded.config.num_seeds) > 1:
+    raise ValueError(f"the file holds {seeds} seeds, stacked; export one of them: "
+                     f"--replica=0..{seeds - 1} (load_model(path, replica=k)).")
   config = loaded.config.replace(conv_impl="reference")
   portable = LoadedModel(model=model_from_config(config, loaded.task.out_channels),
                          params=loaded.params, task=loaded.task, config=config)

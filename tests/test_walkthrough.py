@@ -2,7 +2,6 @@
 
 import re
 
-import nbformat
 import pytest
 
 from conftest import REPO, shared_data_dir
@@ -14,9 +13,16 @@ def _code_cells(nb):
   return [c for c in nb.cells if c.cell_type == "code"]
 
 
+def _read(path):
+  # Imported here, not when the file is collected: with Jupyter installed, nbformat's JSON schema
+  # checker imports a URI grammar that takes about 3 s to build, in every pytest worker.
+  import nbformat  # pylint: disable=import-outside-toplevel
+  return nbformat.read(path, as_version=4)
+
+
 def test_the_notebook_is_saved_with_its_outputs_and_pictures():
   # It must read on a repository page: every code cell ran, in order, without an error.
-  nb = nbformat.read(NOTEBOOK, as_version=4)
+  nb = _read(NOTEBOOK)
   cells = _code_cells(nb)
   assert [c.execution_count for c in cells] == list(range(1, len(cells) + 1))
   outputs = [o for c in cells for o in c.outputs]
@@ -37,7 +43,7 @@ def test_the_notebook_runs_on_a_small_slice(monkeypatch):
   # the CPU time and run a few steps each.
   monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
   monkeypatch.setenv("JAXAE_DATA_DIR", str(shared_data_dir()))
-  nb = nbformat.read(NOTEBOOK, as_version=4)
+  nb = _read(NOTEBOOK)
   NotebookClient(nb, timeout=600, kernel_name="python3",
                  resources={"metadata": {"path": str(REPO)}}).execute()
   text = "".join(o.get("text", "") for c in _code_cells(nb) for o in c.outputs)
