@@ -133,32 +133,42 @@ def torch_layers(features=(16, 32, 64)):
   return convs + [("convT", back[i], back[i + 1]) for i in range(len(features))]
 
 
-def _numpy_conv(x, w, b):  # Conv2d(k=4, stride=2, padding=1); w [out, in, 4, 4].
-  x = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
-  n, _, h, wd = x.shape
-  out_h, out_w = (h - 4) // 2 + 1, (wd - 4) // 2 + 1
-  out = np.zeros((n, w.shape[0], out_h, out_w))
-  for ki in range(4):
-    for kj in range(4):
-      patch = x[:, :, ki:ki + 2 * out_h:2, kj:kj + 2 * out_w:2]
-      out += np.einsum("nchw,oc->nohw", patch, w[:, :, ki, kj])
-  return out + b[None, :, None, None]
+def numpy_conv_transpose(x_nchw, w_torch, stride, padding):
+  """PyTorch ConvTranspose2d by its definition: scatter-add every input pixel times the kernel.
+
+  x [N, C, H, W]; w_torch [C_in, C_out, k, k] (PyTorch's layout). Returns [N, C_out, H', W'].
+  """
+  n, c, h, w = x_nchw.shape
+  _, o, k, _ = w_torch.shape
+  full = np.zeros((n, o, (h - 1) * stride + k, (w - 1) * stride + k))
+  for i in range(h):
+    for j in range(w):
+      for ci in range(c):
+        full[:, :, i * stride:i * stride + k, j * stride:j * stride + k] += (
+            x_nchw[:, ci, i, j][:, None, None, None] * w_torch[ci][None])
+  out_h, out_w = (h - 1) * stride + k - 2 * padding, (w - 1) * stride + k - 2 * padding
+  return full[:, :, padding:padding + out_h, padding:padding + out_w]
 
 
-def _numpy_conv_transpose(x, w, b):  # ConvTranspose2d(k=4, stride=2, padding=1); w [in, out, 4, 4].
-  n, _, h, wd = x.shape
-  full = np.zeros((n, w.shape[1], 2 * h + 2, 2 * wd + 2))
-  for ki in range(4):
-    for kj in range(4):
-      contribution = np.einsum("nchw,co->nohw", x, w[:, :, ki, kj])
-      full[:, :, ki:ki + 2 * h:2, kj:kj + 2 * wd:2] += contribution
-  return full[:, :, 1:-1, 1:-1] + b[None, :, None, None]
+def numpy_conv(x_nchw, w_torch, b, stride, padding):
+  """PyTorch Conv2d by its definition. w_torch [C_out, C_in, k, k]."""
+  x = np.pad(x_nchw, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+  o, _, k, _ = w_torch.shape
+  n, _, h, w = x.shape
+  oh, ow = (h - k) // stride + 1, (w - k) // stride + 1
+  out = np.zeros((n, o, oh, ow))
+  for i in range(oh):
+    for j in range(ow):
+      patch = x[:, :, i * stride:i * stride + k, j * stride:j * stride + k]
+      out[:, :, i, j] = np.einsum("nchw,ochw->no", patch, w_torch) + b
+  return out
 
 
 def numpy_torch_forward(state_dict, x_NCHW, layers):
   for i, (kind, _, _) in enumerate(layers):
     w, b = state_dict[f"{2 * i}.weight"], state_dict[f"{2 * i}.bias"]
-    x_NCHW = (_numpy_conv if kind == "conv" else _numpy_conv_transpose)(x_NCHW, w, b)
+    x_NCHW = (numpy_conv(x_NCHW, w, b, 2, 1) if kind == "conv"
+              else numpy_conv_transpose(x_NCHW, w, 2, 1) + b[None, :, None, None])
     if i < len(layers) - 1:
       x_NCHW = np.where(x_NCHW > 0, x_NCHW, 0.01 * x_NCHW)
   return x_NCHW

@@ -8,41 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import numpy_conv, numpy_conv_transpose
 from jaxae.conv import CONV_IMPLS, _im2col, _overlap_add  # pylint: disable=protected-access
 from jaxae.models import TorchConv, TorchConvTranspose
-
-
-
-
-def numpy_conv_transpose(x_nchw, w_torch, stride, padding):
-  """PyTorch ConvTranspose2d by its definition: scatter-add every input pixel times the kernel.
-
-  x [N, C, H, W]; w_torch [C_in, C_out, k, k] (PyTorch's layout). Returns [N, C_out, H', W'].
-  """
-  n, c, h, w = x_nchw.shape
-  _, o, k, _ = w_torch.shape
-  full = np.zeros((n, o, (h - 1) * stride + k, (w - 1) * stride + k))
-  for i in range(h):
-    for j in range(w):
-      for ci in range(c):
-        full[:, :, i * stride:i * stride + k, j * stride:j * stride + k] += (
-            x_nchw[:, ci, i, j][:, None, None, None] * w_torch[ci][None])
-  out_h, out_w = (h - 1) * stride + k - 2 * padding, (w - 1) * stride + k - 2 * padding
-  return full[:, :, padding:padding + out_h, padding:padding + out_w]
-
-
-def numpy_conv(x_nchw, w_torch, b, stride, padding):
-  """PyTorch Conv2d by its definition. w_torch [C_out, C_in, k, k]."""
-  x = np.pad(x_nchw, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-  o, _, k, _ = w_torch.shape
-  n, _, h, w = x.shape
-  oh, ow = (h - k) // stride + 1, (w - k) // stride + 1
-  out = np.zeros((n, o, oh, ow))
-  for i in range(oh):
-    for j in range(ow):
-      patch = x[:, :, i * stride:i * stride + k, j * stride:j * stride + k]
-      out[:, :, i, j] = np.einsum("nchw,ochw->no", patch, w_torch) + b
-  return out
 
 
 def apply_nchw(layer, kernel_HWIO, bias, x_nchw):
