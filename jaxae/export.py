@@ -68,7 +68,7 @@ def torch_state_dict(loaded: LoadedModel) -> dict[str, np.ndarray]:
 
 def save_torch(loaded: LoadedModel) -> bytes:
   """`torch_state_dict` as a safetensors file's bytes (`safetensors.torch.load_file` reads it)."""
-  safetensors_numpy = extras.load("safetensors.numpy", "export", "safetensors")
+  safetensors_numpy = extras.load("safetensors.numpy", "export")
   return safetensors_numpy.save(torch_state_dict(loaded), metadata={"format": "pt"})
 
 

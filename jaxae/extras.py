@@ -1,6 +1,6 @@
 """The optional parts of jaxae and the extras of pyproject.toml that install them.
 
-`pip install jaxae` brings what `import jaxae` and the pure library need (the steps, models,
+`pip install .` brings what `import jaxae` and the pure library need (the steps, models,
 metrics, `load_model`, checkpoints); the rest is imported where it is used, through `load`, so that
 a missing package is one line naming the extra to install.
 """
@@ -31,15 +31,14 @@ class MissingExtraError(ImportError):
   """A package of an extra that is not installed; the message names the extra."""
 
 
-def load(module: str, extra: str, package: str | None = None) -> ModuleType:
-  """`import module`, or MissingExtraError naming `extra` (`package`: its PyPI name, if not the
-  module's)."""
+def load(module: str, extra: str) -> ModuleType:
+  """`import module` (a module of one of `extra`'s packages), or MissingExtraError naming it."""
+  top = module.split(".")[0]
   try:
     return importlib.import_module(module)
   except ImportError as e:
-    package = package or module.split(".")[0]
-    what = "is not installed" if _absent(module.split(".")[0]) else f"could not be imported ({e})"
-    raise MissingExtraError(_message(package, what, extra)) from None
+    what = "is not installed" if _absent(top) else f"could not be imported ({e})"
+    raise MissingExtraError(_message(MODULES[extra][top], what, extra)) from None
 
 
 def _message(package: str, what: str, extra: str) -> str:

@@ -113,7 +113,7 @@ def _listed_shards(name: str, split: str, info: pathlib.Path,
 
 
 def _open_source(name: str, split: str, data_dir: pathlib.Path | None, download: bool):
-  tfds = extras.load("tensorflow_datasets", "data", "tensorflow-datasets")
+  tfds = extras.load("tensorflow_datasets", "data")
 
   return tfds.data_source(name, split=split, data_dir=None if data_dir is None else str(data_dir),
                           download=download)
@@ -347,11 +347,9 @@ def _read_prepared(name: str, split: str, files: list[pathlib.Path], data_dir: p
                    pool: concurrent.futures.Executor) -> tuple[np.ndarray, np.ndarray]:
   """A prepared split's images and labels in tfds order, decoded by `pool`'s threads."""
   # Imported here: only a cold load needs them.
-  cv2 = extras.load("cv2", "data", "opencv-python-headless")
-  array_record_data_source = extras.load("array_record.python.array_record_data_source", "data",
-                                         "array_record")
-  tf_example_pb2 = extras.load("tensorflow_datasets.proto", "data",
-                               "tensorflow-datasets").tf_example_pb2
+  cv2 = extras.load("cv2", "data")
+  array_record_data_source = extras.load("array_record.python.array_record_data_source", "data")
+  tf_example_pb2 = extras.load("tensorflow_datasets.proto", "data").tf_example_pb2
 
   shards = [str(f) for f in files[1:]]
   try:

@@ -169,7 +169,8 @@ def test_the_script_writes_each_format_and_refuses_what_cannot_be_exported(tmp_p
       ([f"--params={SEPARATE}", "--format=stablehlo", "--part=encoder",
         f"--output={tmp_path / 'e'}"], "no encoder of its own"),
       ([f"--params={REPO / 'results/corrected_5seeds/params.msgpack'}", "--format=stablehlo",
-        f"--output={tmp_path / 'five'}"], "holds 5 seeds, stacked; export one of them: --replica=0..4"),
+        f"--output={tmp_path / 'five'}"],
+       "holds 5 seeds, stacked; export one of them: --replica=0..4"),
       ([f"--params={tmp_path / 'missing.msgpack'}", "--format=onnx", f"--output={tmp_path / 'm'}"],
        "cannot read"),
   ]

@@ -92,7 +92,8 @@ def test_limits_passed_to_the_library_are_applied_not_only_recorded(tmp_path):
   # The same as a run on the first pairs, passed without limits.
   taken = train_and_evaluate(config, train.take(16), test.take(4), tmp_path / "b", log=quiet)
   assert _losses(limited) == _losses(taken) and limited["final"] == taken["final"]
-  for limits, message in (({"train_limit": 41}, r"train_limit=41 is larger than the train split \(40 pairs\)"),
+  for limits, message in (({"train_limit": 41},
+                           r"train_limit=41 is larger than the train split \(40 pairs\)"),
                           ({"test_limit": -1}, "test_limit=-1"),
                           ({"train_limit": 2.5}, "train_limit=2.5")):
     with pytest.raises(RunError, match=message):

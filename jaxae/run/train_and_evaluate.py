@@ -298,8 +298,8 @@ def _check_finite(run: _Run, epoch: int, step_losses_RS: np.ndarray) -> None:
 
 
 def _divergence_advice(config) -> str:
-  """What to change: the normalization when it puts pixels far from unit scale (the defaults
-  give about [-2.1, 2.6]), else the learning rate."""
+  """What to change: the normalization when it puts pixels far from unit scale (the
+  default mean images lie in about [-1.6, 1.8]), else the learning rate."""
   low, high = value_range(config.mnist_normalization, config.cifar_normalization)
   if max(abs(float(low.min())), abs(float(high.max()))) > 10:
     return (f"the normalization puts the mean images in [{float(low.min()):.3g}, "
