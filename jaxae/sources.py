@@ -8,8 +8,8 @@ these small PNGs faster than PIL (tfds's own advice; docs/speed.md). Other sourc
 data in tests, `download=True`) go through `tfds.data_source`.
 
 Decoded splits are cached as .npy files outside the data directory, keyed by the SHA-256 of the
-prepared files' contents: re-preparing a dataset invalidates its cache,
-while a copy or re-creation of the same files (the project machines re-create ../shared whenever they start)
+prepared files' contents: re-preparing a dataset invalidates its cache, while a copy or
+re-creation of the same files (the project machines re-create ../shared whenever they start)
 keeps it. Each split keeps one cache entry; a new one replaces the others. An entry carries a
 SHA-256 of its arrays, checked on every read: a damaged entry is decoded again, with a warning.
 """
