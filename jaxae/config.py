@@ -59,6 +59,10 @@ class Config:
   # (XLA's convolutions: cuDNN on GPU). All compute PyTorch's layers with the same weights.
   # "auto": the platform's (jaxae/platforms.py): the GEMMs on CPU and GPU, XLA's on TPU.
   conv_impl: str = "auto"
+  # The dtype the layers' GEMM operands are rounded to: "float32" (none rounded) or "bfloat16"
+  # (products summed in float32; activations and parameters stay float32), which GEMM units with
+  # AMX, AVX512-BF16 or a GPU's tensor cores run several times faster. It changes the numbers.
+  gemm_dtype: str = "float32"
   # Optimizer.
   optimizer: str = "adam"
   learning_rate: float = 1e-3
@@ -109,6 +113,7 @@ class Config:
     for name in ("task", "separation", "separation_loss", "model", "activation", "conv_impl",
                  "optimizer", "lr_schedule"):
       need(isinstance(getattr(self, name), str), name, "a string")
+    need(self.gemm_dtype in GEMM_DTYPES, "gemm_dtype", " or ".join(map(repr, GEMM_DTYPES)))
     need(_is_finite(self.negative_slope), "negative_slope", "a finite number")
     need(_is_finite(self.learning_rate) and self.learning_rate > 0, "learning_rate",
          "a positive finite number")
@@ -215,6 +220,7 @@ def without_removed_options(d: dict[str, Any], *, trained: bool = False) -> dict
 
 
 MAX_SEED = 2 ** 32 - 1
+GEMM_DTYPES = ("float32", "bfloat16")
 MAX_LEVELS = 5
 
 

@@ -43,31 +43,59 @@ def _common_dtype(layer):
   returns each gradient in its own argument's dtype.
   """
   @functools.wraps(layer)
-  def wrapped(x_BHWC, kernel_HWIO, stride: int, padding: int):
+  def wrapped(x_BHWC, kernel_HWIO, stride: int, padding: int, operand_dtype=None):
     dtype = jnp.result_type(x_BHWC, kernel_HWIO)
-    return layer(x_BHWC.astype(dtype), kernel_HWIO.astype(dtype), stride, padding)
+    if operand_dtype is not None:
+      operand_dtype = jnp.dtype(operand_dtype)
+      if operand_dtype == dtype:  # Nothing to round.
+        operand_dtype = None
+    return layer(x_BHWC.astype(dtype), kernel_HWIO.astype(dtype), stride, padding, operand_dtype)
   return wrapped
 
 
+def _dot(a, b, operand_dtype):
+  """a @ b; with an `operand_dtype` (bfloat16), the operands rounded to it and the products
+  summed in the inputs' own dtype (what bfloat16 GEMM units compute: AMX, AVX512-BF16, GPUs)."""
+  if operand_dtype is None:
+    return jnp.dot(a, b)
+  return jnp.dot(a.astype(operand_dtype), b.astype(operand_dtype), preferred_element_type=a.dtype)
+
+
+def _einsum(spec, a, b, operand_dtype):
+  if operand_dtype is None:
+    return jnp.einsum(spec, a, b)
+  return jnp.einsum(spec, a.astype(operand_dtype), b.astype(operand_dtype),
+                    preferred_element_type=a.dtype)
+
+
 @_common_dtype
-def conv_reference(x_BHWC, kernel_HWIO, stride: int, padding: int):
+def conv_reference(x_BHWC, kernel_HWIO, stride: int, padding: int, operand_dtype=None):
   """PyTorch Conv2d (no bias) through XLA's convolution."""
   p = padding
+  x_BHWC, kernel_HWIO, out = _operands(x_BHWC, kernel_HWIO, operand_dtype)
   return jax.lax.conv_general_dilated(x_BHWC, kernel_HWIO, (stride, stride), ((p, p), (p, p)),
-                                      dimension_numbers=_DIMENSIONS)
+                                      dimension_numbers=_DIMENSIONS, preferred_element_type=out)
+
+
+def _operands(x_BHWC, kernel_HWIO, operand_dtype):
+  """(x, kernel) rounded to `operand_dtype` if any, and the dtype to accumulate in (x's)."""
+  if operand_dtype is None:
+    return x_BHWC, kernel_HWIO, None
+  return x_BHWC.astype(operand_dtype), kernel_HWIO.astype(operand_dtype), x_BHWC.dtype
 
 
 @_common_dtype
-def conv_transpose_reference(x_BHWC, kernel_HWIO, stride: int, padding: int):
+def conv_transpose_reference(x_BHWC, kernel_HWIO, stride: int, padding: int, operand_dtype=None):
   """PyTorch ConvTranspose2d as a convolution of the stride-dilated input with the flipped kernel.
 
   out[s*i - p + a] += x[i] * w[a]  is  conv(dilate(x, s), flip(w)) with k-1-p padding each side.
   """
   k = kernel_HWIO.shape[0]
   pad = k - 1 - padding
+  x_BHWC, kernel_HWIO, out = _operands(x_BHWC, kernel_HWIO, operand_dtype)
   return jax.lax.conv_general_dilated(
       x_BHWC, kernel_HWIO[::-1, ::-1], window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
-      lhs_dilation=(stride, stride), dimension_numbers=_DIMENSIONS)
+      lhs_dilation=(stride, stride), dimension_numbers=_DIMENSIONS, preferred_element_type=out)
 
 
 def _gemm_applies(k: int, stride: int, padding: int) -> bool:
@@ -119,30 +147,32 @@ def _overlap_add(z_BHWKKC, stride: int, padding: int):
   return jnp.stack(rows, axis=2).reshape(n, h * stride, w * stride, c)  # [B, h, s(r), w, s(q), C]
 
 
-def _s_forward(x_BHWC, kernel_HWIO, stride, padding):
-  """S(x; w) as im2col + one GEMM. [B, H, W, I] -> [B, H/s, W/s, O]."""
-  return _cols_times_kernel(_im2col(x_BHWC, kernel_HWIO.shape[0], stride, padding), kernel_HWIO)
+def _s_forward(x_BHWC, kernel_HWIO, stride, padding, op=None):
+  """S(x; w) as im2col + one GEMM. [B, H, W, I] -> [B, H/s, W/s, O]. `op`: the GEMM's operand
+  dtype (None: the inputs'), as in every function below."""
+  return _cols_times_kernel(_im2col(x_BHWC, kernel_HWIO.shape[0], stride, padding), kernel_HWIO,
+                            op)
 
 
-def _cols_times_kernel(cols_BHWK, kernel_HWIO):
+def _cols_times_kernel(cols_BHWK, kernel_HWIO, op=None):
   """im2col columns [B, h, w, k*k*I] @ kernel [k*k*I, O]."""
   k, _, c_in, c_out = kernel_HWIO.shape
-  return jnp.dot(cols_BHWK, kernel_HWIO.reshape(k * k * c_in, c_out))
+  return _dot(cols_BHWK, kernel_HWIO.reshape(k * k * c_in, c_out), op)
 
 
-def _s_transpose(y_BHWC, kernel_HWIO, stride, padding):
+def _s_transpose(y_BHWC, kernel_HWIO, stride, padding, op=None):
   """S^T(y; w) as one GEMM + overlap-add. [B, h, w, O] -> [B, s*h, s*w, I]."""
   k, _, c_in, c_out = kernel_HWIO.shape
   n, h, w, _ = y_BHWC.shape
   # z[..., a, b, :] = y @ w[a, b]^T, for all taps in one GEMM: [O] x [O, k*k*I].
   w_t = kernel_HWIO.transpose(3, 0, 1, 2).reshape(c_out, k * k * c_in)
-  z = jnp.dot(y_BHWC, w_t).reshape(n, h, w, k, k, c_in)
+  z = _dot(y_BHWC, w_t, op).reshape(n, h, w, k, k, c_in)
   return _overlap_add(z, stride, padding)
 
 
-def _s_kernel_grad(cols_BHWK, dy_BHWC, k):
+def _s_kernel_grad(cols_BHWK, dy_BHWC, k, op=None):
   """d<S(x; w), dy>/dw = im2col(x)^T @ dy, from cols = im2col(x). Returns [k, k, I, O]."""
-  grad = jnp.einsum("bhwi,bhwo->io", cols_BHWK, dy_BHWC)
+  grad = _einsum("bhwi,bhwo->io", cols_BHWK, dy_BHWC, op)
   return grad.reshape(k, k, cols_BHWK.shape[-1] // (k * k), dy_BHWC.shape[-1])
 
 
@@ -169,16 +199,16 @@ def _is_zero(tangent) -> bool:
   return isinstance(tangent, SymbolicZero)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _conv_gemm(x_BHWC, kernel_HWIO, stride, padding):
-  return _s_forward(x_BHWC, kernel_HWIO, stride, padding)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _conv_gemm(x_BHWC, kernel_HWIO, stride, padding, op):
+  return _s_forward(x_BHWC, kernel_HWIO, stride, padding, op)
 
 
-def _conv_gemm_jvp(stride, padding, primals, tangents):
+def _conv_gemm_jvp(stride, padding, op, primals, tangents):
   x_BHWC, kernel_HWIO = primals
   dx, dw = tangents
   k = kernel_HWIO.shape[0]
-  y = _s_forward(x_BHWC, kernel_HWIO, stride, padding)
+  y = _s_forward(x_BHWC, kernel_HWIO, stride, padding, op)
   parts = []
   if not _is_zero(dx):
     # S(dx; w) = im2col(dx) @ w, with im2col written as the transpose of the overlap-add:
@@ -186,36 +216,36 @@ def _conv_gemm_jvp(stride, padding, primals, tangents):
     n, h, w, _ = y.shape
     z_like = jax.ShapeDtypeStruct((n, h, w, k, k, x_BHWC.shape[-1]), x_BHWC.dtype)
     cols = _transposed(lambda z: _overlap_add(z, stride, padding), z_like)(dx)
-    parts.append(_cols_times_kernel(cols.reshape(n, h, w, -1), kernel_HWIO))
+    parts.append(_cols_times_kernel(cols.reshape(n, h, w, -1), kernel_HWIO, op))
   if not _is_zero(dw):
     # S(x; dw) = im2col(x) @ dw; rematerialized, so reverse mode keeps x rather than its k*k
     # times larger columns, and computes dw = im2col(x)^T @ dy.
-    parts.append(jax.checkpoint(lambda x, dw: _s_forward(x, dw, stride, padding))(x_BHWC, dw))
+    parts.append(jax.checkpoint(lambda x, dw: _s_forward(x, dw, stride, padding, op))(x_BHWC, dw))
   return y, _tangent(parts, y)
 
 
 _conv_gemm.defjvp(_conv_gemm_jvp, symbolic_zeros=True)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _conv_transpose_gemm(x_BHWC, kernel_HWIO, stride, padding):
-  return _s_transpose(x_BHWC, kernel_HWIO.transpose(0, 1, 3, 2), stride, padding)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _conv_transpose_gemm(x_BHWC, kernel_HWIO, stride, padding, op):
+  return _s_transpose(x_BHWC, kernel_HWIO.transpose(0, 1, 3, 2), stride, padding, op)
 
 
-def _conv_transpose_gemm_jvp(stride, padding, primals, tangents):
+def _conv_transpose_gemm_jvp(stride, padding, op, primals, tangents):
   x_BHWC, kernel_HWIO = primals
   dx, dw = tangents
   k = kernel_HWIO.shape[0]
-  y = _s_transpose(x_BHWC, kernel_HWIO.transpose(0, 1, 3, 2), stride, padding)
+  y = _s_transpose(x_BHWC, kernel_HWIO.transpose(0, 1, 3, 2), stride, padding, op)
   parts = []
   if not _is_zero(dx):
     # S^T(dx; K^T), whose transpose is dx = im2col(dy) @ K^T.
     parts.append(_transposed(lambda dy: _cols_times_kernel(
-        _im2col(dy, k, stride, padding), kernel_HWIO.transpose(0, 1, 3, 2)), y)(dx))
+        _im2col(dy, k, stride, padding), kernel_HWIO.transpose(0, 1, 3, 2), op), y)(dx))
   if not _is_zero(dw):
     # S^T(x; dK^T), whose transpose is dK = (im2col(dy)^T @ x)^T.
     def kernel_tangent(x, dw):
-      return _transposed(lambda dy: _s_kernel_grad(_im2col(dy, k, stride, padding), x, k)
+      return _transposed(lambda dy: _s_kernel_grad(_im2col(dy, k, stride, padding), x, k, op)
                          .transpose(0, 1, 3, 2), y)(dw)
     parts.append(jax.checkpoint(kernel_tangent)(x_BHWC, dw))
   return y, _tangent(parts, y)
@@ -227,43 +257,43 @@ _conv_transpose_gemm.defjvp(_conv_transpose_gemm_jvp, symbolic_zeros=True)
 # The same layers with reverse-mode-only derivatives (`jax.custom_vjp`): no forward mode, but
 # the fastest training on CPU (docs/speed.md). The experiment scripts, which only take gradients,
 # use these.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_gemm_vjp(x_BHWC, kernel_HWIO, stride, padding):
-  return _s_forward(x_BHWC, kernel_HWIO, stride, padding)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_gemm_vjp(x_BHWC, kernel_HWIO, stride, padding, op):
+  return _s_forward(x_BHWC, kernel_HWIO, stride, padding, op)
 
 
-def _conv_gemm_vjp_fwd(x_BHWC, kernel_HWIO, stride, padding):
+def _conv_gemm_vjp_fwd(x_BHWC, kernel_HWIO, stride, padding, op):
   # Keeps x, not its k*k times larger im2col columns; the backward pass gathers them again.
-  return _s_forward(x_BHWC, kernel_HWIO, stride, padding), (x_BHWC, kernel_HWIO)
+  return _s_forward(x_BHWC, kernel_HWIO, stride, padding, op), (x_BHWC, kernel_HWIO)
 
 
-def _conv_gemm_vjp_bwd(stride, padding, residuals, dy_BHWC):
+def _conv_gemm_vjp_bwd(stride, padding, op, residuals, dy_BHWC):
   x_BHWC, kernel_HWIO = residuals
   k = kernel_HWIO.shape[0]
-  dx = _s_transpose(dy_BHWC, kernel_HWIO, stride, padding)
-  dw = _s_kernel_grad(_im2col(x_BHWC, k, stride, padding), dy_BHWC, k)
+  dx = _s_transpose(dy_BHWC, kernel_HWIO, stride, padding, op)
+  dw = _s_kernel_grad(_im2col(x_BHWC, k, stride, padding), dy_BHWC, k, op)
   return dx, dw
 
 
 _conv_gemm_vjp.defvjp(_conv_gemm_vjp_fwd, _conv_gemm_vjp_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_transpose_gemm_vjp(x_BHWC, kernel_HWIO, stride, padding):
-  return _s_transpose(x_BHWC, kernel_HWIO.transpose(0, 1, 3, 2), stride, padding)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_transpose_gemm_vjp(x_BHWC, kernel_HWIO, stride, padding, op):
+  return _s_transpose(x_BHWC, kernel_HWIO.transpose(0, 1, 3, 2), stride, padding, op)
 
 
-def _conv_transpose_gemm_vjp_fwd(x_BHWC, kernel_HWIO, stride, padding):
-  y = _s_transpose(x_BHWC, kernel_HWIO.transpose(0, 1, 3, 2), stride, padding)
+def _conv_transpose_gemm_vjp_fwd(x_BHWC, kernel_HWIO, stride, padding, op):
+  y = _s_transpose(x_BHWC, kernel_HWIO.transpose(0, 1, 3, 2), stride, padding, op)
   return y, (x_BHWC, kernel_HWIO)
 
 
-def _conv_transpose_gemm_vjp_bwd(stride, padding, residuals, dy_BHWC):
+def _conv_transpose_gemm_vjp_bwd(stride, padding, op, residuals, dy_BHWC):
   x_BHWC, kernel_HWIO = residuals
   k = kernel_HWIO.shape[0]
   cols = _im2col(dy_BHWC, k, stride, padding)  # Shared by both gradients.
-  dx = _cols_times_kernel(cols, kernel_HWIO.transpose(0, 1, 3, 2))
-  dw = _s_kernel_grad(cols, x_BHWC, k).transpose(0, 1, 3, 2)
+  dx = _cols_times_kernel(cols, kernel_HWIO.transpose(0, 1, 3, 2), op)
+  dw = _s_kernel_grad(cols, x_BHWC, k, op).transpose(0, 1, 3, 2)
   return dx, dw
 
 
@@ -273,21 +303,21 @@ _conv_transpose_gemm_vjp.defvjp(_conv_transpose_gemm_vjp_fwd, _conv_transpose_ge
 def _conv_or_reference(gemm_conv):
   """PyTorch Conv2d (no bias) by `gemm_conv` where it applies, else by the reference."""
   @_common_dtype
-  def conv(x_BHWC, kernel_HWIO, stride: int, padding: int):
+  def conv(x_BHWC, kernel_HWIO, stride: int, padding: int, operand_dtype=None):
     _, h, w, _ = x_BHWC.shape
     if not _gemm_applies(kernel_HWIO.shape[0], stride, padding) or h % stride or w % stride:
-      return conv_reference(x_BHWC, kernel_HWIO, stride, padding)
-    return gemm_conv(x_BHWC, kernel_HWIO, stride, padding)
+      return conv_reference(x_BHWC, kernel_HWIO, stride, padding, operand_dtype)
+    return gemm_conv(x_BHWC, kernel_HWIO, stride, padding, operand_dtype)
   return conv
 
 
 def _conv_transpose_or_reference(gemm_conv_transpose):
   """PyTorch ConvTranspose2d (no bias) by `gemm_conv_transpose` where it applies."""
   @_common_dtype
-  def conv_transpose(x_BHWC, kernel_HWIO, stride: int, padding: int):
+  def conv_transpose(x_BHWC, kernel_HWIO, stride: int, padding: int, operand_dtype=None):
     if not _gemm_applies(kernel_HWIO.shape[0], stride, padding):
-      return conv_transpose_reference(x_BHWC, kernel_HWIO, stride, padding)
-    return gemm_conv_transpose(x_BHWC, kernel_HWIO, stride, padding)
+      return conv_transpose_reference(x_BHWC, kernel_HWIO, stride, padding, operand_dtype)
+    return gemm_conv_transpose(x_BHWC, kernel_HWIO, stride, padding, operand_dtype)
   return conv_transpose
 
 
@@ -299,7 +329,8 @@ conv_gemm_vjp = _conv_or_reference(_conv_gemm_vjp)
 conv_transpose_gemm_vjp = _conv_transpose_or_reference(_conv_transpose_gemm_vjp)
 
 
-# name -> (conv, conv_transpose); each takes (x_BHWC, kernel_HWIO, stride, padding). All compute
+# name -> (conv, conv_transpose); each takes (x_BHWC, kernel_HWIO, stride, padding,
+# operand_dtype=None), the last rounding every GEMM's operands (Config.gemm_dtype). All compute
 # the same function; "gemm" supports every JAX transformation, "gemm_vjp" trains fastest on CPU
 # but has no forward mode, "reference" is XLA's. Config.conv_impl="auto" picks one per platform
 # (jaxae/platforms.py).

@@ -79,7 +79,7 @@ def _other_value(field: dataclasses.Field):
     return "(8,24)", (8, 24)
   choices = {"task": "separate", "separation": "project", "separation_loss": "mse",
              "model": "unet", "activation": "relu", "conv_impl": "gemm", "optimizer": "sgd",
-             "lr_schedule": "cosine"}
+             "lr_schedule": "cosine", "gemm_dtype": "bfloat16"}
   return choices[field.name], choices[field.name]
 
 

@@ -103,3 +103,42 @@ def test_train_step_takes_a_float64_batch_under_x64_whole_and_in_microbatches():
     assert {p.dtype for p in jax.tree.leaves(new.params)} == {jnp.dtype(jnp.float32)}
   np.testing.assert_allclose(micro_state.params["enc0"]["kernel"],
                              whole_state.params["enc0"]["kernel"], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bfloat16_gemm_operands_round_only_the_gemms_inputs(impl):
+  """Config.gemm_dtype="bfloat16": every formulation rounds its GEMMs' operands to bfloat16 and
+  sums in float32, so the forward pass equals XLA's convolution of the rounded operands, and
+  results and gradients stay float32 within bfloat16's rounding of float32's."""
+  kx, kk = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(kx, (2, 8, 8, 4), jnp.float32)
+  kernel = jax.random.normal(kk, (4, 4, 4, 6), jnp.float32) * 0.2
+  rounded = _layer_outputs("reference", x.astype(jnp.bfloat16).astype(jnp.float32),
+                           kernel.astype(jnp.bfloat16).astype(jnp.float32))
+  exact = _layer_outputs("reference", x, kernel)
+  conv, conv_transpose = CONV_IMPLS[impl]
+  for name, layer in (("conv", conv), ("conv_transpose", conv_transpose)):
+    def loss(x, k, layer=layer):
+      return jnp.sum(jnp.sin(layer(x, k, 2, 1, jnp.bfloat16)))
+    y = layer(x, kernel, 2, 1, jnp.bfloat16)
+    grads = jax.grad(loss, (0, 1))(x, kernel)
+    assert y.dtype == jnp.float32 and all(g.dtype == jnp.float32 for g in grads)
+    np.testing.assert_allclose(y, rounded[name][0], rtol=1e-5, atol=1e-5)
+    assert float(jnp.max(jnp.abs(y - exact[name][0]))) > 1e-4  # The operands were rounded.
+    for got, want in zip(grads, exact[name][1:]):
+      scale = float(jnp.max(jnp.abs(want)))
+      np.testing.assert_allclose(got, want, atol=3e-2 * scale)
+
+
+def test_a_bfloat16_gemm_config_trains_float32_parameters_close_to_float32():
+  config = Config(features=(4, 8), conv_impl="gemm_vjp")
+  images = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
+  states = {d: create_train_state(jax.random.key(0), config.replace(gemm_dtype=d))
+            for d in ("float32", "bfloat16")}
+  after = {d: train_step(s, images) for d, s in states.items()}
+  (f32, m32), (bf16, m16) = after["float32"], after["bfloat16"]
+  assert jax.tree.all(jax.tree.map(lambda p: p.dtype == jnp.float32, bf16.params))
+  assert float(m16["loss"]) != float(m32["loss"])  # Another computation...
+  np.testing.assert_allclose(float(m16["loss"]), float(m32["loss"]), rtol=2e-2)  # ...as good.
+  with pytest.raises(ValueError, match="gemm_dtype"):
+    Config(gemm_dtype="float16").validate()

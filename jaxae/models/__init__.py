@@ -42,13 +42,14 @@ def model_from_config(config: Config, out_channels: int = 3):
   check_model_names(config)
   conv_impl = platforms.resolve_conv_impl(config.conv_impl, jax.default_backend())
   return _model(config.model, tuple(config.features), out_channels, config.activation,
-                config.negative_slope, conv_impl)
+                config.negative_slope, conv_impl, config.gemm_dtype)
 
 
 @functools.cache
-def _model(name, features, out_channels, activation, negative_slope, conv_impl):
+def _model(name, features, out_channels, activation, negative_slope, conv_impl, gemm_dtype):
   return MODELS[name](features=features, out_channels=out_channels, activation=activation,
-                      negative_slope=negative_slope, conv_impl=conv_impl)
+                      negative_slope=negative_slope, conv_impl=conv_impl,
+                      operand_dtype=None if gemm_dtype == "float32" else jnp.dtype(gemm_dtype))
 
 
 __all__ = ["Autoencoder", "MODELS", "check_model_names", "forward_flops", "TorchConv",

@@ -28,11 +28,14 @@ class Autoencoder(nn.Module):
   # As flax.linen.Conv's (jaxae/models/layers.py): computation and parameter dtypes.
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  # The GEMMs' operand dtype (Config.gemm_dtype); None: the computation's.
+  operand_dtype: Any = None
 
   def setup(self):
     check_conv_impl(self.conv_impl)
     self.act = make_activation(self.activation, self.negative_slope)
-    layer = dict(impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
+    layer = dict(impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype,
+                 operand_dtype=self.operand_dtype)
     self.encoder_layers = [TorchConv(f, name=f"enc{i}", **layer)
                            for i, f in enumerate(self.features)]
     widths = list(self.features[-2::-1]) + [self.out_channels]

@@ -3,7 +3,8 @@
 Dtypes follow `flax.linen.Conv`: parameters are created in `param_dtype` (float32 by default);
 the input, kernel and bias are cast to `dtype` for the computation, or with `dtype=None` to their
 common type (float32 parameters and a bfloat16 input compute in float32; float64 under x64 in
-float64). Every conv formulation then computes in that one dtype.
+float64). Every conv formulation then computes in that one dtype; `operand_dtype` (bfloat16)
+rounds only the GEMMs' operands, their products summed in it (Config.gemm_dtype).
 
 Kernels are stored HWIO, [kh, kw, in, out]. A PyTorch `Conv2d.weight` [out, in, kh, kw] maps to
 `w.transpose(2, 3, 1, 0)`; a PyTorch `ConvTranspose2d.weight` [in, out, kh, kw] maps to
@@ -45,6 +46,8 @@ class TorchConv(nn.Module):
   impl: str = "gemm"  # A key of jaxae.conv.CONV_IMPLS; all compute the same function.
   dtype: Any = None  # The computation's dtype; None: the common type of input and parameters.
   param_dtype: Any = jnp.float32
+  # The GEMMs' operands rounded to this dtype (bfloat16), summed in `dtype`; None: not rounded.
+  operand_dtype: Any = None
 
   @nn.compact
   def __call__(self, x_BHWC):
@@ -55,7 +58,7 @@ class TorchConv(nn.Module):
     bias = self.param("bias", init, (self.features,), self.param_dtype)
     x_BHWC, kernel, bias = promote_dtype(x_BHWC, kernel, bias, dtype=self.dtype)
     conv, _ = CONV_IMPLS[self.impl]
-    return conv(x_BHWC, kernel, self.stride, self.padding) + bias
+    return conv(x_BHWC, kernel, self.stride, self.padding, self.operand_dtype) + bias
 
 
 class TorchConvTranspose(nn.Module):
@@ -68,6 +71,7 @@ class TorchConvTranspose(nn.Module):
   impl: str = "gemm"  # A key of jaxae.conv.CONV_IMPLS.
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  operand_dtype: Any = None
 
   @nn.compact
   def __call__(self, x_BHWC):
@@ -79,7 +83,8 @@ class TorchConvTranspose(nn.Module):
     bias = self.param("bias", init, (self.features,), self.param_dtype)
     x_BHWC, kernel, bias = promote_dtype(x_BHWC, kernel, bias, dtype=self.dtype)
     _, conv_transpose = CONV_IMPLS[self.impl]
-    return conv_transpose(x_BHWC, kernel, self.stride, self.padding) + bias
+    return conv_transpose(x_BHWC, kernel, self.stride, self.padding,
+                          self.operand_dtype) + bias
 
 
 def make_activation(name: str, negative_slope: float = 0.01) -> Callable[[jax.Array], jax.Array]:

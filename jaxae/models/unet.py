@@ -32,12 +32,15 @@ class UNet(nn.Module):
   # As flax.linen.Conv's (jaxae/models/layers.py): computation and parameter dtypes.
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  # The GEMMs' operand dtype (Config.gemm_dtype); None: the computation's.
+  operand_dtype: Any = None
 
   @nn.compact
   def __call__(self, x_BHWC):
     check_conv_impl(self.conv_impl)
     act = make_activation(self.activation, self.negative_slope)
-    layer = dict(impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
+    layer = dict(impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype,
+                 operand_dtype=self.operand_dtype)
 
     def conv3(features, name):
       return TorchConv(features, kernel_size=3, stride=1, padding=1, name=name, **layer)

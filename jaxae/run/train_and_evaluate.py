@@ -530,6 +530,9 @@ def _announce(run: _Run) -> dict[str, Any]:
     log(f"{run.replicas} replicas (seeds {config.seed}..{config.seed + run.replicas - 1}), each "
         f"with its own initialization and shuffle, trained {how}.")
   log(f"On {run.choice.describe()} (jaxae/platforms.py).")
+  if config.gemm_dtype != "float32":
+    log(f"The layers' GEMM operands in {config.gemm_dtype}, summed in float32 (parameters and "
+        "activations float32).")
   log(f"Training on {len(run.train):,} mean images (test {len(run.test):,}) on "
       f"{_devices(mesh)}, "
       + ("full batch (one step per epoch)" if config.full_batch else f"batch {config.batch_size}")

@@ -153,7 +153,7 @@ _FORMULATION_KEYS = ("conv_impl", "conv_transpose")
 # Settings added after the first release; a settings.json without them means their defaults.
 _ADDED_SETTINGS = ("task", "separation", "separation_loss", "model", "lr_schedule",
                    "warmup_steps", "num_seeds", "grad_clip_norm", "weight_decay",
-                   "muon_learning_rate")
+                   "muon_learning_rate", "gemm_dtype")
 
 
 def holds_other_run(workdir: pathlib.Path, settings: dict[str, Any], overwrite: bool) -> bool:
