@@ -2,8 +2,10 @@
 
     python experiments/benchmark.py --num_images=10000 --data_dir=../shared/tensorflow_datasets
 
-Figures: gemm_peak_gflops (this machine's float32 and bfloat16 GEMM rate, 2048x2048),
-train_images_per_s (with steps_per_s, gflops and fraction_of_f32_peak) at each --batch_sizes (median over --epochs timed
+Figures: platform_choices (the speed-only choices, measured on this machine or cached:
+jaxae/run/choices.py), gemm_peak_gflops (this machine's float32 and bfloat16 GEMM rate,
+2048x2048), train_images_per_s (with steps_per_s, gflops, fraction_of_f32_peak and
+fraction_of_peak, of the config's gemm_dtype's peak) at each --batch_sizes (median over --epochs timed
 epochs after one warm-up epoch, on --num_images mean images of random digits and photos: for the
 default task and model the same workload as ../shared/bench/torch_reference.py; --config (a config
 file, as for train.py) and --config.<field> time the others: its task, model, widths, conv_impl and
@@ -13,7 +15,7 @@ eval_images_per_s, metrics_s (the task's final metrics over up to 10,000 images)
 cache).
 
 With --config.num_seeds=N (> 1), each batch size is also timed with N replicas (jaxae/seeds.py),
-run as --replica_strategy says (default: the platform's, jaxae/platforms.py):
+run as --replica_strategy says (default: the measured choice):
 replica_images_per_s (N x images per second) and seeds_time_ratio, the time of an N-seed epoch
 over that of the single-seed epoch measured just before it.
 """
@@ -29,11 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxae import parallel, platforms, seeds, step_reports
+from jaxae import parallel, seeds, step_reports
 from jaxae.dataset import load_mixed, mix
 from jaxae.loop import evaluate, steps_per_epoch, train_epoch
 from jaxae.models import forward_flops
-from jaxae.run import scripts
+from jaxae.run import choices, scripts
 from jaxae.run.provenance import host
 from jaxae.steps import batch_size_of
 from jaxae.tasks import task_from_config
@@ -45,9 +47,11 @@ flags.DEFINE_integer("batch_size", None, "Measure this one batch size (overrides
 flags.DEFINE_integer("num_images", 10_000, "Random training images per epoch.")
 flags.DEFINE_integer("epochs", 3, "Timed epochs per batch size (after one warm-up epoch).")
 flags.DEFINE_string("data_dir", None, "If set, also time loading + preprocessing the real data.")
-flags.DEFINE_integer("microbatch", 0, "Training microbatch per device (0: the platform's for "
-                     "the model, jaxae/platforms.py); batches no larger than it run whole.")
-flags.DEFINE_integer("eval_batch_size", 0, "Evaluation batch (0: the platform's for the model).")
+flags.DEFINE_integer("eval_batch_size", 0, "Evaluation batch (0: measured, as --measure_choices "
+                     "says); --config.microbatch fixes the training microbatch.")
+flags.DEFINE_bool("measure_choices", choices.measure_by_default(), "Measure the speed-only choices on this machine (or "
+                  "read them from the cache), as train.py does; --nomeasure_choices: the "
+                  "platform's defaults (jaxae/platforms.py).")
 flags.DEFINE_enum("replica_strategy", None, ["vmap", "loop"],
                   "With --config.num_seeds: 'vmap' (one batched program) or 'loop' (the "
                   "single-seed program per replica); default: the platform's.")
@@ -88,18 +92,17 @@ def gemm_peak_gflops(dtype, size: int = 2048, repeats: int = 10) -> float:
   return 2 * size ** 3 / best / 1e9
 
 
-def time_training(examples, batch_size, epochs, config, choice, lines, peak_gflops):
+def time_training(examples, batch_size, epochs, config, choice, lines, peaks):
   """Times the epochs of config.num_seeds replicas (one seed: a stack of one, as a run holds it);
   returns the trained state and the median epoch's seconds."""
   mesh = parallel.data_mesh()
   replicas = config.num_seeds
-  strategy = FLAGS.replica_strategy or platforms.replica_strategy(platforms.platform_of(mesh),
-                                                                   replicas)
+  strategy = "loop" if replicas == 1 else FLAGS.replica_strategy or choice.replica_strategy
   state = parallel.replicate(seeds.create_train_states(
       config, steps_per_epoch=steps_per_epoch(batch_size_of(examples), batch_size)), mesh)
   examples = parallel.replicate(examples, mesh)
   n = batch_size_of(examples)
-  micro = FLAGS.microbatch or choice.microbatch_per_device
+  micro = choice.microbatch_per_device
   # What train.py's progress line costs: the epoch program reporting its steps.
   scan = (step_reports.every(step_reports.interval(steps_per_epoch(n, batch_size))).scan
           if FLAGS.progress else jax.lax.scan)
@@ -121,14 +124,16 @@ def time_training(examples, batch_size, epochs, config, choice, lines, peak_gflo
   per_epoch = float(np.median(seconds))
   # A trained image costs about three forward passes (the backward pass two).
   train_gflops = 3 * forward_flops(seeds.replica(state, 0)) * replicas * n / per_epoch / 1e9
+  peak = peaks[config.gemm_dtype]
   emit(lines, metric="replica_images_per_s" if replicas > 1 else "train_images_per_s",
        value=round(config.num_seeds * n / per_epoch, 1), batch_size=batch_size,
-       gflops=round(train_gflops, 1), fraction_of_f32_peak=round(train_gflops / peak_gflops, 3),
+       gflops=round(train_gflops, 1), fraction_of_f32_peak=round(train_gflops / peaks["float32"], 3),
+       fraction_of_peak=round(train_gflops / peak, 3), gemm_dtype=config.gemm_dtype,
        seconds_per_epoch=round(per_epoch, 4), num_images=n, num_seeds=config.num_seeds,
        # Small batches are bound by steps, not images (RESULTS.md, "Time to quality").
        steps_per_s=round(steps_per_epoch(n, batch_size) / per_epoch, 1),
-       optimizer=config.optimizer,
-       **({"replica_strategy": strategy} if replicas > 1 else {}), conv_impl=config.conv_impl,
+       optimizer=config.optimizer, replica_strategy=strategy,
+       conv_impl=config.conv_impl,
        task=config.task, model=config.model,
        features=list(config.features), microbatch=micro)
   return state, per_epoch
@@ -148,17 +153,14 @@ def main(argv):
   scripts.check_output_file("output", FLAGS.output)
   if any(b <= 0 for b in sizes) or min(FLAGS.num_images, FLAGS.epochs, FLAGS.gemm_size) <= 0:
     scripts.fail("--batch_size(s), --num_images, --epochs and --gemm_size must be positive.")
-  if FLAGS.microbatch < 0 or FLAGS.eval_batch_size < 0:
-    scripts.fail("--microbatch and --eval_batch_size must be 0 (the model's) or positive.")
+  if FLAGS.eval_batch_size < 0:
+    scripts.fail("--eval_batch_size must be 0 (measured) or positive.")
   if max(sizes) > FLAGS.num_images:
     scripts.fail(f"a batch size ({max(sizes)}) is larger than --num_images ({FLAGS.num_images}).")
   if FLAGS.data_dir:
     scripts.check_data_dir(FLAGS.data_dir)
   config = scripts.config_from_flag(CONFIG)
   lines = []
-  choice = platforms.choices(config, platforms.platform_of(parallel.data_mesh()))
-  config = config.replace(conv_impl=choice.conv_impl)
-  emit(lines, metric="platform_choices", value=choice.describe(), **dataclasses.asdict(choice))
   # Random digits and photos, mixed as the real ones are: the same shapes, so the same speed.
   rng = np.random.default_rng(0)
   split = mix((rng.integers(0, 256, (FLAGS.num_images, 28, 28, 1), np.uint8),
@@ -172,17 +174,23 @@ def main(argv):
   for dtype, peak in peaks.items():
     emit(lines, metric="gemm_peak_gflops", value=round(peak, 1), dtype=dtype, size=FLAGS.gemm_size)
   for batch_size in sizes:
+    choice, source = choices.run_choices(config.replace(batch_size=batch_size),
+                                         parallel.data_mesh(),
+                                         eval_batch_size=FLAGS.eval_batch_size or None,
+                                         measure=FLAGS.measure_choices)
+    emit(lines, metric="platform_choices", value=choice.describe(), source=source,
+         batch_size=batch_size, **dataclasses.asdict(choice))
+    config = config.replace(conv_impl=choice.conv_impl)
     state, one_seed = time_training(examples, batch_size, FLAGS.epochs,
-                                    config.replace(num_seeds=1), choice, lines, peaks["float32"])
+                                    config.replace(num_seeds=1), choice, lines, peaks)
     if config.num_seeds > 1:
-      _, many = time_training(examples, batch_size, FLAGS.epochs, config, choice, lines,
-                              peaks["float32"])
+      _, many = time_training(examples, batch_size, FLAGS.epochs, config, choice, lines, peaks)
       emit(lines, metric="seeds_time_ratio", value=round(many / one_seed, 3),
            batch_size=batch_size, num_seeds=config.num_seeds)
 
   test = split.take(min(FLAGS.num_images, 10_000))
   test_examples = state.task.examples(test)
-  eval_batch = FLAGS.eval_batch_size or choice.eval_batch_size
+  eval_batch = choice.eval_batch_size
   one = seeds.replica(state, 0)
   jax.block_until_ready(evaluate(one, test_examples, batch_size=eval_batch))  # Compile.
   start = time.perf_counter()

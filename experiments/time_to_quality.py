@@ -25,12 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxae import parallel, platforms
+from jaxae import parallel
 from jaxae.dataset import load_mixed
 from jaxae.loop import evaluate, steps_per_epoch, train_epoch
 from jaxae.metrics import psnr
 from jaxae.report import figures
-from jaxae.run import scripts
+from jaxae.run import choices, scripts
 from jaxae.run.provenance import host
 from jaxae.steps import create_train_state
 
@@ -40,6 +40,9 @@ flags.DEFINE_string("data_dir", None, "tfds data directory holding mnist and cif
 flags.DEFINE_integer("num_seeds", 1, "Seeds to measure: config.seed, config.seed + 1, ...")
 flags.DEFINE_float("target", 40.5, "The standard PSNR (dB, mean over the test pairs) to reach.")
 flags.DEFINE_string("output", None, "Also write the JSON lines to this file.")
+flags.DEFINE_bool("measure_choices", choices.measure_by_default(), "Measure the speed-only "
+                  "choices on this machine (or read them from the cache), as train.py does; "
+                  "--nomeasure_choices: the platform's defaults (jaxae/platforms.py).")
 flags.DEFINE_string("plot", None, "Also draw PSNR against training seconds into this PNG.")
 flags.DEFINE_list("plot_with", [], "Other recipes' --output files (label=path) to draw beside.")
 flags.DEFINE_string("config_label", None, "This recipe's label in --plot (default: 'this recipe').")
@@ -55,7 +58,9 @@ def emit(lines, **record):
 def measure_seed(config, train, test, lines) -> dict:
   """One seed's curve: (training seconds, PSNR) after each epoch."""
   mesh = parallel.data_mesh()
-  choice = platforms.choices(config, platforms.platform_of(mesh))
+  choice, source = choices.run_choices(config.replace(num_seeds=1), mesh,
+                                       measure=FLAGS.measure_choices)
+  emit(lines, metric="platform_choices", value=choice.describe(), source=source, seed=config.seed)
   config = config.replace(conv_impl=choice.conv_impl)
   steps = steps_per_epoch(len(train), config.batch_size)
   state = parallel.replicate(create_train_state(jax.random.key(config.seed), config,

@@ -26,7 +26,7 @@ from absl import flags
 
 from jaxae import extras, parallel
 from jaxae.config import Config
-from jaxae.run import scripts
+from jaxae.run import choices, scripts
 from jaxae.run import workdir as workdir_lib
 from jaxae.run.errors import RunError
 from jaxae.run.train_and_evaluate import train_and_evaluate
@@ -41,8 +41,12 @@ flags.DEFINE_integer("train_limit", 0, "Use the first N training pairs (0 = all)
 flags.DEFINE_integer("test_limit", 0, "Use the first N test pairs (0 = all).")
 flags.DEFINE_bool("overwrite", False, "Replace a run with different settings (or unreadable "
                   "checkpoints) in --workdir instead of refusing.")
-flags.DEFINE_integer("eval_batch_size", 0, "Batch size of evaluation (0: the platform's for "
-                     "the model, jaxae/platforms.py).")
+flags.DEFINE_integer("eval_batch_size", 0, "Batch size of evaluation (0: measured, as "
+                     "--measure_choices says).")
+flags.DEFINE_bool("measure_choices", choices.measure_by_default(), "Time the speed-only choices (formulation, "
+                  "microbatch, evaluation batch) on this machine once and cache them "
+                  "(jaxae/run/choices.py); --nomeasure_choices: the platform's defaults "
+                  "(jaxae/platforms.py). A resumed run reuses its recorded ones.")
 flags.DEFINE_integer("keep_checkpoints", 3, "How many of the newest checkpoints to keep.")
 flags.DEFINE_integer("log_every_steps", 100, "TensorBoard: log the training loss (mean of the "
                      "window) every N optimizer steps, into <workdir>/tensorboard; 0 writes no "
@@ -103,7 +107,8 @@ def main(argv):
     train_and_evaluate(config, train, test, FLAGS.workdir, train_limit=FLAGS.train_limit,
                        test_limit=FLAGS.test_limit, overwrite=FLAGS.overwrite,
                        keep_checkpoints=FLAGS.keep_checkpoints,
-                       eval_batch_size=FLAGS.eval_batch_size or None, log=log,
+                       eval_batch_size=FLAGS.eval_batch_size or None,
+                       measure_choices=FLAGS.measure_choices, log=log,
                        warn=lambda line: print(f"warning: {line}", file=sys.stderr, flush=True),
                        tensorboard_every=FLAGS.log_every_steps or None,
                        progress=sys.stdout)

@@ -86,6 +86,11 @@ class Config:
   num_seeds: int = 1
   # The original's procedure: one optimizer step on the whole training set per epoch.
   full_batch: bool = False
+  # Each device sums a step's gradient over microbatches of this many examples (and the
+  # full-batch step over chunks of it): 0 = the fastest, measured where the run runs
+  # (jaxae/run/choices.py). It changes the floating-point order, not the step: pass a run's
+  # recorded value (metrics.json, "platform_choices") to reproduce it to the bit.
+  microbatch: int = 0
   # Data conventions.
   mnist_normalization: Normalization = MNIST_NORMALIZATION
   cifar_normalization: Normalization = CIFAR_NORMALIZATION
@@ -131,6 +136,8 @@ class Config:
     need(self.seed + self.num_seeds - 1 <= MAX_SEED, "num_seeds",
          f"at most {MAX_SEED + 1} - seed (the replicas' seeds seed..seed+num_seeds-1 are 32-bit)")
     need(isinstance(self.full_batch, bool), "full_batch", "true or false")
+    need(_is_int(self.microbatch) and self.microbatch >= 0, "microbatch",
+         "0 (measured) or a positive integer")
     for name in ("mnist_normalization", "cifar_normalization"):
       need(isinstance(getattr(self, name), Normalization), name, "a Normalization")
     return self

@@ -26,6 +26,9 @@ if _OWNS_SCRATCH:
   os.environ["JAXAE_TEST_SCRATCH"] = tempfile.mkdtemp(prefix="jaxae-tests-")
 _SCRATCH = pathlib.Path(os.environ["JAXAE_TEST_SCRATCH"])
 os.environ["JAXAE_CACHE_DIR"] = str(_SCRATCH / "datasets")
+# Runs take the platform's defaults: what a test computes must not depend on timings
+# (tests/test_choices.py measures).
+os.environ["JAXAE_MEASURE_CHOICES"] = "0"
 os.environ["JAX_COMPILATION_CACHE_DIR"] = str(_SCRATCH / "xla")
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"

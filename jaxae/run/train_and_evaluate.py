@@ -29,6 +29,7 @@ from jaxae.preprocess import value_range
 from jaxae.report import figures, summaries
 from jaxae.report.progress import EpochProgress
 from jaxae.report.tensorboard import TensorBoard
+from jaxae.run import choices as choices_lib
 from jaxae.run import workdir as workdir_lib
 from jaxae.run.checkpoints import (CheckpointSaveError, Checkpointer, IncompatibleCheckpointError,
                                    InconsistentCheckpointError, NoUsableCheckpointError)
@@ -50,7 +51,10 @@ class RunOptions:
       They are the run's settings: a resumed run must use the same.
     overwrite: replace another run (or unusable checkpoints) found in the workdir.
     keep_checkpoints: how many of the newest epochs' checkpoints to keep.
-    eval_batch_size: the evaluation batch (None: the platform's, jaxae/platforms.py).
+    eval_batch_size: the evaluation batch (None: measured, as the choices below).
+    measure_choices: time the speed-only choices on this machine, once (jaxae/run/choices.py);
+      False: the platform's defaults (jaxae/platforms.py). A resumed run reuses its own.
+      Default: True, unless the environment sets JAXAE_MEASURE_CHOICES=0.
     tensorboard_every: also write TensorBoard event files into workdir/tensorboard, the training
       loss every N steps among them (jaxae/report/tensorboard.py). None or 0: none.
     progress: a stream (e.g. sys.stdout) that shows each epoch's progress while it runs
@@ -67,6 +71,7 @@ class RunOptions:
   overwrite: bool = False
   keep_checkpoints: int = 3
   eval_batch_size: int | None = None
+  measure_choices: bool = dataclasses.field(default_factory=choices_lib.measure_by_default)
   tensorboard_every: int | None = None
   progress: TextIO | None = None
   log: Callable[[str], None] = print
@@ -84,7 +89,7 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
   (`train_and_evaluate(config, train, test, workdir, log=print, tensorboard_every=100)`).
   Data-parallel over the options' mesh. In a multi-process run every process calls this with the
   same arguments; process 0 alone logs and writes files. A refused run writes nothing. How the
-  model computes on this platform (jaxae/platforms.py) is logged and recorded.
+  model computes on this machine (jaxae/run/choices.py) is logged and recorded.
 
   Returns the contents of metrics.json.
 
@@ -128,6 +133,7 @@ class _Run:
   train: MixedSplit
   test: MixedSplit
   choice: platforms.PlatformChoices
+  choice_source: str  # Where the choice comes from ("measured in 9.2 s", ...).
   eval_batch_size: int
   state: TrainState  # Stacked: config.num_seeds replicas (seeds.py).
   history: list[dict[str, Any]]
@@ -180,9 +186,10 @@ def _prepare(config: Config, train: MixedSplit, test: MixedSplit, workdir: pathl
   """Claims the workdir, builds or restores the state, opens TensorBoard, logs the setup."""
   primary, mesh = parallel.is_primary(), options.mesh
   settings = run_settings(config, options.train_limit, options.test_limit)
-  choice = platforms.choices(config, platforms.platform_of(mesh))
   parallel.sync("jaxae:workdir_held")  # Every process reads the workdir before anyone clears it.
   _clear(workdir, primary and workdir_lib.holds_other_run(workdir, settings, options.overwrite))
+  choice, source = _choices(config, workdir, options)
+  settings[workdir_lib.CHOICES_SETTING] = dataclasses.asdict(choice)
   run_config = config.replace(conv_impl=choice.conv_impl)
   epoch_steps = loop.steps_per_epoch(len(train), config.batch_size, config.full_batch)
   state = parallel.replicate(
@@ -193,8 +200,8 @@ def _prepare(config: Config, train: MixedSplit, test: MixedSplit, workdir: pathl
   if primary:
     _write(lambda: write_json(workdir / SETTINGS_FILE, settings), workdir / SETTINGS_FILE)
   parallel.sync("jaxae:workdir_ready")
-  run = _Run(run_config, config, options, workdir, train, test, choice,
-             options.eval_batch_size or choice.eval_batch_size,
+  run = _Run(run_config, config, options, workdir, train, test, choice, source,
+             choice.eval_batch_size,
              restored.state if restored else state, restored.history if restored else [],
              checkpointer, *examples, size={}, provenance=now)
   run.first_epoch = len(run.history) + 1
@@ -208,6 +215,16 @@ def _prepare(config: Config, train: MixedSplit, test: MixedSplit, workdir: pathl
           workdir / TENSORBOARD_DIR, options.tensorboard_every, seeds.seeds_of(config), purge_step))
   run.size = _announce(run)
   return run
+
+
+def _choices(config: Config, workdir: pathlib.Path,
+             options: RunOptions) -> tuple[platforms.PlatformChoices, str]:
+  """The run's speed-only choices: a resumed run's recorded ones, else measured or cached (they
+  change the floating-point order, so a run keeps its own)."""
+  return choices_lib.run_choices(config, options.mesh, eval_batch_size=options.eval_batch_size,
+                                 recorded=workdir_lib.recorded_choices(workdir),
+                                 measure=options.measure_choices,
+                                 log=options.log if parallel.is_primary() else lambda _: None)
 
 
 @contextlib.contextmanager
@@ -310,16 +327,19 @@ def _divergence_advice(config) -> str:
 
 def _evaluate(run: _Run, examples, with_predictions: bool) -> dict[str, Any]:
   return _evaluate_replicas(run.state, examples, run.eval_batch_size, run.options.mesh,
-                            with_predictions)
+                            with_predictions, run.choice.replica_strategy)
 
 
 def _evaluate_replicas(state: TrainState, examples, batch_size: int, mesh: Mesh,
-                       with_predictions: bool = True) -> dict[str, Any]:
-  """Every replica's evaluation of `examples` as the platform runs replicas (device arrays with a
-  leading replica axis), in batches of at most the examples' count."""
+                       with_predictions: bool = True, strategy: str | None = None
+                       ) -> dict[str, Any]:
+  """Every replica's evaluation of `examples` as `strategy` runs replicas (default: the
+  platform's; device arrays with a leading replica axis), in batches of at most the examples'
+  count."""
+  strategy = strategy or platforms.replica_strategy(platforms.platform_of(mesh),
+                                                    int(state.step.shape[0]))
   return seeds.over_replicas(
-      loop.evaluate, state, examples,
-      strategy=platforms.replica_strategy(platforms.platform_of(mesh), int(state.step.shape[0])),
+      loop.evaluate, state, examples, strategy=strategy,
       batch_size=min(batch_size, loop.batch_size_of(examples)),
       with_predictions=with_predictions, mesh=mesh)
 
@@ -369,7 +389,8 @@ def _remaining_s(history: list[dict[str, Any]], epochs_left: int) -> float | Non
 def _finish(run: _Run) -> dict[str, Any]:
   """The final evaluation of every replica, metrics.json, params.msgpack and the figures."""
   finals, predictions = replica_final_metrics(run.state, run.test, run.eval_batch_size,
-                                              run.config.num_seeds, mesh=run.options.mesh)
+                                              run.config.num_seeds, mesh=run.options.mesh,
+                                              strategy=run.choice.replica_strategy)
   for k, final in enumerate(finals):
     if run.history:
       final["train_loss"] = float(np.reshape(run.history[-1]["train_loss"], -1)[k])
@@ -444,15 +465,17 @@ def _write(write: Callable[[], None], path: pathlib.Path) -> None:
 
 
 def replica_final_metrics(state: TrainState, test: MixedSplit, eval_batch_size: int,
-                          replicas: int, mesh: Mesh | None = None
+                          replicas: int, mesh: Mesh | None = None, strategy: str | None = None
                           ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-  """`final_metrics` of every replica of a stacked state of `replicas` (one seed: 1).
+  """`final_metrics` of every replica of a stacked state of `replicas` (one seed: 1), run as
+  `strategy` says (default: the platform's).
 
   Returns ([final metrics of each replica], the predictions of the first, for figures).
   """
   mesh = mesh or parallel.data_mesh()
   evaluated = fetch(_evaluate_replicas(
-      state, parallel.replicate(state.task.examples(test), mesh), eval_batch_size, mesh))
+      state, parallel.replicate(state.task.examples(test), mesh), eval_batch_size, mesh,
+      strategy=strategy))
   test_loss_R = loop.mean_loss(evaluated["per_example_loss"])
   predictions = _per_replica(evaluated, replicas)
   finals = [{"test_loss": float(test_loss_R[k]), "num_test_images": len(test),
@@ -529,7 +552,7 @@ def _announce(run: _Run) -> dict[str, Any]:
         run.choice.replica_strategy]
     log(f"{run.replicas} replicas (seeds {config.seed}..{config.seed + run.replicas - 1}), each "
         f"with its own initialization and shuffle, trained {how}.")
-  log(f"On {run.choice.describe()} (jaxae/platforms.py).")
+  log(f"On {run.choice.describe()} ({run.choice_source}; jaxae/run/choices.py).")
   if config.gemm_dtype != "float32":
     log(f"The layers' GEMM operands in {config.gemm_dtype}, summed in float32 (parameters and "
         "activations float32).")

@@ -148,12 +148,26 @@ def run_settings(config: Config, train_limit: int, test_limit: int) -> dict[str,
 # How the layers are computed, not what: a run may resume under another formulation (all compute
 # the same function). "conv_transpose" is the name this setting had in earlier versions.
 _FORMULATION_KEYS = ("conv_impl", "conv_transpose")
+# settings.json's record of the run's speed-only choices (jaxae/run/choices.py): what a resumed
+# run reuses, not a setting that makes another run.
+CHOICES_SETTING = "platform_choices"
 
 
 # Settings added after the first release; a settings.json without them means their defaults.
 _ADDED_SETTINGS = ("task", "separation", "separation_loss", "model", "lr_schedule",
                    "warmup_steps", "num_seeds", "grad_clip_norm", "weight_decay",
-                   "muon_learning_rate", "gemm_dtype")
+                   "muon_learning_rate", "gemm_dtype", "microbatch")
+
+
+def recorded_choices(workdir: pathlib.Path) -> dict[str, Any] | None:
+  """The speed-only choices settings.json records for the run in `workdir`: None if it holds
+  no run, {} for a run from before they were recorded (it ran the platform's defaults)."""
+  try:
+    settings = json.loads((workdir / SETTINGS_FILE).read_text())
+  except (OSError, ValueError):
+    return None
+  recorded = settings.get(CHOICES_SETTING) if isinstance(settings, dict) else None
+  return recorded if isinstance(recorded, dict) else {}
 
 
 def holds_other_run(workdir: pathlib.Path, settings: dict[str, Any], overwrite: bool) -> bool:
@@ -183,7 +197,8 @@ def holds_other_run(workdir: pathlib.Path, settings: dict[str, Any], overwrite: 
   except (OSError, ValueError):
     existing = None
   if isinstance(existing, dict):
-    existing = {k: v for k, v in existing.items() if k not in _FORMULATION_KEYS}
+    existing = {k: v for k, v in existing.items()
+                if k not in (*_FORMULATION_KEYS, CHOICES_SETTING)}
     try:  # Options removed since: their kept value reads as before, another is refused.
       existing = without_removed_options(existing)
     except ValueError as e:
@@ -193,7 +208,8 @@ def holds_other_run(workdir: pathlib.Path, settings: dict[str, Any], overwrite: 
       existing.setdefault(key, getattr(Config(), key))
     if "epochs" in settings:  # Scheduled runs from before the epochs were recorded: unknown.
       existing.setdefault("epochs", settings["epochs"])
-  settings = {k: v for k, v in settings.items() if k not in _FORMULATION_KEYS}
+  settings = {k: v for k, v in settings.items()
+              if k not in (*_FORMULATION_KEYS, CHOICES_SETTING)}
   if existing == settings:
     return False
   if overwrite:
