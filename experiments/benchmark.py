@@ -2,12 +2,12 @@
 
     python experiments/benchmark.py --num_images=10000 --data_dir=../shared/tensorflow_datasets
 
-Figures: platform_choices (the speed-only choices, measured on this machine or cached:
-jaxae/run/choices.py), gemm_peak_gflops (this machine's float32 and bfloat16 GEMM rate,
-2048x2048), train_images_per_s (with steps_per_s, gflops, fraction_of_f32_peak and
-fraction_of_peak, of the config's gemm_dtype's peak) at each --batch_sizes (median over --epochs timed
-epochs after one warm-up epoch, on --num_images mean images of random digits and photos: for the
-default task and model the same workload as ../shared/bench/torch_reference.py; --config (a config
+Figures: platform_choices (the speed-only choices at each batch size, measured on this machine
+or cached: jaxae/run/choices.py), gemm_peak_gflops (this machine's float32 and bfloat16 GEMM
+rate, 2048x2048), train_images_per_s (with steps_per_s, gflops, fraction_of_f32_peak and
+fraction_of_peak, of the config's gemm_dtype's peak) at each --batch_sizes (median over --epochs
+timed epochs after one warm-up epoch, on --num_images mean images of random digits and photos: for
+the default task and model the same workload as ../shared/bench/torch_reference.py; --config (a config
 file, as for train.py) and --config.<field> time the others: its task, model, widths, conv_impl and
 optimizer; its batch_size and epochs are this script's own flags), compile_s of the training step,
 eval_images_per_s, metrics_s (the task's final metrics over up to 10,000 images) and, with
@@ -49,9 +49,9 @@ flags.DEFINE_integer("epochs", 3, "Timed epochs per batch size (after one warm-u
 flags.DEFINE_string("data_dir", None, "If set, also time loading + preprocessing the real data.")
 flags.DEFINE_integer("eval_batch_size", 0, "Evaluation batch (0: measured, as --measure_choices "
                      "says); --config.microbatch fixes the training microbatch.")
-flags.DEFINE_bool("measure_choices", choices.measure_by_default(), "Measure the speed-only choices on this machine (or "
-                  "read them from the cache), as train.py does; --nomeasure_choices: the "
-                  "platform's defaults (jaxae/platforms.py).")
+flags.DEFINE_bool("measure_choices", choices.measure_by_default(), "Measure the speed-only "
+                  "choices on this machine (or read them from the cache), as train.py does; "
+                  "--nomeasure_choices: the platform's defaults (jaxae/platforms.py).")
 flags.DEFINE_enum("replica_strategy", None, ["vmap", "loop"],
                   "With --config.num_seeds: 'vmap' (one batched program) or 'loop' (the "
                   "single-seed program per replica); default: the platform's.")
@@ -127,7 +127,8 @@ def time_training(examples, batch_size, epochs, config, choice, lines, peaks):
   peak = peaks[config.gemm_dtype]
   emit(lines, metric="replica_images_per_s" if replicas > 1 else "train_images_per_s",
        value=round(config.num_seeds * n / per_epoch, 1), batch_size=batch_size,
-       gflops=round(train_gflops, 1), fraction_of_f32_peak=round(train_gflops / peaks["float32"], 3),
+       gflops=round(train_gflops, 1),
+       fraction_of_f32_peak=round(train_gflops / peaks["float32"], 3),
        fraction_of_peak=round(train_gflops / peak, 3), gemm_dtype=config.gemm_dtype,
        seconds_per_epoch=round(per_epoch, 4), num_images=n, num_seeds=config.num_seeds,
        # Small batches are bound by steps, not images (RESULTS.md, "Time to quality").

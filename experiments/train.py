@@ -43,10 +43,10 @@ flags.DEFINE_bool("overwrite", False, "Replace a run with different settings (or
                   "checkpoints) in --workdir instead of refusing.")
 flags.DEFINE_integer("eval_batch_size", 0, "Batch size of evaluation (0: measured, as "
                      "--measure_choices says).")
-flags.DEFINE_bool("measure_choices", choices.measure_by_default(), "Time the speed-only choices (formulation, "
-                  "microbatch, evaluation batch) on this machine once and cache them "
-                  "(jaxae/run/choices.py); --nomeasure_choices: the platform's defaults "
-                  "(jaxae/platforms.py). A resumed run reuses its recorded ones.")
+flags.DEFINE_bool("measure_choices", choices.measure_by_default(), "Time the speed-only "
+                  "choices (formulation, microbatch, evaluation batch) on this machine once and "
+                  "cache them (jaxae/run/choices.py); --nomeasure_choices: the platform's "
+                  "defaults (jaxae/platforms.py). A resumed run reuses its recorded ones.")
 flags.DEFINE_integer("keep_checkpoints", 3, "How many of the newest checkpoints to keep.")
 flags.DEFINE_integer("log_every_steps", 100, "TensorBoard: log the training loss (mean of the "
                      "window) every N optimizer steps, into <workdir>/tensorboard; 0 writes no "
