@@ -53,19 +53,23 @@ def _common_dtype(layer):
   return wrapped
 
 
-def _dot(a, b, operand_dtype):
-  """a @ b; with an `operand_dtype` (bfloat16), the operands rounded to it and the products
-  summed in the inputs' own dtype (what bfloat16 GEMM units compute: AMX, AVX512-BF16, GPUs)."""
+def _operands(a, b, operand_dtype):
+  """(a, b, the dtype to sum their products in): with an `operand_dtype` (bfloat16) both rounded
+  to it and the products summed in a's own dtype (what bfloat16 GEMM units compute: AMX,
+  AVX512-BF16, GPUs); without, as they are and the default sum (None)."""
   if operand_dtype is None:
-    return jnp.dot(a, b)
-  return jnp.dot(a.astype(operand_dtype), b.astype(operand_dtype), preferred_element_type=a.dtype)
+    return a, b, None
+  return a.astype(operand_dtype), b.astype(operand_dtype), a.dtype
+
+
+def _dot(a, b, operand_dtype):
+  a, b, out = _operands(a, b, operand_dtype)
+  return jnp.dot(a, b, preferred_element_type=out)
 
 
 def _einsum(spec, a, b, operand_dtype):
-  if operand_dtype is None:
-    return jnp.einsum(spec, a, b)
-  return jnp.einsum(spec, a.astype(operand_dtype), b.astype(operand_dtype),
-                    preferred_element_type=a.dtype)
+  a, b, out = _operands(a, b, operand_dtype)
+  return jnp.einsum(spec, a, b, preferred_element_type=out)
 
 
 @_common_dtype
@@ -75,13 +79,6 @@ def conv_reference(x_BHWC, kernel_HWIO, stride: int, padding: int, operand_dtype
   x_BHWC, kernel_HWIO, out = _operands(x_BHWC, kernel_HWIO, operand_dtype)
   return jax.lax.conv_general_dilated(x_BHWC, kernel_HWIO, (stride, stride), ((p, p), (p, p)),
                                       dimension_numbers=_DIMENSIONS, preferred_element_type=out)
-
-
-def _operands(x_BHWC, kernel_HWIO, operand_dtype):
-  """(x, kernel) rounded to `operand_dtype` if any, and the dtype to accumulate in (x's)."""
-  if operand_dtype is None:
-    return x_BHWC, kernel_HWIO, None
-  return x_BHWC.astype(operand_dtype), kernel_HWIO.astype(operand_dtype), x_BHWC.dtype
 
 
 @_common_dtype
