@@ -134,7 +134,6 @@ class _Run:
   test: MixedSplit
   choice: platforms.PlatformChoices
   choice_source: str  # Where the choice comes from ("measured in 9.2 s", ...).
-  eval_batch_size: int
   state: TrainState  # Stacked: config.num_seeds replicas (seeds.py).
   history: list[dict[str, Any]]
   checkpointer: Checkpointer
@@ -201,7 +200,6 @@ def _prepare(config: Config, train: MixedSplit, test: MixedSplit, workdir: pathl
     _write(lambda: write_json(workdir / SETTINGS_FILE, settings), workdir / SETTINGS_FILE)
   parallel.sync("jaxae:workdir_ready")
   run = _Run(run_config, config, options, workdir, train, test, choice, source,
-             choice.eval_batch_size,
              restored.state if restored else state, restored.history if restored else [],
              checkpointer, *examples, size={}, provenance=now)
   run.first_epoch = len(run.history) + 1
@@ -326,7 +324,7 @@ def _divergence_advice(config) -> str:
 
 
 def _evaluate(run: _Run, examples, with_predictions: bool) -> dict[str, Any]:
-  return _evaluate_replicas(run.state, examples, run.eval_batch_size, run.options.mesh,
+  return _evaluate_replicas(run.state, examples, run.choice.eval_batch_size, run.options.mesh,
                             with_predictions, run.choice.replica_strategy)
 
 
@@ -388,7 +386,7 @@ def _remaining_s(history: list[dict[str, Any]], epochs_left: int) -> float | Non
 
 def _finish(run: _Run) -> dict[str, Any]:
   """The final evaluation of every replica, metrics.json, params.msgpack and the figures."""
-  finals, predictions = replica_final_metrics(run.state, run.test, run.eval_batch_size,
+  finals, predictions = replica_final_metrics(run.state, run.test, run.choice.eval_batch_size,
                                               run.config.num_seeds, mesh=run.options.mesh,
                                               strategy=run.choice.replica_strategy)
   for k, final in enumerate(finals):

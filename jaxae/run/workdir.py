@@ -151,6 +151,8 @@ _FORMULATION_KEYS = ("conv_impl", "conv_transpose")
 # settings.json's record of the run's speed-only choices (jaxae/run/choices.py): what a resumed
 # run reuses, not a setting that makes another run.
 CHOICES_SETTING = "platform_choices"
+# What settings.json holds beside the settings that tell one run from another.
+_NOT_COMPARED = (*_FORMULATION_KEYS, CHOICES_SETTING)
 
 
 # Settings added after the first release; a settings.json without them means their defaults.
@@ -197,8 +199,7 @@ def holds_other_run(workdir: pathlib.Path, settings: dict[str, Any], overwrite: 
   except (OSError, ValueError):
     existing = None
   if isinstance(existing, dict):
-    existing = {k: v for k, v in existing.items()
-                if k not in (*_FORMULATION_KEYS, CHOICES_SETTING)}
+    existing = {k: v for k, v in existing.items() if k not in _NOT_COMPARED}
     try:  # Options removed since: their kept value reads as before, another is refused.
       existing = without_removed_options(existing)
     except ValueError as e:
@@ -208,8 +209,7 @@ def holds_other_run(workdir: pathlib.Path, settings: dict[str, Any], overwrite: 
       existing.setdefault(key, getattr(Config(), key))
     if "epochs" in settings:  # Scheduled runs from before the epochs were recorded: unknown.
       existing.setdefault("epochs", settings["epochs"])
-  settings = {k: v for k, v in settings.items()
-              if k not in (*_FORMULATION_KEYS, CHOICES_SETTING)}
+  settings = {k: v for k, v in settings.items() if k not in _NOT_COMPARED}
   if existing == settings:
     return False
   if overwrite:
