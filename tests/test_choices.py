@@ -61,6 +61,7 @@ def test_a_measurement_is_cached_per_machine_model_and_batch(tmp_path):
   assert len(json.loads((tmp_path / choices.CACHE_FILE).read_text())) == 2
 
 
+@pytest.mark.slow
 def test_what_the_config_fixes_is_not_measured_and_wins(tmp_path):
   mesh = parallel.data_mesh()
   config = TINY.replace(conv_impl="gemm", microbatch=4)

@@ -4,6 +4,8 @@ Parameters are created in `param_dtype`; the computation runs in `dtype`, or wit
 the common type of the input and the parameters; gradients come back in each argument's own dtype.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -113,15 +115,12 @@ def test_bfloat16_gemm_operands_round_only_the_gemms_inputs(impl):
   kx, kk = jax.random.split(jax.random.key(0))
   x = jax.random.normal(kx, (2, 8, 8, 4), jnp.float32)
   kernel = jax.random.normal(kk, (4, 4, 4, 6), jnp.float32) * 0.2
-  rounded = _layer_outputs("reference", x.astype(jnp.bfloat16).astype(jnp.float32),
-                           kernel.astype(jnp.bfloat16).astype(jnp.float32))
-  exact = _layer_outputs("reference", x, kernel)
-  conv, conv_transpose = CONV_IMPLS[impl]
-  for name, layer in (("conv", conv), ("conv_transpose", conv_transpose)):
-    def loss(x, k, layer=layer):
-      return jnp.sum(jnp.sin(layer(x, k, 2, 1, jnp.bfloat16)))
-    y = layer(x, kernel, 2, 1, jnp.bfloat16)
-    grads = jax.grad(loss, (0, 1))(x, kernel)
+  rounded = _jitted_layer_outputs("reference", x.astype(jnp.bfloat16).astype(jnp.float32),
+                                  kernel.astype(jnp.bfloat16).astype(jnp.float32), None)
+  exact = _jitted_layer_outputs("reference", x, kernel, None)
+  ours = _jitted_layer_outputs(impl, x, kernel, jnp.bfloat16)
+  for name in ("conv", "conv_transpose"):
+    y, *grads = ours[name]
     assert y.dtype == jnp.float32 and all(g.dtype == jnp.float32 for g in grads)
     np.testing.assert_allclose(y, rounded[name][0], rtol=1e-5, atol=1e-5)
     assert float(jnp.max(jnp.abs(y - exact[name][0]))) > 1e-4  # The operands were rounded.
@@ -130,12 +129,25 @@ def test_bfloat16_gemm_operands_round_only_the_gemms_inputs(impl):
       np.testing.assert_allclose(got, want, atol=3e-2 * scale)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _jitted_layer_outputs(impl, x, kernel, operand_dtype):
+  """Forward and both gradients of each of the formulation's two layers, one program (op by op
+  the custom derivatives took seconds)."""
+  conv, conv_transpose = CONV_IMPLS[impl]
+  out = {}
+  for name, layer in (("conv", conv), ("conv_transpose", conv_transpose)):
+    def loss(x, k, layer=layer):
+      return jnp.sum(jnp.sin(layer(x, k, 2, 1, operand_dtype)))
+    out[name] = (layer(x, kernel, 2, 1, operand_dtype), *jax.grad(loss, (0, 1))(x, kernel))
+  return out
+
+
 def test_a_bfloat16_gemm_config_trains_float32_parameters_close_to_float32():
   config = Config(features=(4, 8), conv_impl="gemm_vjp")
   images = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
   states = {d: create_train_state(jax.random.key(0), config.replace(gemm_dtype=d))
             for d in ("float32", "bfloat16")}
-  after = {d: train_step(s, images) for d, s in states.items()}
+  after = {d: jax.jit(train_step)(s, images) for d, s in states.items()}
   (f32, m32), (bf16, m16) = after["float32"], after["bfloat16"]
   assert jax.tree.all(jax.tree.map(lambda p: p.dtype == jnp.float32, bf16.params))
   assert float(m16["loss"]) != float(m32["loss"])  # Another computation...
