@@ -34,6 +34,29 @@ def test_the_fastest_candidate_wins_and_a_far_slower_one_is_timed_once(monkeypat
   assert choices._timed(["only"], make) == {"only": 0.0}  # pylint: disable=protected-access
 
 
+@pytest.mark.parametrize("start, best_size, timed", [
+    (100, 32, [8, 32, 100, 500]),       # Walks down past the start's neighbour.
+    (100, 100, [32, 100, 500]),         # The start is the fastest: only its neighbours.
+    (8, 2000, [8, 32, 100, 500, 2000]),  # Walks up to the last.
+    (None, 32, [8, 32, 100, 500, 2000]),  # No start: every candidate.
+])
+def test_sizes_are_searched_from_the_start_toward_the_fastest(monkeypatch, start, best_size,
+                                                              timed):
+  clock = {"now": 0.0}
+  monkeypatch.setattr(choices, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+  compiled = []
+  sizes = [8, 32, 100, 500, 2000]
+
+  def make(size):
+    compiled.append(size)
+    def run():  # The time falls to best_size, then rises.
+      clock["now"] += 1.0 + abs(np.log(size / best_size))
+    return run
+  best = choices._timed(sizes, make, start)  # pylint: disable=protected-access
+  assert sorted(compiled) == timed and sorted(best) == timed  # Each compiled once.
+  assert min(best, key=best.get) == best_size
+
+
 @pytest.mark.slow
 def test_a_measurement_is_cached_per_machine_model_and_batch(tmp_path):
   mesh = parallel.data_mesh()
@@ -45,10 +68,17 @@ def test_a_measurement_is_cached_per_machine_model_and_batch(tmp_path):
   cache = json.loads((tmp_path / choices.CACHE_FILE).read_text())
   (entry,) = cache.values()
   # Every unfixed choice was timed: the formulations, each microbatch below the batch and the
-  # whole batch, every evaluation batch; the fastest of each is the choice.
+  # whole batch, the evaluation batches from the platform's default to the fastest and its
+  # neighbours; the fastest of each is the choice.
   timings = entry["timings_s"]
   assert set(timings["microbatch_per_device"]) == {"8", "None"}
-  assert set(timings["eval_batch_size"]) == {str(b) for b in choices.EVAL_BATCHES}
+  sizes = [str(b) for b in choices.EVAL_BATCHES]
+  timed = [sizes.index(b) for b in timings["eval_batch_size"]]
+  fastest = sizes.index(str(choice.eval_batch_size))
+  default = sizes.index(str(platforms.choices(TINY, "cpu").eval_batch_size))
+  assert set(timed) == set(range(min(timed), max(timed) + 1))  # No gap between those timed.
+  assert {default, fastest} <= set(timed)
+  assert {max(fastest - 1, 0), min(fastest + 1, len(sizes) - 1)} <= set(timed)
   for name, seconds in timings.items():
     assert str(getattr(choice, name)) == min(seconds, key=seconds.get), name
   assert choice.conv_impl == "gemm_vjp"  # On CPU the GEMMs are not timed against XLA's.

@@ -18,7 +18,6 @@ run reuses its recorded choices, and reproducing a run means passing its recorde
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -148,13 +147,14 @@ def cache_key(config: Config, mesh: Mesh) -> dict[str, Any]:
 
 
 class _Timings:
-  """Picks the fastest candidate of each choice, keeping every candidate's seconds."""
+  """Picks the fastest candidate of each choice, keeping every timed candidate's seconds."""
 
   def __init__(self):
     self.seconds: dict[str, dict[str, float]] = {}
 
-  def fastest(self, name: str, candidates, make: Callable[[Any], Callable[[], Any]]):
-    best = _timed(candidates, make)
+  def fastest(self, name: str, candidates, make: Callable[[Any], Callable[[], Any]],
+              start: Any = None):
+    best = _timed(candidates, make, start)
     self.seconds[name] = {str(c): round(t, 5) for c, t in best.items()}
     return min(best, key=best.get)
 
@@ -178,17 +178,21 @@ def _measure_one_seed(config: Config, mesh: Mesh, chosen: dict[str, Any],
   if config.full_batch and "full_batch_chunk" not in fixed:
     chosen["full_batch_chunk"] = timings.fastest(
         "full_batch_chunk", [c for c in FULL_BATCH_CHUNKS if c <= loop.batch_size_of(examples)],
-        lambda c: _trainer(config, mesh, examples, width, {**chosen, "full_batch_chunk": c}))
+        lambda c: _trainer(config, mesh, examples, width, {**chosen, "full_batch_chunk": c}),
+        start=chosen["full_batch_chunk"])
   elif not config.full_batch and "microbatch_per_device" not in fixed:
     per_device = width // parallel.mesh_size(mesh)
+    default = chosen["microbatch_per_device"]
     chosen["microbatch_per_device"] = timings.fastest(
         "microbatch_per_device", [m for m in MICROBATCHES if m < per_device] + [None],
-        lambda m: _trainer(config, mesh, examples, width, {**chosen, "microbatch_per_device": m}))
+        lambda m: _trainer(config, mesh, examples, width, {**chosen, "microbatch_per_device": m}),
+        start=default if default is not None and default < per_device else None)
   if "eval_batch_size" not in fixed:
     state = seeds.replica(_states(config.replace(conv_impl=chosen["conv_impl"]), mesh), 0)
     part = jax.tree.map(lambda x: x[:EVAL_EXAMPLES], examples)
     chosen["eval_batch_size"] = timings.fastest("eval_batch_size", EVAL_BATCHES, lambda b:
-                                                _evaluator(state, part, b, mesh))
+                                                _evaluator(state, part, b, mesh),
+                                                start=chosen["eval_batch_size"])
   return {k: chosen[k] for k in ("conv_impl", "microbatch_per_device", "full_batch_chunk",
                                  "eval_batch_size")}, timings.seconds
 
@@ -250,29 +254,58 @@ def _evaluator(state, examples, batch_size: int, mesh: Mesh) -> Callable[[], Any
                                                      with_predictions=True, mesh=mesh))
 
 
-def _timed(candidates, make: Callable[[Any], Callable[[], Any]]) -> dict[Any, float]:
-  """{candidate: the best seconds of its function}: each compiled and run once, then timed
-  TIMED_ROUNDS times in turn (so that a machine's drift touches all alike); one far slower than
-  the best so far is not timed again. A single candidate is not timed (0 s)."""
+def _timed(candidates, make: Callable[[Any], Callable[[], Any]],
+           start: Any = None) -> dict[Any, float]:
+  """{candidate: the best seconds of its function}, for the candidates timed.
+
+  Each is compiled and run once, then timed TIMED_ROUNDS times in turn with the others (so that
+  a machine's drift touches all alike); one far slower than the best so far is not timed again.
+  A single candidate is not timed (0 s).
+
+  With a `start` among them, the candidates are sizes in increasing order, and the search walks
+  from it, as the time of a size falls to one best size and rises after it (cache misses on one
+  side, per-call overhead on the other): `start` and its neighbours are timed, then, while the
+  fastest is the last timed on its side, the next candidate beyond it (with the fastest again).
+  Compiling costs far more than timing (seconds against a tenth of one on a 2-core CPU), so
+  each candidate not compiled shortens the measurement. Without a `start`, all are timed.
+  """
   candidates = list(candidates)
   if len(candidates) == 1:
     return {candidates[0]: 0.0}
-  def compiled(c):
-    run = make(c)
-    run()  # Compiles.
-    return run
-  # XLA compiles each program on one thread: the candidates compile side by side, one per core.
-  with concurrent.futures.ThreadPoolExecutor(min(len(candidates), os.cpu_count() or 1)) as pool:
-    runs = dict(zip(candidates, pool.map(compiled, candidates)))
+  runs: dict[Any, Callable[[], Any]] = {}
   best: dict[Any, float] = {}
-  for _ in range(TIMED_ROUNDS):
-    for c, fn in runs.items():
-      if c in best and best[c] > GIVE_UP_RATIO * min(best.values()):
-        continue
-      start = time.perf_counter()
-      fn()
-      best[c] = min(best.get(c, float("inf")), time.perf_counter() - start)
-  return best
+
+  def compile_and_time(group):
+    # One after another: XLA's compiler already keeps two cores busy (2.9 s of wall time, 5.3 s
+    # of CPU time for the seed model's epoch), and candidates compiled side by side took as long.
+    for c in group:
+      if c not in runs:
+        runs[c] = make(c)
+        runs[c]()  # Compiles.
+    for _ in range(TIMED_ROUNDS):
+      for c in group:
+        if c in best and best[c] > GIVE_UP_RATIO * min(best.values()):
+          continue
+        begin = time.perf_counter()
+        runs[c]()
+        best[c] = min(best.get(c, float("inf")), time.perf_counter() - begin)
+
+  if start not in candidates:
+    compile_and_time(candidates)
+    return best
+  at = candidates.index(start)
+  low, high = max(at - 1, 0), min(at + 1, len(candidates) - 1)
+  compile_and_time(candidates[low:high + 1])
+  while True:
+    fastest = candidates.index(min(best, key=best.get))
+    if fastest == low and low > 0:
+      low -= 1
+      compile_and_time([candidates[low], candidates[fastest]])
+    elif fastest == high and high < len(candidates) - 1:
+      high += 1
+      compile_and_time([candidates[high], candidates[fastest]])
+    else:
+      return best
 
 
 def _read_cache(path: pathlib.Path) -> dict[str, Any]:
