@@ -44,6 +44,7 @@ flags.DEFINE_integer("eval_batch_size", 0, "Batch size of evaluation (0: the mod
 
 def main(argv):
   scripts.start(argv)
+  scripts.use_compilation_cache()
   extras.require("data", "run")
   if not FLAGS.workdir:
     scripts.fail("--workdir is required.")

@@ -85,6 +85,7 @@ def validate_flags() -> Config:
 
 def main(argv):
   scripts.start(argv)
+  scripts.use_compilation_cache()
   extras.require("data", "run")
   config = validate_flags()
   if FLAGS.coordinator_address:

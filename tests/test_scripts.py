@@ -562,3 +562,27 @@ def test_standard_output_that_goes_away_is_one_line_and_keeps_the_checkpoints(tm
   _one_line(run, 1, "error: cannot write to the standard output (")
   assert "what completed is kept" in run.stderr
   assert run.stderr.count("\n") == 1  # Nothing more at exit either.
+
+
+def test_scripts_keep_compiled_programs_in_a_folder_per_machine(tmp_path, monkeypatch):
+  from jax._src import compilation_cache  # pylint: disable=g-import-not-at-top
+  from jaxae.run import scripts  # pylint: disable=g-import-not-at-top
+  users = jax.config.jax_compilation_cache_dir  # conftest's, as a user's own would be
+  assert users and scripts.use_compilation_cache() is None
+  assert jax.config.jax_compilation_cache_dir == users  # Left as it is.
+  monkeypatch.setenv("JAXAE_CACHE_DIR", str(tmp_path))
+  try:
+    jax.config.update("jax_compilation_cache_dir", None)
+    compilation_cache.reset_cache()  # Read the folder again at the next compilation.
+    folder = scripts.use_compilation_cache()
+    assert folder.parent == tmp_path / "xla" and jax.config.jax_compilation_cache_dir == str(folder)
+    jax.jit(lambda x: x * 3 + 1).lower(jax.numpy.ones(7)).compile()
+    assert any(folder.iterdir())  # The program is kept there.
+    # Another CPU (or feature set): another folder.
+    jax.config.update("jax_compilation_cache_dir", None)
+    monkeypatch.setattr(provenance, "host", lambda: {"cpu": "another", "cpus": 2,
+                                                      "cpu_features": ["avx2"]})
+    assert scripts.use_compilation_cache() not in (None, folder)
+  finally:
+    jax.config.update("jax_compilation_cache_dir", users)
+    compilation_cache.reset_cache()

@@ -3,6 +3,7 @@ checkpoint."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -159,6 +160,24 @@ def start(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
   quiet_logs()
+
+
+def use_compilation_cache() -> pathlib.Path | None:
+  """Keeps the programs XLA compiles in <cache>/xla/<this machine> (JAX's persistent compilation
+  cache), so a script's next start loads them: the seed model's epoch program took 2.7 s to
+  compile and 0.07 s to load on a 2-core CPU. A loaded program is the executable compiled, so no
+  number changes. One folder per machine (CPU model and features): programs compiled for one
+  CPU's instructions are not offered to another sharing the home directory. A cache the user
+  set ($JAX_COMPILATION_CACHE_DIR) is left as it is. Returns the folder (None: the user's)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxae.run.provenance import host  # pylint: disable=g-import-not-at-top
+  from jaxae.sources import default_cache_dir  # pylint: disable=g-import-not-at-top
+  if jax.config.jax_compilation_cache_dir:
+    return None
+  machine = json.dumps(host(), sort_keys=True).encode()
+  folder = default_cache_dir() / "xla" / hashlib.sha256(machine).hexdigest()[:16]
+  jax.config.update("jax_compilation_cache_dir", str(folder))
+  return folder
 
 
 def quiet_logs() -> None:
