@@ -37,8 +37,9 @@ def test_the_fastest_candidate_wins_and_a_far_slower_one_is_timed_once(monkeypat
 @pytest.mark.parametrize("start, best_size, timed", [
     (100, 32, [8, 32, 100, 500]),       # Walks down past the start's neighbour.
     (100, 100, [32, 100, 500]),         # The start is the fastest: only its neighbours.
+    (4000, 32, [8, 32, 100, 500, 2000]),  # A start that is not a candidate: every one.
     (8, 2000, [8, 32, 100, 500, 2000]),  # Walks up to the last.
-    (None, 32, [8, 32, 100, 500, 2000]),  # No start: every candidate.
+    (choices.EVERY, 32, [8, 32, 100, 500, 2000]),  # Every candidate.
 ])
 def test_sizes_are_searched_from_the_start_toward_the_fastest(monkeypatch, start, best_size,
                                                               timed):

@@ -580,8 +580,8 @@ def test_scripts_keep_compiled_programs_in_a_folder_per_machine(tmp_path, monkey
     assert any(folder.iterdir())  # The program is kept there.
     # Another CPU (or feature set): another folder.
     jax.config.update("jax_compilation_cache_dir", None)
-    monkeypatch.setattr(provenance, "host", lambda: {"cpu": "another", "cpus": 2,
-                                                      "cpu_features": ["avx2"]})
+    monkeypatch.setattr(scripts, "host", lambda: {"cpu": "another", "cpus": 2,
+                                                   "cpu_features": ["avx2"]})
     assert scripts.use_compilation_cache() not in (None, folder)
   finally:
     jax.config.update("jax_compilation_cache_dir", users)

@@ -54,6 +54,9 @@ TIMED_STEPS = 8
 TIMED_ROUNDS = 3
 # A candidate slower than this many times the best so far is not timed again.
 GIVE_UP_RATIO = 3.0
+# `_timed`'s start for candidates that are not sizes: time them all. (None cannot say so: it is
+# a microbatch candidate, the whole batch.)
+EVERY = object()
 
 
 def measure_by_default() -> bool:
@@ -153,7 +156,7 @@ class _Timings:
     self.seconds: dict[str, dict[str, float]] = {}
 
   def fastest(self, name: str, candidates, make: Callable[[Any], Callable[[], Any]],
-              start: Any = None):
+              start: Any = EVERY):
     best = _timed(candidates, make, start)
     self.seconds[name] = {str(c): round(t, 5) for c, t in best.items()}
     return min(best, key=best.get)
@@ -255,7 +258,7 @@ def _evaluator(state, examples, batch_size: int, mesh: Mesh) -> Callable[[], Any
 
 
 def _timed(candidates, make: Callable[[Any], Callable[[], Any]],
-           start: Any = None) -> dict[Any, float]:
+           start: Any = EVERY) -> dict[Any, float]:
   """{candidate: the best seconds of its function}, for the candidates timed.
 
   Each is compiled and run once, then timed TIMED_ROUNDS times in turn with the others (so that
@@ -267,7 +270,8 @@ def _timed(candidates, make: Callable[[Any], Callable[[], Any]],
   side, per-call overhead on the other): `start` and its neighbours are timed, then, while the
   fastest is the last timed on its side, the next candidate beyond it (with the fastest again).
   Compiling costs far more than timing (seconds against a tenth of one on a 2-core CPU), so
-  each candidate not compiled shortens the measurement. Without a `start`, all are timed.
+  each candidate not compiled shortens the measurement. With `start=EVERY`, or a start that is
+  not a candidate (a default above the largest size that fits), all are timed.
   """
   candidates = list(candidates)
   if len(candidates) == 1:
@@ -290,7 +294,7 @@ def _timed(candidates, make: Callable[[Any], Callable[[], Any]],
         runs[c]()
         best[c] = min(best.get(c, float("inf")), time.perf_counter() - begin)
 
-  if start not in candidates:
+  if start is EVERY or start not in candidates:
     compile_and_time(candidates)
     return best
   at = candidates.index(start)

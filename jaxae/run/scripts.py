@@ -15,14 +15,18 @@ import tempfile
 import time
 from typing import Callable, NoReturn, Sequence
 
+import jax
+
 from jaxae import seeds
 from jaxae.extras import MissingExtraError
 from jaxae.config import REMOVED_OPTIONS, Config, from_config_dict
 from jaxae.dataset import MixedSplit, load_mixed
 from jaxae.run.checkpoints import Checkpointer, IncompatibleCheckpointError, NoUsableCheckpointError
 from jaxae.run.errors import RunError
+from jaxae.run.provenance import host
 from jaxae.run.workdir import CHECKPOINT_DIR, SETTINGS_FILE, jaxae_checkpoints
-from jaxae.sources import DataError, prepare_command, prepared_files, resolve_data_dir
+from jaxae.sources import (DataError, default_cache_dir, prepare_command, prepared_files,
+                           resolve_data_dir)
 from jaxae.steps import check_config
 
 # The named experiments' config files, in a checkout.
@@ -169,9 +173,6 @@ def use_compilation_cache() -> pathlib.Path | None:
   number changes. One folder per machine (CPU model and features): programs compiled for one
   CPU's instructions are not offered to another sharing the home directory. A cache the user
   set ($JAX_COMPILATION_CACHE_DIR) is left as it is. Returns the folder (None: the user's)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from jaxae.run.provenance import host  # pylint: disable=g-import-not-at-top
-  from jaxae.sources import default_cache_dir  # pylint: disable=g-import-not-at-top
   if jax.config.jax_compilation_cache_dir:
     return None
   machine = json.dumps(host(), sort_keys=True).encode()
