@@ -1,3 +1,4 @@
+import asyncio
 import errno
 import os
 import pathlib
@@ -137,6 +138,24 @@ def test_incompatible_checkpoint_is_not_called_damaged_and_not_moved(tmp_path):
   assert "not damaged" in message and "delete" in message
   assert "['params']['dec0']['bias'] is [4] float32, the model's [8] float32" in message
   assert (directory / "1").is_dir() and not (tmp_path / "damaged_checkpoints").exists()
+
+
+def test_leftover_folders_are_cleaned_before_the_checkpointer_is_returned(tmp_path, monkeypatch):
+  """orbax cleans leftover temporary folders in a thread joined only at the first save; a script
+  that exited before one (`| head -1` closed its output) met that thread at interpreter shutdown
+  and printed a traceback after its one-line error (CI, test_scripts)."""
+  from orbax.checkpoint._src.path import temporary_paths  # pylint: disable=g-import-not-at-top
+  done = []
+
+  async def slow_cleanup(*args, **kwargs):
+    del args, kwargs
+    await asyncio.sleep(0.5)
+    done.append(True)
+
+  monkeypatch.setattr(temporary_paths, "cleanup_temporary_paths", slow_cleanup)
+  checkpointer = Checkpointer(tmp_path / "checkpoints")
+  assert done == [True]
+  checkpointer.close()
 
 
 def test_refused_save_raises(tmp_path):

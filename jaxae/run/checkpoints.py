@@ -74,6 +74,13 @@ class Checkpointer:
                                            enable_async_checkpointing=False,
                                            cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    # orbax removes unfinished saves' folders in a thread it joins only at the first save: a
+    # process that ended before one (a refused resume, standard output gone) left that thread to
+    # interpreter shutdown, which printed a traceback after the script's one-line error.
+    pending = getattr(self._manager, "_cleanup_tmp_directory_future", None)
+    if pending is not None:
+      pending.result()
+      self._manager._cleanup_tmp_directory_future = None  # pylint: disable=protected-access
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())

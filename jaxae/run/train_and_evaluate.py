@@ -118,7 +118,6 @@ def train_and_evaluate(config: Config, train: MixedSplit, test: MixedSplit,
       _write_events(run, step_losses_RS)
       _save(run, epoch)
       _log_epoch(run)
-    run.checkpointer.close()
     return _finish(run)
 
 
@@ -196,6 +195,7 @@ def _prepare(config: Config, train: MixedSplit, test: MixedSplit, workdir: pathl
   examples = parallel.replicate((state.task.examples(train), state.task.examples(test)), mesh)
   now = provenance()
   checkpointer, restored = _restore(state, run_config, workdir, options, now, primary)
+  cleanup.callback(checkpointer.close)  # On every way out, an error's included.
   if primary:
     _write(lambda: write_json(workdir / SETTINGS_FILE, settings), workdir / SETTINGS_FILE)
   parallel.sync("jaxae:workdir_ready")
