@@ -67,7 +67,7 @@ def emit(lines, **record):
   record["num_devices"] = jax.device_count()
   record["cpu"] = host()["cpu"]  # Figures from different machines are not comparable.
   line = json.dumps(record)
-  print(line, flush=True)
+  scripts.say(line)
   lines.append(line)
 
 

@@ -66,7 +66,7 @@ def main(argv):
     scripts.fail(str(e), e.exit_code)
   except OSError as e:
     scripts.fail(f"could not write {output} ({e.strerror or e}).")
-  print(f"Wrote the parameters of epoch {restored.epoch} to {output}.")
+  scripts.say(f"Wrote the parameters of epoch {restored.epoch} to {output}.")
 
 
 if __name__ == "__main__":

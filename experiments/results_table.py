@@ -156,8 +156,8 @@ def main(argv):
   tables += [(seeds_header(task), lines) for task, lines in several.items()]
   for header, lines in tables:
     if lines:
-      print(header)
-      print("\n".join(lines))
+      scripts.say(header)
+      scripts.say("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ flags.DEFINE_string("config_label", None, "This recipe's label in --plot (defaul
 def emit(lines, **record):
   record["cpu"] = host()["cpu"]
   line = json.dumps(record)
-  print(line, flush=True)
+  scripts.say(line)
   lines.append(line)
 
 

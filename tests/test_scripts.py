@@ -564,6 +564,23 @@ def test_standard_output_that_goes_away_is_one_line_and_keeps_the_checkpoints(tm
   assert run.stderr.count("\n") == 1  # Nothing more at exit either.
 
 
+@pytest.mark.parametrize("args,exit_code,stderr", [
+    # benchmark.py printed its lines itself: `| head` gave a BrokenPipeError traceback.
+    (["benchmark.py", "--num_images=32", "--epochs=1", "--batch_sizes=32", "--gemm_size=32"], 1,
+     "error: cannot write to the standard output (Broken pipe); what completed is kept"),
+    # absl prints the help while the flags parse, before the script's main.
+    (["train.py", "--help"], 0, ""),
+], ids=["benchmark", "help"])
+def test_every_script_whose_output_goes_away_ends_in_one_line(args, exit_code, stderr):
+  script = [sys.executable, str(REPO / "experiments" / args[0]), *args[1:]]
+  command = " ".join(map(shlex.quote, script)) + " | head -0; exit ${PIPESTATUS[0]}"
+  run = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300,
+                       cwd=REPO)
+  assert run.returncode == exit_code, run.stderr[-2000:]
+  assert run.stderr.startswith(stderr) and run.stderr.count("\n") == (1 if stderr else 0), \
+      run.stderr[-2000:]
+
+
 def test_scripts_keep_compiled_programs_in_a_folder_per_machine(tmp_path, monkeypatch):
   from jax._src import compilation_cache  # pylint: disable=g-import-not-at-top
   from jaxae.run import scripts  # pylint: disable=g-import-not-at-top

@@ -40,7 +40,8 @@ def run(main: Callable[[list[str]], None], interrupted: str = "interrupted.") ->
 
   A flag that does not parse is one line and exit 2 (absl alone prints usage and exits 1);
   --help exits 0; Ctrl-C prints `interrupted` in one line and exits 130; a missing extra
-  (jaxae/extras.py) is one line naming it, exit 2.
+  (jaxae/extras.py) is one line naming it, exit 2; a RunError its line and exit code; standard
+  output that went away (`| head -1`), as `say` has it, wherever the script printed.
   """
   from absl import app  # pylint: disable=g-import-not-at-top
 
@@ -63,6 +64,11 @@ def run(main: Callable[[list[str]], None], interrupted: str = "interrupted.") ->
       leave()
     except MissingExtraError as e:  # A package this script needs is not installed.
       fail(str(e))
+    except BrokenPipeError as e:  # A print of the script's, absl's (--help) or a library's.
+      error = _output_gone(e)
+      fail(str(error), error.exit_code)
+    except RunError as e:
+      fail(str(e), e.exit_code)
 
   app.run(guarded, flags_parser=_parse_flags)
 
@@ -80,6 +86,11 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
     fail(f"{' '.join(str(e).split())} (--help lists the flags).")
   except AttributeError as e:  # With --config=<file>, its overrides are checked here.
     _unknown_field(e, argv)
+  except BrokenPipeError as e:  # `--help | head` took the lines it wanted: the help was given.
+    error = _output_gone(e)
+    if any(a.split("=")[0] in _HELP_FLAGS for a in argv[1:]):
+      sys.exit(0)
+    fail(str(error), error.exit_code)
   except Exception as e:  # pylint: disable=broad-except  # A --config file that fails to run.
     if not any(a.startswith("--config=") for a in argv[1:]):
       raise
@@ -193,12 +204,16 @@ def say(line: str) -> None:
   try:
     print(line, flush=True)
   except OSError as e:
-    # What is still buffered would fail again at exit, with a traceback: it goes nowhere.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-    raise RunError(f"cannot write to the standard output ({e.strerror or e}); what completed "
-                   "is kept (a training run resumes from its checkpoints).", exit_code=1) from None
+    raise _output_gone(e) from None
+
+
+def _output_gone(e: OSError) -> RunError:
+  # What is still buffered would fail again at exit, with a traceback: it goes nowhere.
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, sys.stdout.fileno())
+  os.close(devnull)
+  return RunError(f"cannot write to the standard output ({e.strerror or e}); what completed "
+                  "is kept (a training run resumes from its checkpoints).", exit_code=1)
 
 
 def fail(message: str, exit_code: int = 2) -> NoReturn:
