@@ -570,10 +570,15 @@ def test_standard_output_that_goes_away_is_one_line_and_keeps_the_checkpoints(tm
      "error: cannot write to the standard output (Broken pipe); what completed is kept"),
     # absl prints the help while the flags parse, before the script's main.
     (["train.py", "--help"], 0, ""),
-], ids=["benchmark", "help"])
+    (["train.py", "--help", ">/dev/full"], 1,
+     "error: cannot write to the standard output (No space left on device)"),
+], ids=["benchmark", "help", "help_full_disk"])
 def test_every_script_whose_output_goes_away_ends_in_one_line(args, exit_code, stderr):
   script = [sys.executable, str(REPO / "experiments" / args[0]), *args[1:]]
-  command = " ".join(map(shlex.quote, script)) + " | head -0; exit ${PIPESTATUS[0]}"
+  if script[-1] == ">/dev/full":
+    command = " ".join(map(shlex.quote, script[:-1])) + " >/dev/full"
+  else:
+    command = " ".join(map(shlex.quote, script)) + " | head -0; exit ${PIPESTATUS[0]}"
   run = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300,
                        cwd=REPO)
   assert run.returncode == exit_code, run.stderr[-2000:]

@@ -86,12 +86,12 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
     fail(f"{' '.join(str(e).split())} (--help lists the flags).")
   except AttributeError as e:  # With --config=<file>, its overrides are checked here.
     _unknown_field(e, argv)
-  except BrokenPipeError as e:  # `--help | head` took the lines it wanted: the help was given.
-    error = _output_gone(e)
-    if any(a.split("=")[0] in _HELP_FLAGS for a in argv[1:]):
-      sys.exit(0)
-    fail(str(error), error.exit_code)
   except Exception as e:  # pylint: disable=broad-except  # A --config file that fails to run.
+    if isinstance(e, OSError) and any(a.split("=")[0] in _HELP_FLAGS for a in argv[1:]):
+      error = _output_gone(e)  # absl prints the help while the flags parse.
+      if isinstance(e, BrokenPipeError):
+        sys.exit(0)  # `--help | head` took the lines it wanted: the help was given.
+      fail(str(error), error.exit_code)
     if not any(a.startswith("--config=") for a in argv[1:]):
       raise
     _unloadable_config(e, argv)
