@@ -429,10 +429,14 @@ def test_bad_flags_get_one_line_exit_2_and_write_nothing(tmp_path, case):
   assert not workdir.exists()
 
 
-def test_evaluate_without_checkpoint_is_one_line(tmp_path):
-  run = run_script("evaluate.py", f"--workdir={tmp_path}")
-  assert run.returncode == 2 and "holds no checkpoint" in run.stderr
-  assert "Traceback" not in run.stderr
+@pytest.mark.parametrize("script", ["evaluate.py", "export_params.py"])
+def test_a_workdir_without_a_run_is_one_line(tmp_path, script):
+  (tmp_path / "a_file").write_text("")
+  for workdir, message in ((tmp_path, "holds no checkpoint; train first"),
+                           (tmp_path / "a_file", "is not a directory; name a training run's"),
+                           (tmp_path / "nowhere", "does not exist; name a training run's")):
+    _one_line(run_script(script, f"--workdir={workdir}"), 2, f"{workdir} {message}")
+  assert not (tmp_path / "nowhere").exists()
 
 
 # The benchmark's lines per task are under test, not the model: the one-level seed model for both

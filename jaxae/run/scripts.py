@@ -302,6 +302,9 @@ def load_data(data_dir: str | None, config: Config, train_limit: int, test_limit
 
 def run_config(workdir: pathlib.Path) -> Config:
   """The config of the run in `workdir` (its settings.json), or a one-line exit."""
+  if not workdir.is_dir():
+    fail(f"--workdir={workdir} {'is not a directory' if workdir.exists() else 'does not exist'}; "
+         "name a training run's workdir (experiments/train.py --workdir=...).")
   if not jaxae_checkpoints(workdir):
     fail(f"{workdir} holds no checkpoint; train first with experiments/train.py "
          f"--workdir={workdir}.")
