@@ -82,6 +82,15 @@ def batch_size_of(batch) -> int:
   return int(jax.tree.leaves(batch)[0].shape[0])
 
 
+def check_mask(mask_B, batch) -> None:
+  """Refuses a mask that is not one weight per example of `batch`: broadcasting would otherwise
+  fail with XLA's message, or (a [1] mask) weigh every example alike without a word."""
+  size = batch_size_of(batch)
+  if mask_B is not None and tuple(jnp.shape(mask_B)) != (size,):
+    raise ValueError(f"mask_B must hold one weight per example, shape [{size}] for this batch "
+                     f"(1 real, 0 padding); got shape {list(jnp.shape(mask_B))}.")
+
+
 def masked_mean(values_B, mask_B=None):
   """Mean over the examples where mask is 1 (all of them without a mask)."""
   if mask_B is None:
@@ -103,6 +112,7 @@ def loss_and_grad_sums(task, apply_fn, params, batch, mask_B: jax.Array,
     return jnp.sum(per_example * mask)
 
   size = batch_size_of(batch)
+  check_mask(mask_B, batch)
   if isinstance(microbatch_size, jax.core.Tracer):
     raise ValueError("microbatch_size decides the step's shapes, so it must be a static Python "
                      "int: jit train_step with static_argnames=('microbatch_size',), e.g. "
@@ -199,6 +209,7 @@ def eval_step(params_or_state: Any, batch, mask_B: jax.Array | None = None, *,
     if apply_fn is None:
       _check_default_model_params(params)
       apply_fn = model_from_config(Config()).apply
+  check_mask(mask_B, batch)
   predictions, per_example = task.loss(apply_fn, params, batch)
   return {"loss": masked_mean(per_example, mask_B), "per_example_loss": per_example,
           **predictions}

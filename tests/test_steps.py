@@ -170,6 +170,17 @@ def test_microbatch_size_must_be_positive(size):
     train_step(state, jnp.zeros((4, 32, 32, 3)), microbatch_size=size)
 
 
+@pytest.mark.parametrize("shape", [(3,), (1,), (4, 1), ()])
+def test_a_mask_of_another_shape_than_the_batch_is_refused(shape):
+  """Before: [3] failed in XLA's broadcasting message, and [1] or [] weighed every example alike."""
+  state = create_train_state(jax.random.key(0), STEP)
+  images, mask = jnp.zeros((4, 32, 32, 3)), jnp.ones(shape)
+  for step in (train_step, eval_step, jax.jit(train_step), jax.jit(eval_step)):
+    with pytest.raises(ValueError, match=r"mask_B must hold one weight per example, shape \[4\]"):
+      step(state, images, mask)
+  assert train_step(state, images, jnp.ones(4))[1]["loss"].shape == ()  # [B] is taken.
+
+
 @pytest.mark.slow
 def test_a_traced_microbatch_size_says_to_make_it_static():
   state = create_train_state(jax.random.key(0), STEP)
