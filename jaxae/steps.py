@@ -53,18 +53,31 @@ def create_train_state(rng: jax.Array, config: Config | None = None, *,
   checkpoint into may pass 1. Equal configs share one `apply_fn` and `tx` object (static parts of
   the state), so jitted functions compiled for one state are reused for the next.
   """
+  _check_rng(rng)
   config = config or Config()
   task = task_from_config(config)
   model = model_from_config(config, task.out_channels)
   tx = make_optimizer(config, steps_per_epoch)
-  params, opt_state = _initializer(model, tx)(rng)
+  # Traced (the caller's jit, vmap or scan): no compiler options, which only a top-level jit takes.
+  params, opt_state = _initializer(model, tx, isinstance(rng, jax.core.Tracer))(rng)
   # An int32 array rather than Python's 0: the same type every step (no retrace) and checkpointable.
   return TrainState(step=jnp.zeros((), jnp.int32), apply_fn=model.apply, params=params, tx=tx,
                     opt_state=opt_state, task=task)
 
 
+def _check_rng(rng) -> None:
+  # Flax's own message for a seed passed as the key names a module and a tracer, not the fix.
+  shape, dtype = getattr(rng, "shape", None), getattr(rng, "dtype", None)
+  if dtype is not None and (jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+                            or (dtype == jnp.uint32 and tuple(shape) == (2,))):
+    return
+  got = f"{dtype} {list(shape)}" if dtype is not None else type(rng).__name__
+  raise TypeError(f"create_train_state takes a random key, e.g. jax.random.key(seed), as its "
+                  f"first argument; got {got}.")
+
+
 @functools.cache
-def _initializer(model, tx) -> Callable[[jax.Array], tuple[Any, Any]]:
+def _initializer(model, tx, traced: bool = False) -> Callable[[jax.Array], tuple[Any, Any]]:
   """`rng -> (params, opt_state)` as one compiled program per model and optimizer: op by op,
   every parameter's initializer would compile a program of its own. The values are bitwise
   `model.init`'s (tests/test_steps.py). On CPU at LLVM's optimization level 1: the program runs
@@ -72,7 +85,7 @@ def _initializer(model, tx) -> Callable[[jax.Array], tuple[Any, Any]]:
   def init(rng):
     params = model.init(rng, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32))["params"]
     return params, tx.init(params)
-  if jax.default_backend() == "cpu":
+  if jax.default_backend() == "cpu" and not traced:
     return jax.jit(init, compiler_options={"xla_backend_optimization_level": 1})
   return jax.jit(init)
 

@@ -170,6 +170,25 @@ def test_microbatch_size_must_be_positive(size):
     train_step(state, jnp.zeros((4, 32, 32, 3)), microbatch_size=size)
 
 
+@pytest.mark.slow
+def test_create_train_state_runs_inside_jit_and_vmap_with_the_same_values():
+  """Before: under the caller's jit it failed (its init program's compiler options are for a
+  top-level jit only)."""
+  key = jax.random.key(5)
+  eager = create_train_state(key, STEP)
+  jitted = jax.jit(create_train_state, static_argnums=1)(key, STEP)
+  mapped = jax.vmap(lambda k: create_train_state(k, STEP).params)(jnp.stack([key, key]))
+  assert int(jitted.step) == 0
+  tree_close(jitted.params, eager.params, rtol=0, atol=0)
+  tree_close(jax.tree.map(lambda x: x[1], mapped), eager.params, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("rng", [0, np.int32(3), jnp.zeros((3,), jnp.uint32), Config()])
+def test_create_train_state_refuses_what_is_no_key(rng):
+  with pytest.raises(TypeError, match=r"takes a random key, e\.g\. jax\.random\.key\(seed\)"):
+    create_train_state(rng, STEP)
+
+
 @pytest.mark.parametrize("shape", [(3,), (1,), (4, 1), ()])
 def test_a_mask_of_another_shape_than_the_batch_is_refused(shape):
   """Before: [3] failed in XLA's broadcasting message, and [1] or [] weighed every example alike."""
