@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pathlib
 import tempfile
@@ -13,6 +14,8 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None])
   """Writes `path` through `write(file)` into a temporary file beside it, renamed over `path` once
   complete: a reader, or a run after a kill, finds the old file or the new one, never a part."""
   path = pathlib.Path(path)
+  if path.is_dir():  # Else the whole file is written beside it first, and the rename refused.
+    raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a results file should be readable.

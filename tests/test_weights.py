@@ -1,5 +1,6 @@
 """Params files and PyTorch state_dicts (jaxae/weights.py)."""
 
+import errno
 import json
 
 import jax
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import numpy_torch_forward, tiny_splits, torch_layers
-from jaxae import (Config, create_train_state, eval_step, from_torch_state_dict, load_params,
-                   save_params, seeds)
+from jaxae import (Config, create_train_state, eval_step, files, from_torch_state_dict,
+                   load_params, save_params, seeds)
 from jaxae.models import model_from_config
 from jaxae.run.train_and_evaluate import train_and_evaluate
 from jaxae.weights import ParamsFileError
@@ -113,10 +114,18 @@ def test_params_files_hold_json_configs(tmp_path):
 
 
 def test_a_params_file_that_cannot_be_written_leaves_no_temporary(tmp_path):
-  (tmp_path / "taken").mkdir()  # A directory where the file should go: the rename is refused.
+  (tmp_path / "taken").mkdir()  # A directory where the file should go.
   params = create_train_state(jax.random.key(0)).params
-  with pytest.raises(OSError):
+  # Named as the path given (before: a rename from a temporary written beside it).
+  with pytest.raises(IsADirectoryError, match=f"Is a directory: '{tmp_path / 'taken'}'$"):
     save_params(tmp_path / "taken", params, Config())
+
+  def full_disk(f):
+    f.write(b"half a file")
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  with pytest.raises(OSError, match="No space left on device"):
+    files.write_atomically(tmp_path / "params.msgpack", full_disk)
   assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
