@@ -85,6 +85,9 @@ def load_mixed(data_dir: str | os.PathLike | None = None, *,
     ValueError: an unknown split, or a limit that is negative or larger than its split.
   """
   limits = {"train": train_limit, "test": test_limit}
+  if isinstance(splits, str):  # Else read letter by letter: "got ('t', 'r', 'a', 'i', 'n')".
+    raise ValueError(f"splits is a sequence of split names, e.g. ({splits!r},); got the string "
+                     f"{splits!r}.")
   if not splits or len(set(splits)) < len(splits) or any(s not in SPLITS for s in splits):
     raise ValueError(f"splits must name some of {SPLITS}, got {tuple(splits)}.")
   for split, limit in limits.items():

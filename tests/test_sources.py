@@ -34,6 +34,8 @@ def test_load_mixed_preprocesses_only_the_splits_and_pairs_asked_for(tmp_path):
         load_mixed(tmp_path, **limits)
   with pytest.raises(ValueError, match="splits must name some of"):
     load_mixed(tmp_path, splits=("validation",))
+  with pytest.raises(ValueError, match=r"e\.g\. \('test',\); got the string 'test'"):
+    load_mixed(tmp_path, splits="test")
   assert sorted(limited) == ["test", "train"] and list(test_only) == ["test"]
   assert (len(limited["train"]), len(limited["test"]), len(test_only["test"])) == (4, 11, 3)
   for got, split, n in ((limited["train"], "train", 4), (limited["test"], "test", 11),
