@@ -26,6 +26,7 @@ from jaxae.config import Config
 from jaxae.models import model_from_config
 from jaxae.preprocess import value_range
 from jaxae.tasks import task_from_config
+from jaxae.tasks.base import check_images
 from jaxae.weights import load_params
 
 
@@ -64,11 +65,21 @@ class LoadedModel:
   def encode(self, params: Any, images_BHWC: jax.Array) -> jax.Array:
     """The autoencoder's latent code [B, 4, 4, 64] of normalized mean images (pure, as
     `predict`). Models with skip connections (the U-Net) have no code of their own: ValueError."""
-    return self.model.apply({"params": params}, images_BHWC, method=self._part("encode"))
+    part = self._part("encode")
+    check_images(jnp.asarray(images_BHWC))
+    return self.model.apply({"params": params}, images_BHWC, method=part)
 
   def decode(self, params: Any, latent_BHWC: jax.Array) -> jax.Array:
     """The autoencoder's decoder: normalized mean images [B, 32, 32, 3] of a latent code."""
-    return self.model.apply({"params": params}, latent_BHWC, method=self._part("decode"))
+    part = self._part("decode")
+    latent_BHWC = jnp.asarray(latent_BHWC)
+    width = self.config.features[-1]
+    if (latent_BHWC.ndim != 4 or latent_BHWC.shape[-1] != width
+        or not jnp.issubdtype(latent_BHWC.dtype, jnp.floating)):
+      # Else flax names a kernel's shape, not the latent's.
+      raise ValueError(f"decode takes float latent codes [B, h, w, {width}], as encode returns "
+                       f"them; got {latent_BHWC.dtype} {list(latent_BHWC.shape)}.")
+    return self.model.apply({"params": params}, latent_BHWC, method=part)
 
   def _part(self, name: str) -> str:
     if not hasattr(self.model, name):

@@ -137,3 +137,20 @@ def test_predict_warns_on_images_that_are_not_normalized_mean_images(tmp_path):
     with warnings.catch_warnings():
       warnings.simplefilter("error")
       jax.block_until_ready(predict(model.params, batch(normalized_BHWC)))
+
+
+def test_encode_and_decode_refuse_what_is_not_their_input(tmp_path):
+  """Before: a latent of another width failed in flax's message about a kernel's shape."""
+  config = Config(features=(4,))
+  save_params(tmp_path / "params.msgpack",
+              create_train_state(jax.random.key(0), config).params, config)
+  model = load_model(tmp_path / "params.msgpack")
+  images_BHWC = jnp.zeros((2, 32, 32, 3))
+  latent_BHWC = model.encode(model.params, images_BHWC)
+  assert latent_BHWC.shape == (2, 16, 16, 4)
+  assert model.decode(model.params, latent_BHWC).shape == (2, 32, 32, 3)
+  for latent in (images_BHWC, latent_BHWC[0], latent_BHWC.astype(jnp.int32)):
+    with pytest.raises(ValueError, match=r"decode takes float latent codes \[B, h, w, 4\]"):
+      model.decode(model.params, latent)
+  with pytest.raises(ValueError, match=r"Expected float images \[B, H, W, 3\]"):
+    model.encode(model.params, np.zeros((2, 32, 32, 3), np.uint8))
