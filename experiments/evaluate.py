@@ -25,7 +25,6 @@ from jaxae import extras, platforms, seeds
 from jaxae.report import figures, summaries
 from jaxae.run import scripts
 from jaxae.run import workdir as workdir_lib
-from jaxae.run.errors import RunError
 from jaxae.run.provenance import provenance
 from jaxae.run.train_and_evaluate import replica_final_metrics
 from jaxae.run.workdir import write_json
@@ -62,18 +61,15 @@ def main(argv):
   scripts.check_writable(str(workdir))  # Before the evaluation, not after it.
   scripts.check_data_dir(FLAGS.data_dir)
 
-  try:
-    with workdir_lib.hold(workdir, purpose="evaluation"):
-      if FLAGS.params:
-        # A template's values replaced by the file's: any steps_per_epoch will do.
-        state = seeds.create_train_states(config, steps_per_epoch=1).replace(
-            params=seeds.stacked_params(params, config.num_seeds))
-        evaluate(workdir, state, config, epoch=None)
-      else:
-        restored = scripts.restore_newest(workdir, config)
-        evaluate(workdir, restored.state, config, epoch=restored.epoch)
-  except RunError as e:
-    scripts.fail(str(e), e.exit_code)
+  with workdir_lib.hold(workdir, purpose="evaluation"):
+    if FLAGS.params:
+      # A template's values replaced by the file's: any steps_per_epoch will do.
+      state = seeds.create_train_states(config, steps_per_epoch=1).replace(
+          params=seeds.stacked_params(params, config.num_seeds))
+      evaluate(workdir, state, config, epoch=None)
+    else:
+      restored = scripts.restore_newest(workdir, config)
+      evaluate(workdir, restored.state, config, epoch=restored.epoch)
 
 
 def evaluate(workdir: pathlib.Path, state, config, epoch: int | None) -> None:

@@ -62,8 +62,6 @@ def main(argv):
         finished = None  # metrics.json is another run's: the checkpoint's epochs are these.
       save_params(output, seeds.saved_params(restored.state.params, config.num_seeds),
                   config.replace(epochs=finished or restored.epoch))
-  except RunError as e:
-    scripts.fail(str(e), e.exit_code)
   except OSError as e:
     scripts.fail(f"could not write {output} ({e.strerror or e}).")
   scripts.say(f"Wrote the parameters of epoch {restored.epoch} to {output}.")

@@ -28,7 +28,6 @@ from jaxae import extras, parallel
 from jaxae.config import Config
 from jaxae.run import choices, scripts
 from jaxae.run import workdir as workdir_lib
-from jaxae.run.errors import RunError
 from jaxae.run.train_and_evaluate import train_and_evaluate
 from jaxae.run.workdir import run_settings
 
@@ -95,26 +94,23 @@ def main(argv):
       scripts.fail(f"could not join the run at {FLAGS.coordinator_address} as process "
                    f"{FLAGS.process_id} of {FLAGS.num_processes}: {str(e).splitlines()[0]}")
   log = scripts.say if parallel.is_primary() else (lambda _: None)
-  try:
-    # Refuse a held or mismatched workdir before spending time on the data. The hold is let go
-    # while the data loads (a new workdir is removed again), so a Ctrl-C then leaves nothing;
-    # train_and_evaluate holds it for the run and checks the settings again.
-    with workdir_lib.hold(FLAGS.workdir):
-      workdir_lib.holds_other_run(pathlib.Path(FLAGS.workdir),
-                                  run_settings(config, FLAGS.train_limit, FLAGS.test_limit),
-                                  FLAGS.overwrite)
-    data = scripts.load_data(FLAGS.data_dir, config, FLAGS.train_limit, FLAGS.test_limit, log=log)
-    train, test = data["train"], data["test"]
-    train_and_evaluate(config, train, test, FLAGS.workdir, train_limit=FLAGS.train_limit,
-                       test_limit=FLAGS.test_limit, overwrite=FLAGS.overwrite,
-                       keep_checkpoints=FLAGS.keep_checkpoints,
-                       eval_batch_size=FLAGS.eval_batch_size or None,
-                       measure_choices=FLAGS.measure_choices, log=log,
-                       warn=lambda line: print(f"warning: {line}", file=sys.stderr, flush=True),
-                       tensorboard_every=FLAGS.log_every_steps or None,
-                       progress=sys.stdout)
-  except RunError as e:
-    scripts.fail(str(e), e.exit_code)
+  # Refuse a held or mismatched workdir before spending time on the data. The hold is let go
+  # while the data loads (a new workdir is removed again), so a Ctrl-C then leaves nothing;
+  # train_and_evaluate holds it for the run and checks the settings again.
+  with workdir_lib.hold(FLAGS.workdir):
+    workdir_lib.holds_other_run(pathlib.Path(FLAGS.workdir),
+                                run_settings(config, FLAGS.train_limit, FLAGS.test_limit),
+                                FLAGS.overwrite)
+  data = scripts.load_data(FLAGS.data_dir, config, FLAGS.train_limit, FLAGS.test_limit, log=log)
+  train, test = data["train"], data["test"]
+  train_and_evaluate(config, train, test, FLAGS.workdir, train_limit=FLAGS.train_limit,
+                     test_limit=FLAGS.test_limit, overwrite=FLAGS.overwrite,
+                     keep_checkpoints=FLAGS.keep_checkpoints,
+                     eval_batch_size=FLAGS.eval_batch_size or None,
+                     measure_choices=FLAGS.measure_choices, log=log,
+                     warn=lambda line: print(f"warning: {line}", file=sys.stderr, flush=True),
+                     tensorboard_every=FLAGS.log_every_steps or None,
+                     progress=sys.stdout)
 
 
 if __name__ == "__main__":

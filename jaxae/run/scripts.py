@@ -80,6 +80,7 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
   absl_logger = logging.getLogger("absl")
   level = absl_logger.level
   absl_logger.setLevel(logging.ERROR)
+  asked_for_help = any(a.split("=")[0] in _HELP_FLAGS for a in argv[1:])
   try:
     return flags.FLAGS(list(argv))
   except flags.Error as e:
@@ -87,7 +88,7 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
   except AttributeError as e:  # With --config=<file>, its overrides are checked here.
     _unknown_field(e, argv)
   except Exception as e:  # pylint: disable=broad-except  # A --config file that fails to run.
-    if isinstance(e, OSError) and any(a.split("=")[0] in _HELP_FLAGS for a in argv[1:]):
+    if isinstance(e, OSError) and asked_for_help:
       error = _output_gone(e)  # absl prints the help while the flags parse.
       if isinstance(e, BrokenPipeError):
         sys.exit(0)  # `--help | head` took the lines it wanted: the help was given.
@@ -96,7 +97,7 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
       raise
     _unloadable_config(e, argv)
   except SystemExit as e:
-    if any(a.split("=")[0] in _HELP_FLAGS for a in argv[1:]):
+    if asked_for_help:
       sys.exit(0 if e.code == 1 else e.code)  # absl exits 1 after printing the help asked for.
     if any(a.startswith("--config=") for a in argv[1:]) and e.code in (0, None):
       # A --config file that exits while it loads: no config, and no run that says so.
