@@ -183,7 +183,7 @@ def test_ctrl_c_is_one_line_and_keeps_the_checkpoints(tmp_path):
   data_dir = shared_data_dir()
   # Epochs of 64 images take milliseconds: enough of them that the run is still going. The
   # shapes and model of the real-data script run below, whose programs the compilation cache
-  # holds when both run in one session.
+  # holds when both run in one pytest run.
   args = [f"--data_dir={data_dir}", "--train_limit=64", "--test_limit=16",
           "--config.batch_size=32", "--config.features=(4,)", "--config.epochs=5000",
           f"--workdir={tmp_path / 'w'}"]
